@@ -1,0 +1,66 @@
+# One virtualenv for the whole repo; every target installs what it needs by itself.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TGM := $(VENV)/bin/tgm
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+export PYTHONPATH := $(CURDIR)
+export PYTHONUNBUFFERED := 1
+# Hugging Face: never reach for the hub unless the user says so.
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test test-slow test-all lint train-pose train-3d train-caption train-diffusion \
+        bench-pose bench-3d bench-caption bench-diffusion clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes. torch is pinned first so pip takes the local CPU wheel
+# where one exists and the registry's build elsewhere, instead of resolving a newer multi-GB release.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+test-all: setup
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+train-pose: setup
+	$(TGM) fit --config configs/pose/default.yaml $(ARGS)
+
+train-3d: setup
+	$(TGM) fit --config configs/shape3d/default.yaml $(ARGS)
+
+train-caption: setup
+	$(TGM) fit --config configs/caption/default.yaml $(ARGS)
+
+train-diffusion: setup
+	$(TGM) fit --config configs/diffusion/default.yaml $(ARGS)
+
+bench-pose: setup
+	$(PY) scripts/bench_pose.py
+
+bench-3d: setup
+	$(PY) scripts/bench_shape3d.py
+
+bench-caption: setup
+	$(PY) scripts/bench_caption.py
+
+bench-diffusion: setup
+	$(PY) scripts/bench_diffusion.py
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

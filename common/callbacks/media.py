@@ -1,0 +1,48 @@
+"""Ask the module for media samples every N epochs and send them to files and the active logger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from common.loggers import run_dir
+from common.media import to_wandb, write_media
+
+
+class MediaLogger(pl.Callback):
+    """Every ``every_n_epochs`` validation epochs, call ``pl_module.media_samples()`` (a ``dict[str, Media]``,
+    see :mod:`common.media`), write each item under ``<run dir>/media/epoch_<N>/`` and log it to W&B when a
+    :class:`WandbLogger` is active. Modules without ``media_samples`` are skipped; runs on rank zero only.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, enabled: bool = True) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"MediaLogger.every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs
+        self.enabled = enabled
+        self.written: list[Path] = []
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.enabled or trainer.sanity_checking or not hasattr(pl_module, "media_samples"):
+            return
+        if trainer.current_epoch % self.every_n_epochs:
+            return
+        samples = pl_module.media_samples()
+        if not samples:
+            return
+        out_dir = run_dir(trainer) / "media" / f"epoch_{trainer.current_epoch:04d}"
+        wandb_items = {}
+        for name, item in samples.items():
+            path = write_media(item, out_dir / name.replace("/", "_"))
+            self.written.append(path)
+            wandb_items[f"media/{name}"] = (item, path)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.log(
+                    {key: to_wandb(item, path) for key, (item, path) in wandb_items.items()}
+                    | {"trainer/global_step": trainer.global_step}
+                )

@@ -1,0 +1,110 @@
+"""``tgm``: the one command line for every project (``tgm fit|validate|test|predict --config ...``).
+
+Model and data are chosen by ``class_path`` in the config, so a new project needs no change here.
+``configs/trainer/default.yaml`` and ``configs/logger/wandb.yaml`` are applied first for every subcommand;
+the ``--config`` files given on the command line are merged on top, in order, then ``--key value`` flags.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from common.callbacks import GradNormLogger, MediaLogger, MetricSummary
+from common.loggers import WandbLogger, run_dir
+from common.precision import precision_for_hardware
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIGS = [str(CONFIG_DIR / "trainer" / "default.yaml"), str(CONFIG_DIR / "logger" / "wandb.yaml")]
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class SaveConfigToRun(SaveConfigCallback):
+    """Save the fully resolved config as ``config.yaml`` in the run directory and send it to every logger
+    (W&B shows it under the run's config; the file is also uploaded with the run)."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            directory = run_dir(trainer)
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / self.config_filename
+            self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=False)
+            resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in trainer.loggers:
+                logger.log_hyperparams(resolved)
+                if isinstance(logger, WandbLogger):
+                    logger.experiment.save(str(path), base_path=str(directory), policy="now")
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
+class TGMCLI(LightningCLI):
+    """LightningCLI with this repo's always-on callbacks and hardware-chosen precision."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Always-on callbacks, configurable under their own keys (``checkpoint.monitor: val/dtw`` ...).
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "epoch{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(GradNormLogger, "grad_norm")
+        parser.add_lightning_class_args(MediaLogger, "media")
+        parser.add_lightning_class_args(MetricSummary, "summary")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        if trainer.precision is None:  # not set anywhere: choose from the hardware
+            trainer.precision = precision_for_hardware(trainer.accelerator)
+        logger = trainer.logger
+        if getattr(logger, "class_path", None) == f"{WandbLogger.__module__}.{WandbLogger.__name__}":
+            init_args = logger.init_args
+            if init_args.get("group") is None:  # one W&B group per project, taken from the model's package
+                init_args.group = project_of(config.model.class_path)
+
+
+def project_of(class_path: str) -> str:
+    """``projects.pose.model.PoseModule`` -> ``pose``; anything else -> its top-level package."""
+    parts = class_path.split(".")
+    return parts[1] if parts[0] == "projects" and len(parts) > 2 else parts[0]
+
+
+def build_parser_kwargs() -> dict:
+    per_subcommand = {"parser_mode": "omegaconf", "default_config_files": DEFAULT_CONFIGS}
+    return {"parser_mode": "omegaconf", **{name: dict(per_subcommand) for name in SUBCOMMANDS}}
+
+
+def run_cli(args: list[str] | None = None) -> TGMCLI:
+    """Build and run the CLI; ``args`` replaces ``sys.argv[1:]`` (for Python callers and tests)."""
+    return TGMCLI(
+        model_class=LightningModule,
+        datamodule_class=None,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=SaveConfigToRun,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs=build_parser_kwargs(),
+        args=args,
+        auto_configure_optimizers=False,
+    )
+
+
+def main() -> None:
+    """Entry point of the ``tgm`` console script."""
+    run_cli(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""A test-only LightningModule / DataModule small enough to exercise the CLI and callbacks in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torchmetrics
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from common.media import Image, Table
+
+
+class TinyDataModule(pl.LightningDataModule):
+    """y = 3x - 1 with a little noise; ``resolution`` only records what ProgressiveResolution told it."""
+
+    def __init__(self, num_samples: int = 64, batch_size: int = 8) -> None:
+        super().__init__()
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.resolution: int | None = None
+        self.resolution_history: list[int] = []
+
+    def set_resolution(self, resolution: int) -> None:
+        self.resolution = resolution
+        self.resolution_history.append(resolution)
+
+    def _dataset(self, seed: int) -> TensorDataset:
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(self.num_samples, 4, generator=generator)
+        y = 3 * x.sum(dim=1, keepdim=True) - 1 + 0.01 * torch.randn(self.num_samples, 1, generator=generator)
+        return TensorDataset(x, y)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self._dataset(0), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._dataset(1), batch_size=self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self._dataset(2), batch_size=self.batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self._dataset(3), batch_size=self.batch_size)
+
+
+class TinyModule(pl.LightningModule):
+    """Linear regression with a frozen-able ``encoder``, a sample counter metric and media samples.
+
+    ``count_file``: when set, rank zero writes the DDP-synced number of validation samples there.
+    """
+
+    def __init__(self, lr: float = 0.05, hidden: int = 8, count_file: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.encoder = nn.Linear(4, hidden)
+        self.head = nn.Linear(hidden, 1)
+        self.val_mse = torchmetrics.MeanSquaredError()
+        self.val_count = torchmetrics.SumMetric()
+        self.resolution: int | None = None
+        self.fade_alpha: float | None = None
+
+    def set_resolution(self, resolution: int) -> None:
+        self.resolution = resolution
+
+    def set_fade_alpha(self, alpha: float) -> None:
+        self.fade_alpha = alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.val_mse(self(x), y)
+        self.val_count(torch.tensor(float(len(x)), device=self.device))
+        self.log("val/mse", self.val_mse, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        count = self.val_count.compute()
+        self.log("val/count", count)
+        if self.hparams.count_file and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            Path(self.hparams.count_file).write_text(json.dumps({"count": float(count), "world": self.trainer.world_size, "pid": os.getpid()}))
+        self.val_count.reset()
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test/mse", nn.functional.mse_loss(self(x), y))
+
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0])
+
+    def media_samples(self) -> dict:
+        picture = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
+        return {
+            "gradient": Image(picture, caption="a grey ramp"),
+            "table": Table(columns=["name", "value"], rows=[["resolution", str(self.resolution)]]),
+        }
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=self.hparams.lr)
