@@ -7,15 +7,15 @@ the ``--config`` files given on the command line are merged on top, in order, th
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import yaml
+from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from common.callbacks import GradNormLogger, MediaLogger, MetricSummary
+from common.callbacks import GradNormLogger, MediaLogger, MetricSummary, ResumeRNG
 from common.loggers import WandbLogger, run_dir
 from common.precision import precision_for_hardware
 
@@ -31,12 +31,12 @@ class SaveConfigToRun(SaveConfigCallback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.already_saved:
             return
+        directory = run_dir(trainer)
         if trainer.is_global_zero:
-            directory = run_dir(trainer)
             directory.mkdir(parents=True, exist_ok=True)
             path = directory / self.config_filename
-            self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=False)
-            resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            self.parser.save(self.config, str(path), skip_unset=False, overwrite=True, multifile=False)
+            resolved = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
             for logger in trainer.loggers:
                 logger.log_hyperparams(resolved)
                 if isinstance(logger, WandbLogger):
@@ -62,6 +62,7 @@ class TGMCLI(LightningCLI):
         parser.add_lightning_class_args(GradNormLogger, "grad_norm")
         parser.add_lightning_class_args(MediaLogger, "media")
         parser.add_lightning_class_args(MetricSummary, "summary")
+        parser.add_lightning_class_args(ResumeRNG, "resume_rng")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -82,12 +83,15 @@ def project_of(class_path: str) -> str:
 
 
 def build_parser_kwargs() -> dict:
-    per_subcommand = {"parser_mode": "omegaconf", "default_config_files": DEFAULT_CONFIGS}
-    return {"parser_mode": "omegaconf", **{name: dict(per_subcommand) for name in SUBCOMMANDS}}
+    per_subcommand = {"parser_mode": "omegaconf+", "default_config_files": DEFAULT_CONFIGS}
+    return {"parser_mode": "omegaconf+", **{name: dict(per_subcommand) for name in SUBCOMMANDS}}
 
 
 def run_cli(args: list[str] | None = None) -> TGMCLI:
     """Build and run the CLI; ``args`` replaces ``sys.argv[1:]`` (for Python callers and tests)."""
+    # ``omegaconf+`` resolves ${...} after all config files are merged, so one file can refer to a key set in
+    # another; absolute paths like ${data.init_args.batch_size} are read relative to the subcommand's root.
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     return TGMCLI(
         model_class=LightningModule,
         datamodule_class=None,
@@ -103,7 +107,7 @@ def run_cli(args: list[str] | None = None) -> TGMCLI:
 
 def main() -> None:
     """Entry point of the ``tgm`` console script."""
-    run_cli(sys.argv[1:])
+    run_cli()
 
 
 if __name__ == "__main__":

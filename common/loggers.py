@@ -81,11 +81,12 @@ def run_dir(trainer: pl.Trainer) -> Path:
     """Where a run's own files go (saved config, media, summaries): ``<save_dir>/<name>/<version>``.
 
     This is the parent of the default checkpoint folder for both W&B and CSV/TensorBoard loggers.
-    Without a logger it is ``default_root_dir``.
+    Without a logger it is ``default_root_dir``. No collective call is made (``trainer.log_dir`` broadcasts),
+    so rank-zero-only code may call it under DDP.
     """
     logger = trainer.logger
     if logger is None:
         return Path(trainer.default_root_dir)
     if isinstance(logger, _LightningWandbLogger):
         return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / str(logger.version)
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    return Path(getattr(logger, "log_dir", None) or logger.save_dir or trainer.default_root_dir)

@@ -1,0 +1,105 @@
+"""The `tgm` CLI end to end on the tiny test module: fit, checkpoints, saved config, resume, errors."""
+
+from __future__ import annotations
+
+import glob
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from common.cli import run_cli
+from tests.helpers.run_if import RunIf
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
+CSV = str(ROOT / "configs" / "logger" / "csv.yaml")
+
+
+def fit(tmp_path: Path, *extra: str, logger: str | None = CSV):
+    args = ["fit", "--config", TINY]
+    if logger:
+        args += ["--config", logger]
+    args += [
+        "--trainer.default_root_dir", str(tmp_path),
+        "--checkpoint.dirpath", str(tmp_path / "ckpt"),
+        *extra,
+    ]
+    if logger == CSV:
+        args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "csv")]
+    return run_cli(args)
+
+
+def test_fit_writes_checkpoints_config_and_resolves_precision(tmp_path):
+    cli = fit(tmp_path)
+    assert cli.trainer.precision == "32-true"  # chosen from the hardware: this machine has no GPU
+    assert cli.trainer.gradient_clip_val == 1.0  # from configs/trainer/default.yaml
+    assert (tmp_path / "ckpt" / "last.ckpt").exists()
+    assert (tmp_path / "ckpt" / "epoch001.ckpt").exists()  # best-1 by val/mse, named from the config
+    saved = yaml.safe_load((tmp_path / "csv" / "default" / "version_0" / "config.yaml").read_text())
+    assert saved["model"]["class_path"] == "tests.helpers.tiny.TinyModule"
+    assert saved["checkpoint"]["monitor"] == "val/mse"
+
+
+def test_resume_from_last_is_exact(tmp_path):
+    straight = fit(tmp_path / "a", "--trainer.max_epochs", "3")
+    fit(tmp_path / "b", "--trainer.max_epochs", "2")
+    resumed = fit(tmp_path / "b", "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    assert resumed.trainer.current_epoch == 3 and resumed.trainer.global_step == straight.trainer.global_step
+    for (name, p), q in zip(straight.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q), f"{name} differs after resume"
+
+
+def test_omegaconf_interpolation(tmp_path):
+    config = tmp_path / "interp.yaml"
+    config.write_text("model:\n  init_args:\n    hidden: ${data.init_args.batch_size}\n")
+    cli = fit(tmp_path, "--config", str(config), "--trainer.max_epochs", "1")
+    assert cli.model.encoder.out_features == 8
+
+
+def test_print_config_lists_the_resolved_setup(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "--config", TINY, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["logger"]["class_path"] == "common.loggers.WandbLogger"
+    assert printed["checkpoint"]["save_last"] is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--trainer.max_epochz", "3"], "max_epochz"),
+        (["--model.init_args.lr", "fast"], "lr"),
+        (["--model.class_path", "tests.helpers.tiny.NoSuchModule"], "NoSuchModule"),
+        (["--config", "configs/does/not/exist.yaml"], "does/not/exist.yaml"),
+    ],
+)
+def test_user_mistakes_name_the_key_or_file(extra, expected):
+    """Run as a user would: one short message naming the problem, exit code 2, no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "common.cli", "fit", "--config", TINY, *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@RunIf(wandb=True)
+def test_wandb_offline_run_has_config_and_group(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cli = fit(tmp_path, "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path / "wb"),
+              logger=None)
+    logger = cli.trainer.logger
+    assert logger.mode == "offline"
+    assert logger.experiment.group == "tests"  # derived from the model's package
+    assert glob.glob(str(tmp_path / "wb" / "wandb" / "offline-run-*"))
+    run_dir = tmp_path / "wb" / "turkish-generative-models" / logger.version
+    assert (run_dir / "config.yaml").exists()
+    assert (run_dir / "media" / "epoch_0000" / "gradient.png").exists()

@@ -1,0 +1,57 @@
+"""Small shared pieces: W&B mode choice, media files, the Hugging Face loading error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+
+from common.hub import PretrainedNotAvailable, load_pretrained, looks_like_path
+from common.loggers import resolve_wandb_mode
+from common.media import Image, Mesh, Table, Video, write_media
+
+
+def test_wandb_mode_offline_without_login(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_wandb_mode() == "disabled"
+    with pytest.raises(ValueError, match="sometimes"):
+        resolve_wandb_mode("sometimes")
+
+
+def test_media_files_are_written_and_readable(tmp_path):
+    box = trimesh.creation.box()
+    written = [
+        write_media(Image(np.zeros((8, 8), dtype=np.float32)), tmp_path / "img"),
+        write_media(Video(np.zeros((3, 8, 8, 3), dtype=np.uint8), fps=5), tmp_path / "clip"),
+        write_media(Mesh(box.vertices, box.faces), tmp_path / "mesh"),
+        write_media(Table(["a", "b"], [[1, "x"]]), tmp_path / "tab"),
+    ]
+    assert [p.suffix for p in written] == [".png", ".gif", ".obj", ".csv"]
+    assert len(trimesh.load(written[2], force="mesh").faces) == 12
+    assert written[3].read_text().splitlines() == ["a,b", "1,x"]
+
+
+def test_missing_pretrained_weights_give_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig
+
+    with pytest.raises(PretrainedNotAvailable, match=r"model.init_args.text_encoder: could not load 'google/mt5-small'.*HF_HUB_OFFLINE=1"):
+        load_pretrained(AutoConfig.from_pretrained, "google/mt5-small", what="model.init_args.text_encoder")
+    with pytest.raises(PretrainedNotAvailable, match="local directory './nowhere/model' does not exist"):
+        load_pretrained(AutoConfig.from_pretrained, "./nowhere/model", what="x")
+    assert looks_like_path("/abs/dir") and not looks_like_path("openai/clip-vit-base-patch32")
+
+
+def test_local_directory_is_loaded(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    config = load_pretrained(GPT2Config.from_pretrained, str(tmp_path), what="x")
+    assert config.n_embd == 8

@@ -1,0 +1,41 @@
+"""Every project config parses, and every tiny config runs one fast_dev_run batch through `tgm fit`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*/*.yaml") if p.parent.name not in ("trainer", "logger"))
+TINY_CONFIGS = [p for p in PROJECT_CONFIGS if p.name == "tiny.yaml"]
+CSV = str(ROOT / "configs" / "logger" / "csv.yaml")
+
+
+def ids(paths: list[Path]) -> list[str]:
+    return [f"{p.parent.name}/{p.name}" for p in paths]
+
+
+@pytest.mark.parametrize("config", PROJECT_CONFIGS, ids=ids(PROJECT_CONFIGS))
+def test_config_parses(config: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith(f"projects.{config.parent.name}.")
+
+
+@pytest.mark.parametrize("config", TINY_CONFIGS, ids=ids(TINY_CONFIGS))
+def test_tiny_config_fast_dev_run(config: Path, tmp_path: Path):
+    cli = run_cli([
+        "fit", "--config", str(config), "--config", CSV,
+        "--trainer.fast_dev_run", "true",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "csv"),
+        "--checkpoint.dirpath", str(tmp_path / "ckpt"),
+    ])
+    assert cli.trainer.state.finished
+    assert cli.trainer.global_step >= 1
