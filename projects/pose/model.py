@@ -1,0 +1,253 @@
+"""Progressive Transformer (Saunders et al., 2020): text -> sequence of skeleton frames with a progress counter.
+
+Read top to bottom: attention -> encoder/decoder layers -> the model -> progressive decoding.
+
+* The encoder is a pre-LayerNorm transformer over (FastText-initialised) word embeddings.
+* The decoder gets the previous frames (joints + counter, or only the counter with ``just_count_in``) through
+  a linear embedding and predicts the next frame's joints (``future_prediction`` frames of them) and counter.
+* Decoding is progressive: starting from a BOS frame (zero joints, counter 0) the model feeds back its own
+  frames and stops a sequence once its predicted counter reaches ``stop_counter`` (or ``max_length``).
+  Self-attention keys/values of past frames and the cross-attention keys/values of the encoder output are
+  cached, so each step only runs the new frame through the decoder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MultiHeadAttention(nn.Module):
+    """softmax(Q K^T / sqrt(d_k)) V over ``num_heads`` heads ("Attention Is All You Need"), computed by
+    ``F.scaled_dot_product_attention`` so GPUs use fused (flash / memory-efficient) kernels.
+
+    ``mask`` is boolean, broadcastable to ``B x heads x T_q x T_k``, True where attention is allowed.
+    ``cache`` (a dict) stores keys/values: for self-attention new keys are appended to it, for cross-attention
+    (``static_kv``) they are computed once and reused.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_size = hidden_size // num_heads
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+        self.output = nn.Linear(hidden_size, hidden_size)
+        self.dropout = dropout
+
+    def _split(self, x: Tensor) -> Tensor:  # B x T x H -> B x heads x T x head_size
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_size).transpose(1, 2)
+
+    def forward(self, query: Tensor, key_value: Tensor, mask: Tensor | None = None, cache: dict | None = None,
+                static_kv: bool = False) -> Tensor:
+        q = self._split(self.query(query))
+        if cache is not None and static_kv and "k" in cache:
+            k, v = cache["k"], cache["v"]
+        else:
+            k, v = self._split(self.key(key_value)), self._split(self.value(key_value))
+            if cache is not None:
+                if not static_kv and "k" in cache:
+                    k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+                cache["k"], cache["v"] = k, v
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.output(y.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, hidden_size: int, ff_size: int, dropout: float) -> None:
+        super().__init__(nn.Linear(hidden_size, ff_size), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff_size, hidden_size))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int, ff_size: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(hidden_size), nn.LayerNorm(hidden_size)
+        self.attention = MultiHeadAttention(hidden_size, num_heads, dropout)
+        self.feed_forward = FeedForward(hidden_size, ff_size, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        h = self.norm1(x)
+        x = x + self.drop(self.attention(h, h, mask))
+        return x + self.drop(self.feed_forward(self.norm2(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int, ff_size: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(hidden_size) for _ in range(3))
+        self.self_attention = MultiHeadAttention(hidden_size, num_heads, dropout)
+        self.cross_attention = MultiHeadAttention(hidden_size, num_heads, dropout)
+        self.feed_forward = FeedForward(hidden_size, ff_size, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, memory: Tensor, self_mask: Tensor | None, src_mask: Tensor,
+                cache: dict | None = None) -> Tensor:
+        h = self.norm1(x)
+        x = x + self.drop(self.self_attention(h, h, self_mask, cache["self"] if cache else None))
+        h = self.norm2(x)
+        x = x + self.drop(self.cross_attention(h, memory, src_mask, cache["cross"] if cache else None, static_kv=True))
+        return x + self.drop(self.feed_forward(self.norm3(x)))
+
+
+def sinusoidal_positions(length: int, dim: int) -> Tensor:
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    scale = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * scale)
+    table[:, 1::2] = torch.cos(position * scale)[:, : dim // 2]
+    return table
+
+
+class ProgressiveTransformer(nn.Module):
+    """Encoder-decoder over word ids -> frames. ``src_embed`` is replaced by :meth:`set_source_embeddings`
+    once the vocabulary (and FastText) is known; it is excluded from :meth:`reset_parameters`."""
+
+    def __init__(
+        self,
+        trg_size: int = 150,
+        hidden_size: int = 64,
+        num_heads: int = 4,
+        encoder_layers: int = 2,
+        decoder_layers: int = 2,
+        ff_size: int = 128,
+        dropout: float = 0.0,
+        embedding_dim: int = 64,
+        embedding_dropout: float = 0.0,
+        just_count_in: bool = False,
+        future_prediction: int = 0,
+        max_positions: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.trg_size = trg_size
+        self.just_count_in = just_count_in
+        self.future_frames = max(1, future_prediction)
+        self.src_embed = nn.Embedding(4, embedding_dim)  # placeholder until the vocabulary is known
+        self.embed_project = nn.Linear(embedding_dim, hidden_size) if embedding_dim != hidden_size else nn.Identity()
+        self.embed_dropout = nn.Dropout(embedding_dropout)
+        self.encoder_layers = nn.ModuleList(
+            EncoderLayer(hidden_size, num_heads, ff_size, dropout) for _ in range(encoder_layers))
+        self.encoder_norm = nn.LayerNorm(hidden_size)
+        self.trg_embed = nn.Linear(1 if just_count_in else trg_size + 1, hidden_size)
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(hidden_size, num_heads, ff_size, dropout) for _ in range(decoder_layers))
+        self.decoder_norm = nn.LayerNorm(hidden_size)
+        self.output = nn.Linear(hidden_size, trg_size * self.future_frames + 1)
+        self.register_buffer("positions", sinusoidal_positions(max_positions, hidden_size), persistent=False)
+
+    def reset_parameters(self, initializer: str = "xavier", gain: float = 1.0) -> None:
+        """Xavier (or normal) init of every weight matrix and zero biases -- never touching ``src_embed``, so
+        FastText vectors loaded there survive (the Turkish fork re-initialised them and lost FastText)."""
+        for name, parameter in self.named_parameters():
+            if name.startswith("src_embed."):
+                continue
+            if parameter.dim() > 1:
+                if initializer == "xavier":
+                    nn.init.xavier_uniform_(parameter, gain=gain)
+                elif initializer == "normal":
+                    nn.init.normal_(parameter, std=0.02 * gain)
+                else:
+                    raise ValueError(f"initializer must be 'xavier' or 'normal', got '{initializer}'")
+            elif name.endswith("bias"):
+                nn.init.zeros_(parameter)
+
+    def set_source_embeddings(self, weights: Tensor, freeze: bool = False, padding_idx: int = 1) -> None:
+        """Install a ``vocab x dim`` embedding matrix (FastText, or random); ``freeze`` keeps it fixed."""
+        if weights.shape[1] != self.src_embed.embedding_dim:  # e.g. a 300-d pretrained FastText
+            hidden = self.trg_embed.out_features
+            self.embed_project = nn.Linear(weights.shape[1], hidden) if weights.shape[1] != hidden else nn.Identity()
+            if isinstance(self.embed_project, nn.Linear):
+                nn.init.xavier_uniform_(self.embed_project.weight)
+                nn.init.zeros_(self.embed_project.bias)
+        self.src_embed = nn.Embedding.from_pretrained(weights.clone(), freeze=freeze, padding_idx=padding_idx)
+
+    def _with_positions(self, x: Tensor, offset: int = 0) -> Tensor:
+        if offset + x.shape[1] > self.positions.shape[0]:
+            raise ValueError(f"sequence of {offset + x.shape[1]} steps exceeds max_positions={self.positions.shape[0]}")
+        return x + self.positions[offset: offset + x.shape[1]]
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> Tensor:
+        """``src``: B x S word ids, ``src_mask``: B x S bool (True = real token) -> B x S x hidden."""
+        x = self.embed_dropout(self._with_positions(self.embed_project(self.src_embed(src))))
+        mask = src_mask[:, None, None, :]
+        for layer in self.encoder_layers:
+            x = layer(x, mask)
+        return self.encoder_norm(x)
+
+    def _decoder_input(self, frames: Tensor) -> Tensor:
+        return self.trg_embed(frames[..., -1:] if self.just_count_in else frames)
+
+    def decode(self, trg_input: Tensor, memory: Tensor, src_mask: Tensor, trg_mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced decoding of all steps at once: ``trg_input`` B x T x (trg_size + 1) -> B x T x out."""
+        steps = trg_input.shape[1]
+        self_mask = torch.ones(steps, steps, dtype=torch.bool, device=trg_input.device).tril()[None, None]
+        if trg_mask is not None:
+            self_mask = self_mask & trg_mask[:, None, None, :]
+        x = self._with_positions(self._decoder_input(trg_input))
+        for layer in self.decoder_layers:
+            x = layer(x, memory, self_mask, src_mask[:, None, None, :])
+        return self.output(self.decoder_norm(x))
+
+    def forward(self, src: Tensor, src_mask: Tensor, trg_input: Tensor, trg_mask: Tensor | None = None) -> Tensor:
+        return self.decode(trg_input, self.encode(src, src_mask), src_mask, trg_mask)
+
+    def next_frame(self, output: Tensor) -> Tensor:
+        """Keep the first predicted frame's joints and the counter: B x T x (trg_size + 1)."""
+        return torch.cat([output[..., : self.trg_size], output[..., -1:]], dim=-1)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        src: Tensor,
+        src_mask: Tensor,
+        max_length: int = 300,
+        stop_counter: float = 0.99,
+        use_cache: bool = True,
+        gt_counter: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Progressive decoding. Returns ``B x L x (trg_size + 1)`` frames (BOS not included) and lengths.
+
+        Default: the model's own counter is fed back and a sequence ends at the first frame whose counter is
+        ``>= stop_counter`` (length capped at ``max_length``).
+        ``gt_counter`` (B x T, the references' counters) reproduces the original code's evaluation instead:
+        each input frame's counter is overwritten with the ground-truth one and every sequence runs for the
+        reference length. It leaks the reference length and is only for comparison with published numbers.
+        """
+        batch, device = src.shape[0], src.device
+        memory = self.encode(src, src_mask)
+        if gt_counter is not None:
+            max_length = gt_counter.shape[1]
+            gt_input_counter = torch.cat([torch.zeros(batch, 1, device=device), gt_counter[:, :-1]], dim=1)
+        frame = torch.zeros(batch, 1, self.trg_size + 1, device=device)  # BOS: zero joints, counter 0
+        inputs, outputs = [], []
+        lengths = torch.full((batch,), max_length, dtype=torch.long, device=device)
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        caches = [{"self": {}, "cross": {}} for _ in self.decoder_layers] if use_cache else None
+        cross_mask = src_mask[:, None, None, :]
+        for step in range(max_length):
+            if gt_counter is not None:
+                frame = frame.clone()
+                frame[:, 0, -1] = gt_input_counter[:, step]
+            if use_cache:
+                x = self._with_positions(self._decoder_input(frame), offset=step)
+                for layer, cache in zip(self.decoder_layers, caches, strict=True):
+                    x = layer(x, memory, None, cross_mask, cache)
+                out = self.output(self.decoder_norm(x))
+            else:  # recompute every previous step: the quadratic baseline the cache avoids
+                inputs.append(frame)
+                out = self.decode(torch.cat(inputs, dim=1), memory, src_mask)[:, -1:]
+            frame = self.next_frame(out)
+            outputs.append(frame)
+            if gt_counter is None:
+                stopped = (frame[:, 0, -1] >= stop_counter) & ~done
+                lengths[stopped] = step + 1
+                done |= stopped
+                if bool(done.all()):
+                    break
+        return torch.cat(outputs, dim=1), lengths

@@ -1,0 +1,459 @@
+"""Meshes + captions -> voxel grids and surface points at the resolution the progressive-growing callback asks for.
+
+A data set is a folder of meshes (``.obj`` / ``.ply`` / ``.off`` / ``.glb`` / anything ``trimesh.load`` reads) and
+a captions file per split, CSV (header ``mesh,text[,style]``) or JSONL (``{"mesh": ..., "text": ..., "style": ...}``);
+mesh paths are relative to the captions file. Every mesh is centred and scaled so its longest side is
+``normalize_extent`` of the unit cube ``[-0.5, 0.5]^3``, then voxelised at the current resolution (cached in memory
+and on disk, per resolution) and sampled for surface points. With no ``data_dir`` the generated motif set
+(:mod:`projects.shape3d.shapes`) is written to ``data/generated/shape3d`` on first use.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import trimesh
+from lightning.pytorch.utilities import rank_zero_info
+from scipy.spatial import cKDTree
+from torch.utils.data import DataLoader, Dataset
+
+from common.geometry import sample_surface_points, transform_voxels, voxel_grid_points, voxel_iou, voxelize_mesh
+from projects.shape3d.shapes import generate_default_data
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA_DIR = REPO_ROOT / "data" / "generated" / "shape3d"
+CACHE_VERSION = 2
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class CaptionRow:
+    """One captions-file row; ``where`` names it in errors (``file:line``)."""
+
+    mesh: Path | None
+    text: str
+    style: str
+    where: str
+
+
+def read_captions(path: str | Path, require_mesh: bool = True) -> list[CaptionRow]:
+    """Rows of a CSV or JSONL captions file. A row without text, or (when ``require_mesh``) without a mesh path,
+    raises a ValueError naming the file and line. Mesh paths are resolved relative to the file's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"captions file '{path}' does not exist")
+    raw: list[tuple[int, dict]] = []
+    if path.suffix.lower() == ".jsonl":
+        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_number}: expected a JSON object with 'mesh' and 'text'")
+            raw.append((line_number, record))
+    elif path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or "text" not in reader.fieldnames:
+                raise ValueError(f"{path}:1: CSV header must name the columns mesh,text[,style]; got {reader.fieldnames}")
+            for record in reader:
+                raw.append((reader.line_num, record))
+    else:
+        raise ValueError(f"captions file '{path}' must end in .jsonl or .csv")
+    rows = []
+    for line_number, record in raw:
+        where = f"{path}:{line_number}"
+        text = str(record.get("text") or "").strip()
+        if not text:
+            raise ValueError(f"{where}: empty caption text")
+        mesh = str(record.get("mesh") or "").strip()
+        if require_mesh and not mesh:
+            raise ValueError(f"{where}: no mesh path")
+        rows.append(CaptionRow(mesh=(path.parent / mesh) if mesh else None, text=text, style=str(record.get("style") or "").strip(), where=where))
+    return rows
+
+
+def load_mesh(path: Path, where: str) -> trimesh.Trimesh:
+    """Read one mesh (scenes are merged into one mesh); missing, unreadable or empty files raise naming ``where``."""
+    if not path.exists():
+        raise FileNotFoundError(f"{where}: mesh file '{path}' does not exist")
+    try:
+        mesh = trimesh.load(str(path), force="mesh")
+    except Exception as error:  # trimesh raises many types for corrupt files
+        raise ValueError(f"{where}: cannot read mesh '{path}' ({type(error).__name__}: {error})") from error
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0 or len(mesh.vertices) == 0:
+        raise ValueError(f"{where}: mesh '{path}' is empty (no faces)")
+    if not np.isfinite(mesh.vertices).all():
+        raise ValueError(f"{where}: mesh '{path}' has non-finite vertex coordinates")
+    return mesh
+
+
+def normalize_to_unit_cube(mesh: trimesh.Trimesh, extent: float = 0.8) -> trimesh.Trimesh:
+    """Centre the bounding box at the origin and scale its longest side to ``extent`` (< 1 leaves a margin)."""
+    mesh = mesh.copy()
+    lower, upper = mesh.bounds
+    size = float((upper - lower).max())
+    if size <= 0:
+        raise ValueError("mesh has zero extent")
+    mesh.apply_translation(-(lower + upper) / 2)
+    mesh.apply_scale(extent / size)
+    return mesh
+
+
+# ----------------------------------------------------------------------------------------------- store
+
+
+class ShapeStore:
+    """The meshes of one split, normalised, with their surface points and voxel grids (per resolution, cached).
+
+    ``on_bad_row="error"`` stops at the first bad row (missing / unreadable / empty mesh) with its file:line;
+    ``"skip"`` warns with the file:line and keeps every other row as it is.
+    """
+
+    def __init__(
+        self,
+        captions: Path,
+        num_points: int = 2048,
+        num_ref_points: int = 512,
+        extent: float = 0.8,
+        surface_resolution: int = 32,
+        on_bad_row: str = "error",
+        cache_dir: Path | None = None,
+    ) -> None:
+        if on_bad_row not in ("error", "skip"):
+            raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+        self.captions = Path(captions)
+        self.extent = extent
+        self.cache_dir = cache_dir
+        self.surface_resolution = surface_resolution
+        self.rows: list[CaptionRow] = []
+        self.meshes: list[trimesh.Trimesh] = []
+        for row in read_captions(self.captions):
+            try:
+                mesh = normalize_to_unit_cube(load_mesh(row.mesh, row.where), extent)
+            except (FileNotFoundError, ValueError) as error:
+                if on_bad_row == "error":
+                    raise
+                warnings.warn(f"skipping {error}", stacklevel=2)
+                continue
+            if not mesh.is_watertight:
+                warnings.warn(f"{row.where}: mesh '{row.mesh}' is not watertight; it is voxelised by surface", stacklevel=2)
+            self.rows.append(row)
+            self.meshes.append(mesh)
+        if not self.rows:
+            raise ValueError(f"{self.captions}: no usable rows")
+        self.digest = self._digest(num_points, num_ref_points)
+        cached = self._load_cache("points")
+        if cached is None:
+            cached = self._points_and_distances(num_points, num_ref_points)
+            self._save_cache("points", cached)
+        self.points = torch.from_numpy(cached["points"]).float()
+        self.ref_points = torch.from_numpy(cached["ref_points"]).float()
+        self.distances = torch.from_numpy(cached["distances"]).float()
+        self.voxel_cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _digest(self, *extra) -> str:
+        parts = [CACHE_VERSION, self.extent, self.surface_resolution, *extra]
+        for row in self.rows:
+            stat = row.mesh.stat()
+            parts.append([str(row.mesh.resolve()), stat.st_size, stat.st_mtime_ns])
+        return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+
+    def _cache_path(self, what: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / f"{self.captions.stem}_{self.digest}_{what}.npz"
+
+    def _load_cache(self, what: str) -> dict | None:
+        path = self._cache_path(what)
+        if path is None or not path.exists():
+            return None
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+
+    def _save_cache(self, what: str, arrays: dict) -> None:
+        path = self._cache_path(what)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(path, **arrays)
+
+    def _points_and_distances(self, num_points: int, num_ref_points: int) -> dict:
+        """Target surface points, a separate reference cloud (the optional conditioning input), and the squared
+        distance from every voxel centre of the ``surface_resolution`` grid to the surface (for the surface loss)."""
+        centers = voxel_grid_points(self.surface_resolution).numpy()
+        points, refs, distances = [], [], []
+        for index, mesh in enumerate(self.meshes):
+            points.append(sample_surface_points(mesh, num_points, seed=2 * index))
+            refs.append(sample_surface_points(mesh, num_ref_points, seed=2 * index + 1))
+            dense = sample_surface_points(mesh, 8192, seed=10_000 + index)
+            distance, _ = cKDTree(dense).query(centers)
+            distances.append((distance**2).reshape((self.surface_resolution,) * 3).astype(np.float32))
+        return {"points": np.stack(points), "ref_points": np.stack(refs), "distances": np.stack(distances)}
+
+    def voxels(self, resolution: int) -> torch.Tensor:
+        """(N, R, R, R) bool occupancy at ``resolution``, voxelised once per resolution (memory + disk cache)."""
+        if resolution not in self.voxel_cache:
+            cached = self._load_cache(f"voxels{resolution}")
+            if cached is not None:
+                grids = np.unpackbits(cached["packed"], count=len(self) * resolution**3).reshape(len(self), *(resolution,) * 3)
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # non-watertight meshes were reported once when read
+                    grids = np.stack([voxelize_mesh(mesh, resolution, row.where) for mesh, row in zip(self.meshes, self.rows)])
+                self._save_cache(f"voxels{resolution}", {"packed": np.packbits(grids.reshape(-1))})
+            self.voxel_cache[resolution] = torch.from_numpy(grids.astype(bool))
+        return self.voxel_cache[resolution]
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+
+
+def random_similarity(generator: torch.Generator, max_degrees: float, scale_range: tuple[float, float]) -> torch.Tensor:
+    """A rotation about the vertical (z) axis within +-``max_degrees`` times a uniform scale in ``scale_range``.
+    z only, because the captions name the vertical orientation ("dik", "yatay") and must stay true."""
+    angle = math.radians((torch.rand(1, generator=generator).item() * 2 - 1) * max_degrees)
+    scale = scale_range[0] + torch.rand(1, generator=generator).item() * (scale_range[1] - scale_range[0])
+    c, s = math.cos(angle), math.sin(angle)
+    return scale * torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def augment_sample(sample: dict, matrix: torch.Tensor, jitter_std: float, generator: torch.Generator) -> dict:
+    """Apply one linear map to every geometric field so voxels, points and distances stay consistent:
+    grids are resampled (occupancy thresholded back to 0/1), points are mapped, the reference cloud is jittered."""
+    out = dict(sample)
+    for key in ("voxels", "eval_voxels"):
+        out[key] = (transform_voxels(sample[key][None, None].float(), matrix[None])[0, 0] > 0.5).float()
+    scale = float(torch.linalg.det(matrix).abs() ** (1 / 3))
+    # squared distance to the surface under a similarity map: d'(Ap) = s d(p); outside the old grid -> far away
+    far = float(sample["distances"].max())
+    moved = transform_voxels(sample["distances"][None, None] - far, matrix[None])[0, 0] + far
+    out["distances"] = moved * scale**2
+    out["points"] = sample["points"] @ matrix.T
+    jitter = torch.randn(sample["ref_points"].shape, generator=generator) * jitter_std
+    out["ref_points"] = sample["ref_points"] @ matrix.T + jitter
+    return out
+
+
+class ShapeDataset(Dataset):
+    """Samples of a :class:`ShapeStore` at the resolution currently set (read at ``__getitem__`` time)."""
+
+    def __init__(
+        self,
+        store: ShapeStore,
+        resolution: int,
+        eval_resolution: int,
+        augment: bool = False,
+        augment_prob: float = 0.5,
+        rotation_degrees: float = 30.0,
+        scale_range: tuple[float, float] = (0.8, 1.2),
+        jitter_std: float = 0.01,
+        ref_points_prob: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        self.store = store
+        self.resolution = resolution
+        self.eval_resolution = eval_resolution
+        self.augment = augment
+        self.augment_prob = augment_prob
+        self.rotation_degrees = rotation_degrees
+        self.scale_range = tuple(scale_range)
+        self.jitter_std = jitter_std
+        self.ref_points_prob = ref_points_prob
+        self.seed = seed
+        self.calls = 0
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: int) -> dict:
+        # a fresh generator per call: deterministic for a seed, different every epoch
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
+        self.calls += 1
+        row = self.store.rows[index]
+        sample = {
+            "text": row.text,
+            "style": row.style,
+            "voxels": self.store.voxels(self.resolution)[index].float(),
+            "eval_voxels": self.store.voxels(self.eval_resolution)[index].float(),
+            "points": self.store.points[index],
+            "ref_points": self.store.ref_points[index],
+            "distances": self.store.distances[index],
+            "index": index,
+        }
+        if self.augment and torch.rand(1, generator=generator).item() < self.augment_prob:
+            matrix = random_similarity(generator, self.rotation_degrees, self.scale_range)
+            sample = augment_sample(sample, matrix, self.jitter_std, generator)
+        sample["has_ref"] = float(torch.rand(1, generator=generator).item() < self.ref_points_prob)
+        return sample
+
+
+class PredictDataset(Dataset):
+    """Texts (and optional style / reference mesh) to turn into meshes."""
+
+    def __init__(self, rows: list[CaptionRow], num_ref_points: int, extent: float) -> None:
+        self.rows = rows
+        self.refs = []
+        for index, row in enumerate(rows):
+            if row.mesh is None:
+                self.refs.append(None)
+                continue
+            mesh = normalize_to_unit_cube(load_mesh(row.mesh, row.where), extent)
+            self.refs.append(torch.from_numpy(sample_surface_points(mesh, num_ref_points, seed=index)))
+        self.num_ref_points = num_ref_points
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        ref = self.refs[index]
+        return {
+            "text": self.rows[index].text,
+            "style": self.rows[index].style,
+            "ref_points": ref if ref is not None else torch.zeros(self.num_ref_points, 3),
+            "has_ref": float(ref is not None),
+            "index": index,
+        }
+
+
+# ----------------------------------------------------------------------------------------------- datamodule
+
+
+class ShapeDataModule(pl.LightningDataModule):
+    """Text (+ style, + optional reference point cloud) -> voxel / point targets, with progressive resolution.
+
+    ``data_dir: null`` uses the generated motif set. ``set_resolution`` is called by
+    :class:`common.callbacks.ProgressiveResolution`; targets are re-made (voxelised) at each new resolution.
+    Metrics are taken at the fixed ``eval_resolution`` so numbers stay comparable while the resolution grows.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        train_captions: str = "train.jsonl",
+        val_captions: str = "val.jsonl",
+        predict_captions: str | None = None,
+        predict_texts: list[str] | None = None,
+        predict_style: str = "",
+        resolution: int = 32,
+        eval_resolution: int = 32,
+        num_points: int = 2048,
+        num_ref_points: int = 512,
+        normalize_extent: float = 0.8,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        augment: bool = False,
+        augment_prob: float = 0.5,
+        rotation_degrees: float = 30.0,
+        scale_range: tuple[float, float] = (0.8, 1.2),
+        jitter_std: float = 0.01,
+        ref_points_prob: float = 0.0,
+        val_ref_points: bool = False,
+        on_bad_row: str = "error",
+        cache: bool = True,
+        generated_copies_train: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.resolution = resolution
+        self.train_store: ShapeStore | None = None
+        self.val_store: ShapeStore | None = None
+        self.train_set: ShapeDataset | None = None
+        self.val_set: ShapeDataset | None = None
+        self._mean_shape: tuple[torch.Tensor, float] | None = None
+
+    @property
+    def root(self) -> Path:
+        return Path(self.hparams.data_dir) if self.hparams.data_dir else DEFAULT_DATA_DIR
+
+    def prepare_data(self) -> None:
+        if not self.hparams.data_dir:
+            generate_default_data(DEFAULT_DATA_DIR, copies_train=self.hparams.generated_copies_train)
+
+    def _store(self, captions: str) -> ShapeStore:
+        h = self.hparams
+        return ShapeStore(
+            self.root / captions, num_points=h.num_points, num_ref_points=h.num_ref_points, extent=h.normalize_extent,
+            surface_resolution=h.eval_resolution, on_bad_row=h.on_bad_row,
+            cache_dir=(self.root / "cache") if h.cache else None,
+        )
+
+    def setup(self, stage: str) -> None:
+        h = self.hparams
+        if stage in ("fit", "validate", "test") and self.val_store is None:
+            self.prepare_data()
+            if stage == "fit":
+                self.train_store = self._store(h.train_captions)
+                self.train_set = ShapeDataset(
+                    self.train_store, self.resolution, h.eval_resolution, augment=h.augment, augment_prob=h.augment_prob,
+                    rotation_degrees=h.rotation_degrees, scale_range=h.scale_range, jitter_std=h.jitter_std,
+                    ref_points_prob=h.ref_points_prob, seed=h.seed,
+                )
+            self.val_store = self._store(h.val_captions)
+            self.val_set = ShapeDataset(self.val_store, self.resolution, h.eval_resolution, ref_points_prob=float(h.val_ref_points), seed=h.seed + 1)
+            rank_zero_info(
+                f"[shape3d] data: {len(self.train_store) if self.train_store else 0} train / {len(self.val_store)} val shapes "
+                f"from {self.root}"
+            )
+        if stage == "predict":
+            self.predict_set = PredictDataset(self._predict_rows(), h.num_ref_points, h.normalize_extent)
+
+    def _predict_rows(self) -> list[CaptionRow]:
+        h = self.hparams
+        if h.predict_captions:
+            return read_captions(h.predict_captions, require_mesh=False)
+        if h.predict_texts:
+            return [CaptionRow(None, text, h.predict_style, f"data.predict_texts[{i}]") for i, text in enumerate(h.predict_texts)]
+        raise ValueError("predict needs data.init_args.predict_texts (a list of descriptions) or data.init_args.predict_captions")
+
+    def set_resolution(self, resolution: int) -> None:
+        """Called by ProgressiveResolution: every dataset voxelises (or loads from cache) its targets at ``resolution``."""
+        self.resolution = resolution
+        for dataset in (self.train_set, self.val_set):
+            if dataset is not None:
+                dataset.store.voxels(resolution)
+                dataset.resolution = resolution
+
+    def mean_shape(self) -> tuple[torch.Tensor, float]:
+        """The 'predict the mean shape' baseline: the mean training occupancy at ``eval_resolution`` and the
+        threshold on it that maximises the mean training IoU (the strongest single shape for this data)."""
+        if self._mean_shape is None:
+            if self.train_store is None:
+                raise RuntimeError("mean_shape needs the training split (setup('fit'))")
+            grids = self.train_store.voxels(self.hparams.eval_resolution).float()
+            mean = grids.mean(0)
+            best = max(
+                (float(voxel_iou(mean.expand_as(grids), grids, t).mean()), t) for t in np.arange(0.05, 0.96, 0.05).tolist()
+            )
+            self._mean_shape = (mean, best[1])
+        return self._mean_shape
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set, shuffle=False)

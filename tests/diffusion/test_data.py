@@ -1,0 +1,111 @@
+"""IDX reading (EMNIST layout, transposition, bad files) and the data module."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from projects.diffusion.data import CharacterDataModule
+from projects.diffusion.glyphs import BALANCED_CLASSES, generate
+from projects.diffusion.idx import IDXError, read_emnist, read_idx, read_mapping, write_idx
+
+
+def write_split(root, images, labels, split="digits", subset="train"):
+    """Write images the way EMNIST does (transposed) plus labels."""
+    write_idx(root / f"emnist-{split}-{subset}-images-idx3-ubyte.gz", images.transpose(0, 2, 1))
+    write_idx(root / f"emnist-{split}-{subset}-labels-idx1-ubyte.gz", labels)
+
+
+def test_read_emnist_undoes_the_transposed_layout(tmp_path):
+    images = np.zeros((2, 28, 28), np.uint8)
+    images[0, 3, :] = 255  # a horizontal bar in row 3
+    images[1, :, 5] = 200  # a vertical bar in column 5
+    write_split(tmp_path, images, np.array([4, 7], np.uint8))
+    read_images, labels = read_emnist(tmp_path, "digits", "train")
+    np.testing.assert_array_equal(read_images, images)
+    assert labels.tolist() == [4, 7]
+    raw = read_idx(tmp_path / "emnist-digits-train-images-idx3-ubyte.gz", 2051)
+    assert raw[0, :, 3].max() == 255 and raw[0, 3, :].max() == 0  # on disk it really is transposed
+
+
+def test_missing_file_names_it(tmp_path):
+    with pytest.raises(IDXError, match="emnist-letters-test-images-idx3-ubyte.gz: file not found"):
+        read_emnist(tmp_path, "letters", "test")
+
+
+def test_truncated_file_names_it(tmp_path):
+    path = tmp_path / "emnist-mnist-train-images-idx3-ubyte.gz"
+    header = struct.pack(">iiii", 2051, 10, 28, 28)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + bytes(28 * 28 * 3))  # 3 of 10 images
+    with pytest.raises(IDXError, match=r"images-idx3-ubyte.gz: header says shape \(10, 28, 28\).*truncated"):
+        read_idx(path, 2051)
+
+
+def test_cut_gzip_stream_is_reported(tmp_path):
+    path = tmp_path / "emnist-mnist-train-labels-idx1-ubyte.gz"
+    write_idx(path, np.arange(200, dtype=np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IDXError, match="labels-idx1-ubyte.gz: not a readable gzip file"):
+        read_idx(path, 2049)
+
+
+def test_wrong_magic_number(tmp_path):
+    path = tmp_path / "labels.gz"
+    write_idx(path, np.arange(5, dtype=np.uint8))  # a labels file
+    with pytest.raises(IDXError, match=r"labels.gz: wrong magic number 2049, expected images \(2051\)"):
+        read_idx(path, 2051)
+
+
+def test_image_label_count_mismatch(tmp_path):
+    write_split(tmp_path, np.zeros((3, 28, 28), np.uint8), np.array([1, 2], np.uint8))
+    with pytest.raises(IDXError, match="holds 3 images but .*labels-idx1-ubyte.gz holds 2 labels"):
+        read_emnist(tmp_path, "digits", "train")
+
+
+def test_mapping_bad_line_names_file_and_line(tmp_path):
+    (tmp_path / "emnist-digits-mapping.txt").write_text("0 48\n1 forty-nine\n")
+    with pytest.raises(IDXError, match="emnist-digits-mapping.txt:2"):
+        read_mapping(tmp_path, "digits")
+
+
+def test_generator_is_deterministic(tmp_path):
+    a, b = generate(tmp_path / "a", 2, 1, seed=3), generate(tmp_path / "b", 2, 1, seed=3)
+    for name in ("emnist-balanced-train-images-idx3-ubyte.gz", "emnist-balanced-test-labels-idx1-ubyte.gz"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert "".join(read_mapping(a, "balanced").values()) == BALANCED_CLASSES
+
+
+def test_data_module_subset_relabels_and_pads(glyph_dir):
+    data = CharacterDataModule(data_dir=str(glyph_dir), classes="bA7", image_size=32, val_per_class=5,
+                               generated_train_per_class=30, generated_test_per_class=8)
+    data.setup("fit")
+    assert data.class_names == ["b", "A", "7"]
+    images, labels = data.train_set.tensors
+    assert images.shape == (90, 1, 32, 32) and sorted(set(labels.tolist())) == [0, 1, 2]
+    assert images.min() == -1 and images.max() <= 1
+    assert (images[:, :, :2, :] == -1).all() and (images[:, :, :, -2:] == -1).all()  # 28 -> 32 zero padding
+    assert len(data.val_set) == 15
+    # relabelling keeps the right character: each class's mean image correlates with the raw class mean
+    raw_images, raw_labels = read_emnist(glyph_dir, "balanced", "train")
+    for new, char in enumerate(data.class_names):
+        raw_mean = raw_images[raw_labels == BALANCED_CLASSES.index(char)].mean(0)
+        ours = images[labels == new, 0, 2:30, 2:30].mean(0).numpy()
+        assert np.corrcoef(raw_mean.ravel(), ours.ravel())[0, 1] > 0.99
+
+
+def test_data_module_rejects_unknown_class(glyph_dir):
+    data = CharacterDataModule(data_dir=str(glyph_dir), classes="AÇ", generated_train_per_class=30,
+                               generated_test_per_class=8)
+    with pytest.raises(ValueError, match=r"classes 'AÇ': characters \['Ç'\]"):
+        data.setup("fit")
+
+
+def test_emnist_source_with_missing_files_is_clear(tmp_path):
+    data = CharacterDataModule(data_dir=str(tmp_path), source="emnist", split="letters")
+    with pytest.raises(IDXError, match="emnist-letters-mapping.txt: file not found"):
+        data.setup("fit")
