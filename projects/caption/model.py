@@ -204,9 +204,11 @@ class CaptionModule(pl.LightningModule):
         return caption_loss(self.decoder, prefix, batch["input_ids"], batch["attention_mask"])
 
     @torch.no_grad()
-    def generate(self, features: torch.Tensor, num_beams: int | None = None,
-                 max_new_tokens: int | None = None) -> list[str]:
-        """Captions for CLIP embeddings: greedy (``num_beams=1``) or beam search from the prefix."""
+    def generate_ids(self, features: torch.Tensor, num_beams: int | None = None,
+                     max_new_tokens: int | None = None) -> torch.Tensor:
+        """Token ids generated from the prefix of each CLIP embedding: greedy (``num_beams=1``) or beam search
+        (Hugging Face ``generate(inputs_embeds=prefix)``; score = sum of log-probs / length), stopping at the
+        stop token or after ``max_new_tokens``. Rows are right-padded with the pad id."""
         if self.tokenizer is None:
             raise RuntimeError("CaptionModule has no tokenizer: fit/validate with the CaptionDataModule or load a "
                                "checkpoint written by this module")
@@ -214,11 +216,16 @@ class CaptionModule(pl.LightningModule):
         prefix = self.mapper(features.float())
         mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         stop = self.stop_token_id()
-        tokens = self.decoder.generate(
+        return self.decoder.generate(
             inputs_embeds=prefix, attention_mask=mask, max_new_tokens=max_new_tokens or self.hparams.max_new_tokens,
             num_beams=num_beams, do_sample=False, early_stopping=num_beams > 1, eos_token_id=stop,
-            pad_token_id=int(self.tokenizer.pad_token_id), bos_token_id=stop,
+            pad_token_id=int(self.tokenizer.pad_token_id), bos_token_id=stop, length_penalty=1.0,
         )
+
+    def generate(self, features: torch.Tensor, num_beams: int | None = None,
+                 max_new_tokens: int | None = None) -> list[str]:
+        """Captions (text) for CLIP embeddings, see :meth:`generate_ids`."""
+        tokens = self.generate_ids(features, num_beams, max_new_tokens)
         return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     # ---------------------------------------------------------------------------------------- loops

@@ -38,12 +38,14 @@ def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
     raw = _read_bytes(path)
     ndim = {IMAGES_MAGIC: 3, LABELS_MAGIC: 1}[expected_magic]
     header_len = 4 + 4 * ndim
-    if len(raw) < header_len:
+    if len(raw) < 4:
         raise IDXError(f"{path}: truncated header ({len(raw)} bytes, need {header_len})")
     magic = struct.unpack(">i", raw[:4])[0]
     if magic != expected_magic:
         kind = "images (2051)" if expected_magic == IMAGES_MAGIC else "labels (2049)"
         raise IDXError(f"{path}: wrong magic number {magic}, expected {kind}")
+    if len(raw) < header_len:
+        raise IDXError(f"{path}: truncated header ({len(raw)} bytes, need {header_len})")
     shape = struct.unpack(f">{ndim}i", raw[4:header_len])
     expected = int(np.prod(shape))
     payload = len(raw) - header_len

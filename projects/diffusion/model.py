@@ -140,7 +140,7 @@ class DiffusionModule(pl.LightningModule):
                 ensure_classifier(path, data.train_set, data.val_set, data.class_names, hp.classifier_epochs)
             self.trainer.strategy.barrier()
             extractor = load_classifier(path, data.class_names)
-        self.extractor_net = extractor
+        object.__setattr__(self, "extractor_net", extractor)  # not a submodule: stays out of the checkpoint
         self.metric_keys = metric_names(extractor)
         self.val_fid = ExtractorFID(extractor)
         self.val_is = ExtractorIS(extractor)

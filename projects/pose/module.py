@@ -59,6 +59,7 @@ class PoseModule(pl.LightningModule):
         noise_rate: float = 5.0,
         future_prediction: int = 0,
         loss: str = "mse",
+        counter_weight: float = 1.0,
         learning_rate: float = 1e-3,
         learning_rate_min: float = 2e-4,
         weight_decay: float = 0.0,
@@ -166,8 +167,12 @@ class PoseModule(pl.LightningModule):
         return trg_input, targets, mask & valid[..., None]
 
     def _loss(self, output: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+        """Masked mean error over joints and counter. ``counter_weight`` (1.0 = the original: the counter is one
+        value among ``trg_size + 1``) up-weights the counter column, which alone decides when decoding stops."""
         error = (output - targets).abs() if self.hparams.loss.lower() == "l1" else (output - targets).square()
-        return (error * mask).sum() / mask.sum().clamp(min=1)
+        weights = torch.ones(error.shape[-1], device=error.device, dtype=error.dtype)
+        weights[-1] = self.hparams.counter_weight
+        return (error * mask * weights).sum() / mask.sum().clamp(min=1)
 
     def forward_batch(self, batch: dict, noise: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         src, src_mask = self.encode_tokens(batch["tokens"])
@@ -281,5 +286,10 @@ class PoseModule(pl.LightningModule):
         optimizer = torch.optim.Adam(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=hp.decrease_factor, patience=hp.patience, min_lr=hp.learning_rate_min)
+        # step the plateau scheduler only on epochs that validate, so check_val_every_n_epoch > 1 works; with
+        # validation every N steps (check_val_every_n_epoch: null, the original's validation_freq) it steps at each
+        # epoch end on the latest DTW, skipping (with a warning) epochs before the first validation
+        every = getattr(self._trainer, "check_val_every_n_epoch", 1) if self._trainer is not None else 1
         return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": f"val/{self.dtw.name}", "interval": "epoch"}}
+                "lr_scheduler": {"scheduler": scheduler, "monitor": f"val/{self.dtw.name}", "interval": "epoch",
+                                 "frequency": int(every or 1), "strict": every is not None}}

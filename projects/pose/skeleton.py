@@ -10,9 +10,10 @@ Other skeletons pass their own ``connections`` (pairs of joint indices) and ``gr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 
 def _hand(root: int, wrist: int) -> list[tuple[int, int]]:
@@ -45,6 +46,18 @@ def pt_bone_groups() -> list[str]:
         for finger in FINGERS:
             groups += [palm, finger, finger, finger]
     return groups
+
+
+@lru_cache(maxsize=1)
+def _font() -> ImageFont.ImageFont:
+    """DejaVu Sans (shipped with matplotlib) so Turkish letters (ş, ğ, ı, İ) render; PIL's default bitmap font
+    has no glyphs for them."""
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 11)
+    except (ImportError, OSError):
+        return ImageFont.load_default()
 
 
 def _panel_transform(sequences: Sequence[np.ndarray], size: int, margin: int) -> tuple[np.ndarray, float]:
@@ -89,7 +102,8 @@ def render_side_by_side(
             pixels = (joints[min(t, len(joints) - 1)] - low) * scale + margin
             pixels[:, 0] += panel * size
             pixels[:, 1] += 16
-            draw.text((panel * size + 4, 2), f"{title} {min(t, len(joints) - 1) + 1}/{len(joints)}", fill=(0, 0, 0))
+            draw.text((panel * size + 4, 2), f"{title} {min(t, len(joints) - 1) + 1}/{len(joints)}", fill=(0, 0, 0),
+                      font=_font())
             for (a, b), group in zip(connections, groups, strict=True):
                 if a < len(pixels) and b < len(pixels):
                     draw.line([tuple(pixels[a]), tuple(pixels[b])], fill=GROUP_COLOURS.get(group, (0, 0, 0)), width=2)

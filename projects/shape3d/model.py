@@ -253,9 +253,13 @@ class Shape3DModule(pl.LightningModule):
         export_formats: list[str] = ("obj", "ply", "glb"),
         predict_resolution: int | None = None,
         refine_steps: int = 0,
+        torch_num_threads: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if torch_num_threads:
+            # on a shared CPU, 3D conv backward with >1 OpenMP thread can be 10-30x slower than with one
+            torch.set_num_threads(torch_num_threads)
         from projects.shape3d.data import DEFAULT_DATA_DIR  # data module imports nothing from here
 
         corpus = list(text_corpus) if text_corpus else all_texts() + [TURKISH_ALPHABET, TURKISH_ALPHABET.upper()]

@@ -81,6 +81,11 @@ class TextEncoder(nn.Module):
             model_class = MT5EncoderModel if config.model_type == "mt5" else T5EncoderModel
             self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name, what=what)
             self.encoder = load_pretrained(model_class.from_pretrained, name, what=what)
+        # T5 ties the input embedding as two modules sharing one weight; make it one module, so code that walks
+        # modules (Lightning's BaseFinetuning, used by FreezeUnfreeze) does not add the same parameter twice
+        stack = self.encoder.get_encoder() if hasattr(self.encoder, "get_encoder") else self.encoder.encoder
+        if stack.embed_tokens is not self.encoder.shared and stack.embed_tokens.weight is self.encoder.shared.weight:
+            stack.embed_tokens = self.encoder.shared
         self.dim = self.encoder.config.d_model
 
     def forward(self, texts: list[str]) -> torch.Tensor:

@@ -1,0 +1,125 @@
+"""FID / IS / SSIM / conditional accuracy with a pluggable extractor (common/metrics/image_quality.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from common.metrics.image_quality import (
+    ConditionalAccuracy,
+    Extractor,
+    ExtractorFID,
+    ExtractorIS,
+    InceptionExtractor,
+    ReconstructionSSIM,
+    metric_names,
+)
+from projects.diffusion.classifier import CharClassifier, load_classifier, save_classifier
+
+
+class PixelExtractor(Extractor):
+    """Features = the first 8 pixels; logits = 4 fixed class templates' scores. Deterministic, no training."""
+
+    name = "pixels"
+    num_features = 8
+    num_classes = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.templates = nn.Parameter(torch.eye(4, 16), requires_grad=False)
+
+    def extract(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        flat = images.flatten(1)
+        return flat[:, :8], 10 * flat[:, :16] @ self.templates.T
+
+
+def one_hot_images(labels: Tensor) -> Tensor:
+    """Image of class k: pixel k bright, the rest dark (so PixelExtractor classifies it as k)."""
+    images = -torch.ones(len(labels), 1, 4, 4)
+    images.view(len(labels), -1)[torch.arange(len(labels)), labels] = 1.0
+    return images
+
+
+def test_names_say_which_extractor():
+    assert metric_names(PixelExtractor()) == {"fid": "val/fid_pixels", "is": "val/is_pixels",
+                                              "cond_acc": "val/cond_acc_pixels"}
+    assert metric_names(CharClassifier(3))["fid"] == "val/fid_charclf"
+
+
+def test_fid_is_zero_for_same_sets_and_grows_with_shift():
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(200, 1, 4, 4, generator=generator) * 2 - 1
+    fid = ExtractorFID(PixelExtractor())
+    fid.update(real, real=True)
+    fid.update(real, real=False)
+    same = float(fid.compute())
+    fid.reset()
+    fid.update(real, real=True)
+    fid.update((real + 0.5).clamp(-1, 1), real=False)
+    shifted = float(fid.compute())
+    assert abs(same) < 1e-3 and shifted > 0.5
+
+
+def test_fid_state_is_sum_reduced_for_ddp():
+    fid = ExtractorFID(PixelExtractor())
+    assert fid._reductions["real_features_sum"] is not None and fid._reductions["fake_features_num_samples"]
+
+
+def test_extractor_is_not_in_the_state_dict():
+    extractor = PixelExtractor()
+    holder = nn.Module()
+    holder.fid = ExtractorFID(extractor)
+    holder.acc = ConditionalAccuracy(extractor)
+    assert not [k for k in holder.state_dict() if "templates" in k]
+
+
+def test_inception_score_bounds():
+    labels = torch.arange(4).repeat(25)
+    confident_diverse = ExtractorIS(PixelExtractor())
+    confident_diverse.update(one_hot_images(labels))
+    single_class = ExtractorIS(PixelExtractor())
+    single_class.update(one_hot_images(torch.zeros(100, dtype=torch.long)))
+    high, low = float(confident_diverse.compute()[0]), float(single_class.compute()[0])
+    assert 3.5 < high <= 4.0 + 1e-4  # at most the number of classes
+    assert low == pytest.approx(1.0, abs=1e-3)
+
+
+def test_conditional_accuracy():
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    metric = ConditionalAccuracy(PixelExtractor())
+    asked = labels.clone()
+    asked[:2] = torch.tensor([3, 3])  # two samples do not show what was asked for
+    metric.update(one_hot_images(labels), asked)
+    assert float(metric.compute()) == pytest.approx(6 / 8)
+
+
+def test_ssim_identity_and_noise():
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(4, 1, 16, 16, generator=generator) * 2 - 1
+    ssim = ReconstructionSSIM()
+    ssim.update(real, real)
+    assert float(ssim.compute()) == pytest.approx(1.0, abs=1e-5)
+    ssim.reset()
+    ssim.update((real + 0.8 * torch.randn(real.shape, generator=generator)).clamp(-1, 1), real)
+    assert float(ssim.compute()) < 0.7
+
+
+def test_inception_extractor_without_weights_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Inception weights .*nothing.pth' not found"):
+        InceptionExtractor(str(tmp_path / "nothing.pth"))
+
+
+def test_classifier_checkpoint_round_trip_and_class_check(tmp_path):
+    net = CharClassifier(3)
+    path = tmp_path / "clf.ckpt"
+    save_classifier(net, path, ["A", "B", "0"], val_acc=0.5)
+    loaded = load_classifier(path, ["A", "B", "0"])
+    x = torch.rand(2, 1, 16, 16)
+    features, logits = loaded.extract(x)
+    assert features.shape == (2, 128) and logits.shape == (2, 3)
+    assert torch.allclose(logits, net.eval()(x), atol=1e-6)
+    with pytest.raises(ValueError, match="trained on classes 'AB0', the data has 'AB1'"):
+        load_classifier(path, ["A", "B", "1"])
+    with pytest.raises(FileNotFoundError, match="missing.ckpt' not found"):
+        load_classifier(tmp_path / "missing.ckpt")
