@@ -36,7 +36,7 @@ class CorpusBLEU(SacreBLEUScore):
             raise ValueError(f"CorpusBLEU: {len(preds)} predictions but {len(target)} reference lists")
         if any(len(refs) == 0 for refs in target):
             raise ValueError("CorpusBLEU: every prediction needs at least one reference")
-        for pred, refs in zip(preds, target):
+        for pred, refs in zip(preds, target, strict=True):
             pred_tokens = self.tokenizer(pred) if pred else []
             ref_tokens = [self.tokenizer(ref) if ref else [] for ref in refs]
             self.preds_len += len(pred_tokens)

@@ -433,16 +433,16 @@ class CaptionDataModule(pl.LightningDataModule):
         if not paths:
             raise ValueError(f"caption predict: no images ({', '.join(IMAGE_SUFFIXES)}) in '{folder}'")
         records = [CaptionRecord(int(p.stem) if p.stem.isdigit() else p.stem, p, source=str(p)) for p in paths]
-        problems = Problems()
+        problems, readable = Problems(), []
         for record in records:  # no captions in predict: only the image checks apply
             try:
                 with Image.open(record.path) as image:
                     image.verify()
-            except Exception as error:
+                readable.append(record)
+            except Exception as error:  # PIL raises many types for broken files
                 problems.add("unreadable image file", f"{record.path} ({type(error).__name__})")
-        bad = {where.split(" (")[0] for _, where in problems.items}
         self.skipped = problems.handle(self.hparams.on_bad_input, "caption predict")
-        self.records["predict"] = [r for r in records if str(r.path) not in bad]
+        self.records["predict"] = readable
 
     # -- loaders
     def features(self, split: str) -> torch.Tensor | None:

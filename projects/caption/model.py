@@ -243,7 +243,7 @@ class CaptionModule(pl.LightningModule):
         predictions = self.generate(features)
         metric.update(predictions, batch["references"])
         if stage == "val" and len(self._media_rows) < self.hparams.media_rows:
-            for path, prediction, refs in zip(batch["path"], predictions, batch["references"]):
+            for path, prediction, refs in zip(batch["path"], predictions, batch["references"], strict=True):
                 if len(self._media_rows) < self.hparams.media_rows:
                     self._media_rows.append((path, prediction, refs))
 
@@ -278,7 +278,7 @@ class CaptionModule(pl.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         captions = self.generate(self.image_features(batch))
-        results = [{"image_id": image_id, "caption": caption} for image_id, caption in zip(batch["image_id"], captions)]
+        results = [{"image_id": image_id, "caption": caption} for image_id, caption in zip(batch["image_id"], captions, strict=True)]
         self._predictions.extend(results)
         return results
 

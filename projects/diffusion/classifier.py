@@ -20,26 +20,31 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.metrics.image_quality import Extractor
 
 
-class CharClassifier(Extractor):
-    """conv(32) -> conv(64) -> conv(128) -> global average -> 128-d features -> linear -> class logits.
+ARCH_VERSION = 2  # part of the cache key: a changed architecture never loads a stale checkpoint
 
-    Input ``N x 1 x S x S`` in [-1, 1], any S >= 8 (global pooling). BatchNorm is avoided (GroupNorm) so the
-    features of a batch of bad samples do not depend on each other.
+
+class CharClassifier(Extractor):
+    """conv(16) -> conv(32) -> conv(64) (two 3x3 convs each) -> global average -> 64-d features -> linear -> logits.
+
+    Small on purpose: it is trained on CPU before the first diffusion epoch. Input ``N x 1 x S x S`` in
+    [-1, 1], any S >= 8 (global pooling). GroupNorm, not BatchNorm, so a sample's features never depend on the
+    other samples in its batch (or on running statistics).
     """
 
     name = "charclf"
 
-    def __init__(self, num_classes: int, num_features: int = 128) -> None:
+    def __init__(self, num_classes: int, num_features: int = 64) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_features = num_features
+        width = num_features // 4
 
         def block(c_in: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(8, c_out), nn.SiLU(),
-                                 nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(8, c_out), nn.SiLU())
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(4, c_out), nn.SiLU(),
+                                 nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(4, c_out), nn.SiLU())
 
-        self.body = nn.Sequential(block(1, 32), nn.MaxPool2d(2), block(32, 64), nn.MaxPool2d(2),
-                                  block(64, num_features), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(block(1, width), nn.MaxPool2d(2), block(width, 2 * width), nn.MaxPool2d(2),
+                                  block(2 * width, num_features), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(num_features, num_classes)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -91,7 +96,7 @@ def augment(images: Tensor) -> Tensor:
 
 def classifier_path(cache_dir: str | Path, data_dir: str | Path, class_names: list[str], image_size: int) -> Path:
     """Cache file name keyed by what the classifier was trained on, so a config change never reuses a stale one."""
-    key = json.dumps([str(Path(data_dir).resolve()), "".join(class_names), image_size])
+    key = json.dumps([str(Path(data_dir).resolve()), "".join(class_names), image_size, ARCH_VERSION])
     return Path(cache_dir) / f"charclf_{hashlib.sha1(key.encode()).hexdigest()[:10]}.ckpt"
 
 

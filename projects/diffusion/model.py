@@ -156,17 +156,22 @@ class DiffusionModule(pl.LightningModule):
     def _class_labels(self, labels: Tensor) -> Tensor | None:
         return labels if self.num_classes is not None else None
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, labels = batch
+    def diffusion_loss(self, images: Tensor, labels: Tensor) -> Tensor:
+        """The DDPM objective: noise x0 to a random t, predict the noise, MSE. Labels are dropped to the null
+        label with probability ``label_dropout`` so the same net also learns the unconditional model."""
         self._check_labels(labels)
         noise = torch.randn_like(images)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(images),), device=self.device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(images),), device=images.device)
         noisy = self.noise_scheduler.add_noise(images, noise, timesteps)
         class_labels = self._class_labels(labels)
         if class_labels is not None and self.hparams.label_dropout > 0:
-            drop = torch.rand(len(labels), device=self.device) < self.hparams.label_dropout
+            drop = torch.rand(len(labels), device=images.device) < self.hparams.label_dropout
             class_labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
-        loss = F.mse_loss(self.unet(noisy, timesteps, class_labels=class_labels).sample, noise)
+        return F.mse_loss(self.unet(noisy, timesteps, class_labels=class_labels).sample, noise)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        loss = self.diffusion_loss(images, labels)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

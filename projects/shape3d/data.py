@@ -252,6 +252,13 @@ def augment_sample(sample: dict, matrix: torch.Tensor, jitter_std: float, genera
     return out
 
 
+def augment_mesh(mesh: trimesh.Trimesh, matrix: torch.Tensor) -> trimesh.Trimesh:
+    """The same linear map as :func:`augment_sample`, applied to a mesh (for exports / mesh-level pipelines)."""
+    transform = np.eye(4)
+    transform[:3, :3] = matrix.double().numpy()
+    return mesh.copy().apply_transform(transform)
+
+
 class ShapeDataset(Dataset):
     """Samples of a :class:`ShapeStore` at the resolution currently set (read at ``__getitem__`` time)."""
 
@@ -266,9 +273,11 @@ class ShapeDataset(Dataset):
         scale_range: tuple[float, float] = (0.8, 1.2),
         jitter_std: float = 0.01,
         ref_points_prob: float = 0.0,
+        augment_only_with_ref: bool = True,
         seed: int = 0,
     ) -> None:
         self.store = store
+        self.augment_only_with_ref = augment_only_with_ref
         self.resolution = resolution
         self.eval_resolution = eval_resolution
         self.augment = augment
@@ -298,10 +307,14 @@ class ShapeDataset(Dataset):
             "distances": self.store.distances[index],
             "index": index,
         }
-        if self.augment and torch.rand(1, generator=generator).item() < self.augment_prob:
+        has_ref = torch.rand(1, generator=generator).item() < self.ref_points_prob
+        # A text alone cannot tell which random rotation / scale the target got, so by default only samples that
+        # carry the (equally transformed) reference cloud are augmented: the target stays predictable.
+        wants = self.augment and (has_ref or not self.augment_only_with_ref)
+        if wants and torch.rand(1, generator=generator).item() < self.augment_prob:
             matrix = random_similarity(generator, self.rotation_degrees, self.scale_range)
             sample = augment_sample(sample, matrix, self.jitter_std, generator)
-        sample["has_ref"] = float(torch.rand(1, generator=generator).item() < self.ref_points_prob)
+        sample["has_ref"] = float(has_ref)
         return sample
 
 
@@ -365,6 +378,7 @@ class ShapeDataModule(pl.LightningDataModule):
         scale_range: tuple[float, float] = (0.8, 1.2),
         jitter_std: float = 0.01,
         ref_points_prob: float = 0.0,
+        augment_only_with_ref: bool = True,
         val_ref_points: bool = False,
         on_bad_row: str = "error",
         cache: bool = True,
@@ -408,7 +422,7 @@ class ShapeDataModule(pl.LightningDataModule):
                 self.train_set = ShapeDataset(
                     self.train_store, self.resolution, h.eval_resolution, augment=h.augment, augment_prob=h.augment_prob,
                     rotation_degrees=h.rotation_degrees, scale_range=h.scale_range, jitter_std=h.jitter_std,
-                    ref_points_prob=h.ref_points_prob, seed=h.seed,
+                    ref_points_prob=h.ref_points_prob, augment_only_with_ref=h.augment_only_with_ref, seed=h.seed,
                 )
             self.val_store = self._store(h.val_captions)
             self.val_set = ShapeDataset(self.val_store, self.resolution, h.eval_resolution, ref_points_prob=float(h.val_ref_points), seed=h.seed + 1)

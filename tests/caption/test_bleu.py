@@ -27,7 +27,7 @@ def random_corpus(seed: int, n: int = 30, refs: int = 3) -> tuple[list[str], lis
 
 
 def sacrebleu_scores(preds, target) -> list[float]:
-    streams = [list(stream) for stream in zip(*target)]
+    streams = [list(stream) for stream in zip(*target, strict=True)]
     return [BLEU(max_ngram_order=k, tokenize="13a", smooth_method="none").corpus_score(preds, streams).score / 100 for k in range(1, 5)]
 
 

@@ -82,7 +82,7 @@ def test_greedy_matches_a_hand_written_loop(tokenizer, mapper):
     expected = manual_greedy(model, features, steps=6)
     ids = model.generate_ids(features, num_beams=1, max_new_tokens=6).tolist()
     pad = tokenizer.pad_token_id
-    assert [[t for t in row if t != pad][: len(exp)] for row, exp in zip(ids, expected)] == expected
+    assert [[t for t in row if t != pad][: len(exp)] for row, exp in zip(ids, expected, strict=True)] == expected
     if mapper == "mlp":  # different images get different captions (an untrained transformer mapper need not)
         assert len(set(map(tuple, expected))) > 1
     texts = model.generate(features, num_beams=1, max_new_tokens=6)
@@ -145,3 +145,22 @@ def test_tokenizer_larger_than_decoder_vocab_is_rejected(tokenizer):
     model = CaptionModule(clip_config=TINY_CLIP, decoder_config=tiny_gpt2(100), prefix_length=2)
     with pytest.raises(ValueError, match="vocab_size"):
         model.set_tokenizer(tokenizer)
+
+
+def test_real_model_path_loads_local_save_pretrained_directories(tmp_path, tokenizer):
+    """The path real weights take (``clip``/``decoder``/``tokenizer`` as directories), with tiny stand-ins."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, GPT2Config, GPT2LMHeadModel
+
+    from common.hub import PretrainedNotAvailable
+    from projects.caption.data import load_tokenizer
+
+    CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP)).save_pretrained(tmp_path / "clip")
+    GPT2LMHeadModel(GPT2Config(**tiny_gpt2(len(tokenizer)))).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "tok")
+    model = CaptionModule(clip=str(tmp_path / "clip"), decoder=str(tmp_path / "gpt2"), prefix_length=2)
+    model.set_tokenizer(load_tokenizer(str(tmp_path / "tok")))
+    assert model.image_encoder.name == str(tmp_path / "clip") and model.image_encoder.embed_dim == 16
+    assert model.mapper.net[0].in_features == 16 and model.mapper.net[-1].out_features == 2 * 32
+    assert len(model.generate(torch.randn(2, 16), max_new_tokens=3)) == 2
+    with pytest.raises(PretrainedNotAvailable, match="model.init_args.clip"):
+        CaptionModule(clip=str(tmp_path / "missing_dir/"), decoder=str(tmp_path / "gpt2"))

@@ -117,7 +117,7 @@ def test_classifier_checkpoint_round_trip_and_class_check(tmp_path):
     loaded = load_classifier(path, ["A", "B", "0"])
     x = torch.rand(2, 1, 16, 16)
     features, logits = loaded.extract(x)
-    assert features.shape == (2, 128) and logits.shape == (2, 3)
+    assert features.shape == (2, 64) and logits.shape == (2, 3)
     assert torch.allclose(logits, net.eval()(x), atol=1e-6)
     with pytest.raises(ValueError, match="trained on classes 'AB0', the data has 'AB1'"):
         load_classifier(path, ["A", "B", "1"])

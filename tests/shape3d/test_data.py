@@ -1,0 +1,165 @@
+"""Reading meshes + captions (with bad rows), the generated default set, augmentation and per-resolution targets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from common.geometry import voxel_iou, voxelize_mesh
+from projects.shape3d.data import (
+    ShapeDataModule,
+    ShapeDataset,
+    ShapeStore,
+    augment_mesh,
+    augment_sample,
+    normalize_to_unit_cube,
+    random_similarity,
+    read_captions,
+)
+from projects.shape3d.shapes import STYLES, generate_default_data, variants
+
+
+def write_set(root: Path, rows: list[dict], fmt: str = "jsonl") -> Path:
+    """Three good meshes in three formats, plus whatever rows the test adds."""
+    (root / "m").mkdir(parents=True, exist_ok=True)
+    trimesh.creation.box((1, 2, 3)).export(root / "m" / "box.obj")
+    trimesh.creation.icosphere(2).export(root / "m" / "ball.ply")
+    trimesh.creation.cylinder(0.5, 2.0).export(root / "m" / "rod.off")
+    good = [
+        {"mesh": "m/box.obj", "text": "bir kutu", "style": ""},
+        {"mesh": "m/ball.ply", "text": "bir küre", "style": "dolgun üslup"},
+        {"mesh": "m/rod.off", "text": "ince uzun bir silindir"},
+    ]
+    rows = good + rows
+    if fmt == "jsonl":
+        path = root / "captions.jsonl"
+        path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    else:
+        path = root / "captions.csv"
+        lines = ["mesh,text,style"] + [f"{r['mesh']},{r['text']},{r.get('style', '')}" for r in rows]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_reads_meshes_and_captions(tmp_path, fmt):
+    path = write_set(tmp_path, [], fmt)
+    rows = read_captions(path)
+    assert [r.text for r in rows] == ["bir kutu", "bir küre", "ince uzun bir silindir"]
+    assert rows[1].style == "dolgun üslup" and rows[2].style == ""
+    store = ShapeStore(path, num_points=64, num_ref_points=16, surface_resolution=16)
+    assert len(store) == 3
+    # normalised: centred, longest side = 0.8
+    for mesh in store.meshes:
+        assert np.allclose(mesh.bounds.mean(0), 0, atol=1e-6)
+        assert (mesh.bounds[1] - mesh.bounds[0]).max() == pytest.approx(0.8)
+    assert store.points.shape == (3, 64, 3) and store.distances.shape == (3, 16, 16, 16)
+    assert store.voxels(16).shape == (3, 16, 16, 16) and store.voxels(24).shape == (3, 24, 24, 24)
+
+
+@pytest.mark.parametrize(
+    "bad_row, message",
+    [
+        ({"mesh": "m/missing.obj", "text": "kayıp"}, "captions.jsonl:4: mesh file .*missing.obj' does not exist"),
+        ({"mesh": "m/box.obj", "text": "  "}, "captions.jsonl:4: empty caption text"),
+        ({"mesh": "m/garbage.ply", "text": "bozuk"}, "captions.jsonl:4: .*garbage.ply"),
+        ({"mesh": "m/empty.obj", "text": "boş"}, "captions.jsonl:4: .*empty.obj"),
+    ],
+)
+def test_bad_rows_raise_naming_the_row_or_are_skipped(tmp_path, bad_row, message):
+    path = write_set(tmp_path, [bad_row])
+    (tmp_path / "m" / "garbage.ply").write_bytes(b"ply\nformat nonsense\n\x00\x01\x02")
+    (tmp_path / "m" / "empty.obj").write_text("# no geometry\n")
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        if "empty caption" in message:
+            read_captions(path)
+        else:
+            ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8)
+    if "empty caption" in message:
+        return  # a caption error is a malformed file: always an error
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    with pytest.warns(UserWarning, match="captions.jsonl:4"):
+        store = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8, on_bad_row="skip")
+    assert [r.text for r in store.rows] == ["bir kutu", "bir küre", "ince uzun bir silindir"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before  # the data is untouched
+
+
+def test_non_watertight_mesh_is_kept_and_reported(tmp_path):
+    sphere = trimesh.creation.icosphere(2)
+    trimesh.Trimesh(sphere.vertices, sphere.faces[:-10], process=False).export(tmp_path / "open.obj")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"mesh": "open.obj", "text": "açık bir küre"}) + "\n")
+    with pytest.warns(UserWarning, match="c.jsonl:1.*not watertight.*surface"):
+        store = ShapeStore(tmp_path / "c.jsonl", num_points=32, num_ref_points=8, surface_resolution=8)
+    grid = store.voxels(16)[0]
+    assert grid.any() and not grid[8, 8, 8]  # a shell
+
+
+def test_generated_default_set_is_complete_and_reused(tmp_path):
+    root = generate_default_data(tmp_path / "gen", copies_train=1, copies_val=1)
+    train = read_captions(root / "train.jsonl")
+    assert len(train) == len(variants()) * len(STYLES)
+    assert {r.style for r in train} == set(STYLES)
+    assert all(r.mesh.exists() for r in train)
+    assert {r.mesh.suffix for r in train} == {".obj", ".ply", ".off"}
+    stamp = (root / "train.jsonl").stat().st_mtime_ns
+    generate_default_data(root, copies_train=1, copies_val=1)  # same manifest: nothing rewritten
+    assert (root / "train.jsonl").stat().st_mtime_ns == stamp
+    # every shape loads as a watertight mesh, and the style changes the shape
+    mesh = trimesh.load(train[0].mesh, force="mesh")
+    assert mesh.is_watertight
+
+
+def test_augmentation_is_consistent_for_voxels_points_and_meshes(tmp_path):
+    # off-centre, so a rotation the wrong way round would land elsewhere
+    mesh = trimesh.creation.box((0.4, 0.2, 0.3), transform=trimesh.transformations.translation_matrix((0.15, 0.1, 0)))
+    generator = torch.Generator().manual_seed(3)
+    matrix = random_similarity(generator, 30.0, (0.8, 1.2))
+    assert abs(torch.linalg.det(matrix).item() ** (1 / 3) - 1) <= 0.2 + 1e-6
+    grid = torch.from_numpy(voxelize_mesh(mesh, 48)).float()
+    points = torch.from_numpy(trimesh.sample.sample_surface(mesh, 200, seed=0)[0]).float()
+    sample = {"voxels": grid, "eval_voxels": grid, "points": points, "ref_points": points.clone(),
+              "distances": torch.zeros(16, 16, 16)}
+    out = augment_sample(sample, matrix, 0.0, generator)
+    moved = augment_mesh(mesh, matrix)
+    expected_grid = torch.from_numpy(voxelize_mesh(moved, 48)).float()
+    assert voxel_iou(out["voxels"][None], expected_grid[None]).item() > 0.85
+    wrong_way = torch.from_numpy(voxelize_mesh(augment_mesh(mesh, matrix.T.contiguous()), 48)).float()
+    assert voxel_iou(out["voxels"][None], wrong_way[None]).item() < 0.7
+    # the moved points lie on the moved box: mapped back, each touches a face (|offset| = half extent on some axis)
+    back = (out["points"].double() @ torch.linalg.inv(matrix.double()).T).numpy()
+    offset = np.abs(back - np.array([0.15, 0.1, 0.0])) / np.array([0.2, 0.1, 0.15])
+    assert np.allclose(offset.max(1), 1.0, atol=1e-5)
+    assert np.allclose(moved.vertices, mesh.vertices @ matrix.double().numpy().T)  # the mesh moved the same way
+
+
+def test_datamodule_targets_follow_the_resolution(tmp_path):
+    write_set(tmp_path, [])
+    (tmp_path / "captions.jsonl").rename(tmp_path / "train.jsonl")
+    write_set(tmp_path, [])
+    (tmp_path / "captions.jsonl").rename(tmp_path / "val.jsonl")
+    dm = ShapeDataModule(data_dir=str(tmp_path), num_points=64, num_ref_points=16, batch_size=2, eval_resolution=16,
+                         resolution=16, cache=True)
+    dm.setup("fit")
+    for resolution in (16, 24, 32):
+        dm.set_resolution(resolution)
+        batch = next(iter(dm.train_dataloader()))
+        assert batch["voxels"].shape == (2, resolution, resolution, resolution)
+        assert batch["eval_voxels"].shape == (2, 16, 16, 16)
+    assert len(list((tmp_path / "cache").glob("*voxels*.npz"))) == 6  # cached per split and resolution
+    mean, threshold = dm.mean_shape()
+    assert mean.shape == (16, 16, 16) and 0 < threshold < 1
+
+
+def test_dataset_reads_resolution_at_getitem_time(tmp_path):
+    path = write_set(tmp_path, [])
+    store = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8)
+    dataset = ShapeDataset(store, resolution=8, eval_resolution=8, augment=True, ref_points_prob=1.0)
+    assert dataset[0]["voxels"].shape == (8, 8, 8)
+    dataset.resolution = 12
+    sample = dataset[0]
+    assert sample["voxels"].shape == (12, 12, 12) and sample["has_ref"] == 1.0

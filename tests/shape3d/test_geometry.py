@@ -1,0 +1,184 @@
+"""Each geometry op in common/geometry.py (the torch / numpy fallback: pytorch3d is not installed here) against
+an independent reference: scipy's cKDTree for Chamfer, trimesh volumes for voxelisation and IoU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from scipy.spatial import cKDTree
+
+from common import geometry
+from common.geometry import (
+    chamfer_distance,
+    mesh_edge_loss,
+    mesh_laplacian_smoothing,
+    sample_surface_points,
+    transform_voxels,
+    voxel_iou,
+    voxelize_mesh,
+    voxels_to_mesh,
+)
+from common.metrics.geometry import ChamferDistance, VoxelIoU
+from tests.helpers.run_if import RunIf
+
+
+def kdtree_chamfer(x: np.ndarray, y: np.ndarray) -> float:
+    """Reference: squared nearest-neighbour distance, mean per direction, both directions summed."""
+    d_xy, _ = cKDTree(y).query(x)
+    d_yx, _ = cKDTree(x).query(y)
+    return float((d_xy**2).mean() + (d_yx**2).mean())
+
+
+def test_chamfer_matches_kdtree_batched_and_chunked():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 700, 3)).astype(np.float32)
+    y = rng.normal(size=(3, 500, 3)).astype(np.float32) * 0.5 + 0.3
+    expected = [kdtree_chamfer(a, b) for a, b in zip(x, y)]
+    per_cloud = chamfer_distance(torch.from_numpy(x), torch.from_numpy(y), batch_reduction=None)
+    np.testing.assert_allclose(per_cloud.numpy(), expected, rtol=1e-4)
+    mean = chamfer_distance(torch.from_numpy(x), torch.from_numpy(y))
+    assert mean.item() == pytest.approx(np.mean(expected), rel=1e-4)
+    # a tiny chunk budget (many row chunks) must give the same nearest neighbours
+    idx_full, d_full = geometry.nearest_neighbors(torch.from_numpy(x), torch.from_numpy(y))
+    idx_chunk, d_chunk = geometry.nearest_neighbors(torch.from_numpy(x), torch.from_numpy(y), chunk_elements=3 * 500 * 7)
+    assert torch.equal(idx_full, idx_chunk)
+    torch.testing.assert_close(d_full, d_chunk)
+
+
+def test_chamfer_reductions_lengths_and_gradient():
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.normal(size=(2, 60, 3)).astype(np.float32)).requires_grad_(True)
+    y = torch.from_numpy(rng.normal(size=(2, 80, 3)).astype(np.float32))
+    d_xy, _ = cKDTree(y[0].numpy()).query(x[0].detach().numpy())
+    one_way = chamfer_distance(x[:1], y[:1], single_directional=True, point_reduction="sum", batch_reduction="sum")
+    assert one_way.item() == pytest.approx(float((d_xy**2).sum()), rel=1e-4)
+    # padded clouds: only the first 40 / 50 points count
+    lengths = chamfer_distance(x, y, x_lengths=torch.tensor([40, 60]), y_lengths=torch.tensor([50, 80]), batch_reduction=None)
+    assert lengths[0].item() == pytest.approx(kdtree_chamfer(x[0, :40].detach().numpy(), y[0, :50].numpy()), rel=1e-4)
+    assert lengths[1].item() == pytest.approx(kdtree_chamfer(x[1].detach().numpy(), y[1].numpy()), rel=1e-4)
+    chamfer_distance(x, y).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # moving x along -grad lowers the distance: the gradient is the real one
+    with torch.no_grad():
+        before = chamfer_distance(x, y).item()
+        after = chamfer_distance(x - 0.5 * x.grad, y).item()
+    assert after < before
+
+
+@RunIf(pytorch3d=True)
+def test_chamfer_matches_pytorch3d():  # pragma: no cover - runs only where pytorch3d is installed
+    from pytorch3d.loss import chamfer_distance as p3d_chamfer
+
+    x, y = torch.rand(2, 100, 3), torch.rand(2, 90, 3)
+    assert chamfer_distance(x, y).item() == pytest.approx(p3d_chamfer(x, y)[0].item(), rel=1e-5)
+
+
+def box(extents, center=(0.0, 0.0, 0.0)) -> trimesh.Trimesh:
+    return trimesh.creation.box(extents, transform=trimesh.transformations.translation_matrix(center))
+
+
+def test_voxelize_fills_volume_of_watertight_meshes():
+    resolution = 48
+    for mesh in (trimesh.creation.icosphere(3, radius=0.4), box((0.6, 0.3, 0.5)), trimesh.creation.torus(0.3, 0.1)):
+        grid = voxelize_mesh(mesh, resolution)
+        volume = grid.sum() / resolution**3
+        assert volume == pytest.approx(mesh.volume, rel=0.08)
+    # an axis-aligned box whose faces lie between voxel centres is voxelised exactly
+    grid = voxelize_mesh(box((0.5, 0.25, 0.75)), 16)
+    assert grid.sum() == 8 * 4 * 12
+
+
+def test_voxel_iou_matches_trimesh_volumes():
+    resolution = 64
+    a, b = box((0.5, 0.5, 0.5), (-0.1, 0, 0)), box((0.5, 0.4, 0.5), (0.1, 0.05, 0))
+    overlap = box((0.3, 0.4, 0.5))  # the intersection of a and b, as a mesh for its volume
+    expected = overlap.volume / (a.volume + b.volume - overlap.volume)
+    grids = torch.from_numpy(np.stack([voxelize_mesh(a, resolution), voxelize_mesh(b, resolution)]))
+    iou = voxel_iou(grids[:1].float(), grids[1:].float())
+    assert iou.item() == pytest.approx(expected, abs=0.03)
+    assert voxel_iou(grids[:1].float(), grids[:1].float()).item() == 1.0
+    assert voxel_iou(torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 4)).item() == 1.0  # both empty
+
+
+def test_non_watertight_mesh_is_voxelised_by_surface_with_a_warning():
+    sphere = trimesh.creation.icosphere(3, radius=0.4)
+    open_mesh = trimesh.Trimesh(sphere.vertices, sphere.faces[:-20], process=False)
+    assert not open_mesh.is_watertight
+    with pytest.warns(UserWarning, match="not watertight"):
+        grid = voxelize_mesh(open_mesh, 32, name="row 7")
+    # a shell: the centre is empty, voxels on the radius are full
+    assert not grid[16, 16, 16]
+    assert 0 < grid.sum() < 0.5 * voxelize_mesh(sphere, 32).sum()
+
+
+def test_voxels_to_mesh_recovers_the_shape():
+    sphere = trimesh.creation.icosphere(3, radius=0.35)
+    grid = voxelize_mesh(sphere, 48)
+    mesh = voxels_to_mesh(grid.astype(np.float32))
+    assert mesh.is_watertight
+    assert mesh.volume == pytest.approx(sphere.volume, rel=0.1)  # positive volume: normals point outwards
+    # Chamfer between the two surfaces is within about a voxel
+    a = torch.from_numpy(sample_surface_points(mesh, 2000))[None]
+    b = torch.from_numpy(sample_surface_points(sphere, 2000))[None]
+    assert chamfer_distance(a, b).item() < 2 * (1 / 48) ** 2
+    assert len(voxels_to_mesh(np.zeros((8, 8, 8))).faces) == 0
+
+
+def test_sample_surface_points_lie_on_the_surface():
+    points = sample_surface_points(trimesh.creation.icosphere(4, radius=0.3), 1000, seed=3)
+    assert points.shape == (1000, 3) and points.dtype == np.float32
+    assert np.abs(np.linalg.norm(points, axis=1) - 0.3).max() < 0.003
+
+
+def test_mesh_edge_and_laplacian_losses_match_loops():
+    mesh = trimesh.creation.icosphere(1, radius=0.5)
+    rng = np.random.default_rng(0)
+    verts_np = mesh.vertices + rng.normal(scale=0.02, size=mesh.vertices.shape)
+    verts = torch.tensor(verts_np, dtype=torch.float32)
+    faces = torch.tensor(mesh.faces, dtype=torch.long)
+    edges = mesh.edges_unique
+    lengths = np.linalg.norm(verts_np[edges[:, 0]] - verts_np[edges[:, 1]], axis=1)
+    assert mesh_edge_loss(verts, faces, 0.1).item() == pytest.approx(float(((lengths - 0.1) ** 2).mean()), rel=1e-4)
+    neighbours = {i: set() for i in range(len(verts_np))}
+    for i, j in edges:
+        neighbours[i].add(j)
+        neighbours[j].add(i)
+    reference = np.mean([np.linalg.norm(verts_np[list(n)].mean(0) - verts_np[i]) for i, n in neighbours.items()])
+    assert mesh_laplacian_smoothing(verts, faces).item() == pytest.approx(reference, rel=1e-4)
+    flat = trimesh.creation.box((1, 1, 1)).subdivide().subdivide()
+    assert mesh_laplacian_smoothing(torch.tensor(flat.vertices).float(), torch.tensor(flat.faces)).item() > 0
+
+
+def test_transform_voxels_matches_voxelising_the_transformed_mesh():
+    mesh = box((0.5, 0.2, 0.3))
+    angle = np.radians(25)
+    matrix = 1.1 * np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    moved = mesh.copy()
+    transform = np.eye(4)
+    transform[:3, :3] = matrix
+    moved.apply_transform(transform)
+    grid = torch.from_numpy(voxelize_mesh(mesh, 48)).float()[None, None]
+    resampled = transform_voxels(grid, torch.tensor(matrix, dtype=torch.float32)[None])[0]
+    iou = voxel_iou(resampled, torch.from_numpy(voxelize_mesh(moved, 48)).float()[None])
+    assert iou.item() > 0.9
+
+
+def test_metrics_average_over_every_sample():
+    iou = VoxelIoU()
+    a = torch.zeros(2, 4, 4, 4)
+    a[0, :2] = 1
+    a[1, :] = 1
+    b = torch.zeros(2, 4, 4, 4)
+    b[0, :1] = 1
+    b[1, :] = 1
+    iou.update(a[:1], b[:1])
+    iou.update(a[1:], b[1:])
+    assert iou.compute().item() == pytest.approx((0.5 + 1.0) / 2)
+    chamfer = ChamferDistance()
+    x, y = [torch.rand(30, 3), torch.rand(20, 3)], [torch.rand(25, 3), torch.rand(40, 3)]
+    chamfer.update(x[:1], y[:1])
+    chamfer.update(x[1:], y[1:])
+    expected = np.mean([kdtree_chamfer(p.numpy(), t.numpy()) for p, t in zip(x, y)])
+    assert chamfer.compute().item() == pytest.approx(expected, rel=1e-4)
