@@ -47,7 +47,7 @@ class ChamferDistance(Metric):
     def update(self, pred: list[torch.Tensor] | torch.Tensor, target: list[torch.Tensor] | torch.Tensor) -> None:
         if len(pred) != len(target):
             raise ValueError(f"ChamferDistance: {len(pred)} predicted clouds but {len(target)} targets")
-        for p, t in zip(pred, target):
+        for p, t in zip(pred, target, strict=True):
             value = chamfer_distance(p[None].float(), t[None].float(), batch_reduction="sum")
             self.chamfer_sum += value.detach().double()
             self.count += 1

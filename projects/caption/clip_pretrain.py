@@ -112,13 +112,14 @@ def pretrained_tiny_clip(clip_config: dict, steps: int = 600, lr: float = 2e-3, 
     return model
 
 
-def measure(clip_config: dict, steps: int = 600) -> dict:
-    """Linear-probe accuracy of frozen embeddings: random-init tiny CLIP vs the attribute-pre-trained one."""
+def measure(clip_config: dict, pretrain: dict) -> dict:
+    """Linear-probe accuracy of frozen embeddings: random-init tiny CLIP vs the attribute-pre-trained one
+    (``pretrain``: the ``clip_pretrain`` settings of the config, so the cached encoder of the run is reused)."""
     root = shapes.generate()
     results = {}
     torch.manual_seed(0)
     for name, model in (("random_init", CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_config))),
-                        ("pretrained", pretrained_tiny_clip(clip_config, steps=steps))):
+                        ("pretrained", pretrained_tiny_clip(clip_config, **pretrain))):
         model.eval()
         with torch.no_grad():
             train_x, train_y = load_scene_set(root, "train", model.config.image_size)
@@ -133,4 +134,4 @@ if __name__ == "__main__":
 
     config = yaml.safe_load(Path("configs/caption/default.yaml").read_text())["model"]["init_args"]
     print("linear-probe val accuracy [layout, colour1, shape1, colour2, shape2]:",
-          json.dumps(measure(config["clip_config"], config["clip_pretrain"]["steps"])))
+          json.dumps(measure(config["clip_config"], config["clip_pretrain"])))

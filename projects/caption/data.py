@@ -371,7 +371,7 @@ class CaptionDataModule(pl.LightningDataModule):
         if stage == "predict":
             self._setup_predict()
             return
-        if self.records:
+        if "train" in self.records:  # already set up (fit, then validate or test)
             return
         problems = Problems()
         by_split: dict[str, list[CaptionRecord]] = {"train": [], "val": [], "test": []}

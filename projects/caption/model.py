@@ -139,6 +139,10 @@ class CaptionModule(pl.LightningModule):
         self.image_encoder = ClipImageEncoder(clip_model, clip_name)
         self.decoder = build_decoder(decoder, decoder_config)
         embed_dim = self.decoder.config.n_embd
+        self.max_positions = int(self.decoder.config.n_positions)
+        if prefix_length + max_new_tokens > self.max_positions:
+            raise ValueError(f"model.init_args: prefix_length ({prefix_length}) + max_new_tokens ({max_new_tokens}) "
+                             f"exceeds the GPT-2 decoder's n_positions ({self.max_positions})")
         if mapper == "mlp":
             self.mapper = MLPMapper(self.image_encoder.embed_dim, embed_dim, prefix_length, mapper_hidden)
         elif mapper == "transformer":
@@ -188,6 +192,11 @@ class CaptionModule(pl.LightningModule):
             return
         if hasattr(datamodule, "attach_encoder"):
             datamodule.attach_encoder(self.image_encoder)
+        max_tokens = getattr(getattr(datamodule, "hparams", None), "max_caption_tokens", None)
+        if max_tokens is not None and self.hparams.prefix_length + max_tokens > self.max_positions:
+            # checked here, so an over-long batch fails before training instead of mid-epoch
+            raise ValueError(f"prefix_length ({self.hparams.prefix_length}) + data.init_args.max_caption_tokens "
+                             f"({max_tokens}) exceeds the GPT-2 decoder's n_positions ({self.max_positions})")
         if getattr(datamodule, "tokenizer", None) is not None:
             self.set_tokenizer(datamodule.tokenizer)
 

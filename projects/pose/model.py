@@ -123,11 +123,13 @@ class ProgressiveTransformer(nn.Module):
         just_count_in: bool = False,
         future_prediction: int = 0,
         max_positions: int = 1024,
+        decoder_positions: bool = True,
     ) -> None:
         super().__init__()
         self.trg_size = trg_size
         self.just_count_in = just_count_in
         self.future_frames = max(1, future_prediction)
+        self.decoder_positions = decoder_positions
         self.src_embed = nn.Embedding(4, embedding_dim)  # placeholder until the vocabulary is known
         self.embed_project = nn.Linear(embedding_dim, hidden_size) if embedding_dim != hidden_size else nn.Identity()
         self.embed_dropout = nn.Dropout(embedding_dropout)
@@ -180,8 +182,12 @@ class ProgressiveTransformer(nn.Module):
             x = layer(x, mask)
         return self.encoder_norm(x)
 
-    def _decoder_input(self, frames: Tensor) -> Tensor:
-        return self.trg_embed(frames[..., -1:] if self.just_count_in else frames)
+    def _decoder_input(self, frames: Tensor, offset: int = 0) -> Tensor:
+        """Embedded decoder input frames; sinusoidal positions are added unless ``decoder_positions`` is off, in
+        which case the counter is the decoder's only notion of time (errors in a fed-back counter then stay
+        additive instead of changing the implied sequence length ``step / counter``)."""
+        x = self.trg_embed(frames[..., -1:] if self.just_count_in else frames)
+        return self._with_positions(x, offset) if self.decoder_positions else x
 
     def decode(self, trg_input: Tensor, memory: Tensor, src_mask: Tensor, trg_mask: Tensor | None = None) -> Tensor:
         """Teacher-forced decoding of all steps at once: ``trg_input`` B x T x (trg_size + 1) -> B x T x out."""
@@ -189,7 +195,7 @@ class ProgressiveTransformer(nn.Module):
         self_mask = torch.ones(steps, steps, dtype=torch.bool, device=trg_input.device).tril()[None, None]
         if trg_mask is not None:
             self_mask = self_mask & trg_mask[:, None, None, :]
-        x = self._with_positions(self._decoder_input(trg_input))
+        x = self._decoder_input(trg_input)
         for layer in self.decoder_layers:
             x = layer(x, memory, self_mask, src_mask[:, None, None, :])
         return self.output(self.decoder_norm(x))
@@ -235,7 +241,7 @@ class ProgressiveTransformer(nn.Module):
                 frame = frame.clone()
                 frame[:, 0, -1] = gt_input_counter[:, step]
             if use_cache:
-                x = self._with_positions(self._decoder_input(frame), offset=step)
+                x = self._decoder_input(frame, offset=step)
                 for layer, cache in zip(self.decoder_layers, caches, strict=True):
                     x = layer(x, memory, None, cross_mask, cache)
                 out = self.output(self.decoder_norm(x))

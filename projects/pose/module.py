@@ -60,6 +60,7 @@ class PoseModule(pl.LightningModule):
         future_prediction: int = 0,
         loss: str = "mse",
         counter_weight: float = 1.0,
+        decoder_positions: bool = True,
         learning_rate: float = 1e-3,
         learning_rate_min: float = 2e-4,
         weight_decay: float = 0.0,
@@ -96,6 +97,7 @@ class PoseModule(pl.LightningModule):
             dropout=enc["dropout"], embedding_dim=enc["embeddings"]["embedding_dim"],
             embedding_dropout=enc["embeddings"]["dropout"], just_count_in=just_count_in,
             future_prediction=future_prediction, max_positions=max(1024, max_output_length + 1),
+            decoder_positions=decoder_positions,
         )
         self.net.reset_parameters(initializer, init_gain)
         self.vocab: Vocabulary | None = None
@@ -127,6 +129,10 @@ class PoseModule(pl.LightningModule):
         if self.hparams.torch_num_threads:  # small models on shared CPUs: extra threads mostly spin and wait
             torch.set_num_threads(self.hparams.torch_num_threads)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_trg_size = getattr(datamodule, "trg_size", self.hparams.trg_size)
+        if data_trg_size != self.hparams.trg_size:
+            raise ValueError(f"data.init_args.trg_size={data_trg_size} but model.init_args.trg_size="
+                             f"{self.hparams.trg_size}; both must be the joint values per frame (150 xyz, 100 xy)")
         if stage == "fit" and self.vocab is None and datamodule is not None:
             self.build_vocabulary(datamodule.train_tokens())
             self.mean_pose.copy_(torch.as_tensor(datamodule.mean_pose()))

@@ -26,7 +26,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from scipy.spatial import cKDTree
 from torch.utils.data import DataLoader, Dataset
 
-from common.geometry import sample_surface_points, transform_voxels, voxel_grid_points, voxel_iou, voxelize_mesh
+from common.geometry import (
+    sample_surface_points,
+    transform_voxels,
+    voxel_grid_points,
+    voxel_iou,
+    voxelize_mesh,
+)
 from projects.shape3d.shapes import generate_default_data
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -217,7 +223,7 @@ class ShapeStore:
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # non-watertight meshes were reported once when read
-                    grids = np.stack([voxelize_mesh(mesh, resolution, row.where) for mesh, row in zip(self.meshes, self.rows)])
+                    grids = np.stack([voxelize_mesh(mesh, resolution, row.where) for mesh, row in zip(self.meshes, self.rows, strict=True)])
                 self._save_cache(f"voxels{resolution}", {"packed": np.packbits(grids.reshape(-1))})
             self.voxel_cache[resolution] = torch.from_numpy(grids.astype(bool))
         return self.voxel_cache[resolution]

@@ -8,8 +8,6 @@ optimisation, metrics, media and mesh export.
 from __future__ import annotations
 
 import random
-import re
-from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -84,9 +82,11 @@ class UpBlock(nn.Module):
 
 
 class VoxelDecoder(nn.Module):
-    """Latent -> occupancy logits. A base pyramid 4 -> 8 -> 16 -> 32 and growth stages (48, 64) added on top;
-    every stage has its own 1x1x1 head. At resolution R the stages up to R run; the newest one is faded in:
-    ``alpha * head_R + (1 - alpha) * upsample(previous logits)`` (ProGAN), with alpha from the growing callback.
+    """Latent -> occupancy logits. A base pyramid 4 -> 8 -> 16 -> 32 and growth stages (48, 64) added on top.
+    At resolution R the stages up to R run; each growth stage resizes the coarser logits to its size and adds a
+    residual from its own 1x1x1 head (zero at first). The newest stage is faded in ProGAN-style,
+    ``alpha * new + (1 - alpha) * resize(previous)`` = ``resize(previous) + alpha * head_R``, with alpha from the
+    growing callback.
     """
 
     def __init__(
@@ -111,10 +111,14 @@ class VoxelDecoder(nn.Module):
         self.fc = nn.Linear(latent_dim, channels[0] * base_size**3)
         self.blocks = nn.ModuleList(UpBlock(channels[i], channels[i + 1], style_dim) for i in range(len(channels) - 1))
         grow_in = [channels[-1], *grow_channels[:-1]]
-        self.grow_blocks = nn.ModuleList(UpBlock(c_in, c_out, style_dim) for c_in, c_out in zip(grow_in, grow_channels))
+        self.grow_blocks = nn.ModuleList(UpBlock(c_in, c_out, style_dim) for c_in, c_out in zip(grow_in, grow_channels, strict=True))
         self.heads = nn.ModuleDict({str(self.base_resolution): nn.Conv3d(channels[-1], 1, 1)})
-        for resolution, c in zip(grow_resolutions, grow_channels):
+        for resolution, c in zip(grow_resolutions, grow_channels, strict=True):
             self.heads[str(resolution)] = nn.Conv3d(c, 1, 1)
+            # a growth stage adds a residual to the resized coarser logits; starting at zero means growing never
+            # throws away what the coarser stage has learned
+            nn.init.zeros_(self.heads[str(resolution)].weight)
+            nn.init.zeros_(self.heads[str(resolution)].bias)
         self.num_style_layers = len(self.blocks) + len(self.grow_blocks)
         # channels-last 3D tensors take oneDNN's fast conv kernels: about 2x faster training on CPU
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -128,17 +132,17 @@ class VoxelDecoder(nn.Module):
     def forward(self, latent: torch.Tensor, styles: list[torch.Tensor], resolution: int, alpha: float = 1.0) -> torch.Tensor:
         """``styles``: one style code per layer (``num_style_layers``), so layers can take different styles."""
         x = self.fc(latent).view(len(latent), -1, *(self.base_size,) * 3).contiguous(memory_format=self.memory_format)
-        for layer, (block, size) in enumerate(zip(self.blocks, self.base_sizes)):
+        for layer, (block, size) in enumerate(zip(self.blocks, self.base_sizes, strict=True)):
             x = self._run(block, x, size, styles[layer])
         logits = self.heads[str(self.base_resolution)](x)
-        for stage, (block, size) in enumerate(zip(self.grow_blocks, self.grow_resolutions)):
+        for stage, (block, size) in enumerate(zip(self.grow_blocks, self.grow_resolutions, strict=True)):
             if size > resolution:
                 break
             x = self._run(block, x, size, styles[len(self.blocks) + stage])
-            new = self.heads[str(size)](x)
-            if size == resolution and alpha < 1.0:  # fade the newest stage in
-                new = alpha * new + (1 - alpha) * F.interpolate(logits, size=(size,) * 3, mode="trilinear", align_corners=False)
-            logits = new
+            detail = self.heads[str(size)](x)
+            if size == resolution:  # fade the newest stage in: alpha * new + (1 - alpha) * resized old
+                detail = alpha * detail
+            logits = F.interpolate(logits, size=(size,) * 3, mode="trilinear", align_corners=False) + detail
         if logits.shape[-1] != resolution:  # a resolution between stages: resize to it exactly
             logits = F.interpolate(logits, size=(resolution,) * 3, mode="trilinear", align_corners=False)
         return logits[:, 0]
@@ -187,22 +191,24 @@ def surface_chamfer_loss(prob: torch.Tensor, distances: torch.Tensor, target_poi
 
 def refine_mesh(mesh: trimesh.Trimesh, prob: torch.Tensor, steps: int, edge_weight: float = 0.1, laplacian_weight: float = 0.05, lr: float = 2e-3) -> trimesh.Trimesh:
     """Move marching-cubes vertices onto the 0.5 level of the trilinear occupancy field, regularised by edge-length
-    and Laplacian losses so the refined mesh stays smooth and evenly meshed."""
+    and Laplacian losses so the refined mesh stays smooth and evenly meshed. Works inside ``predict`` too
+    (it turns gradients back on locally)."""
     if steps <= 0 or len(mesh.faces) == 0:
         return mesh
-    verts = torch.tensor(mesh.vertices, dtype=torch.float32, requires_grad=True)
-    faces = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
-    volume = prob.detach().float()[None, None]
-    with torch.no_grad():
-        target_edge = float((verts[faces[:, 0]] - verts[faces[:, 1]]).norm(dim=1).mean())
-    optimizer = torch.optim.Adam([verts], lr=lr)
-    for _ in range(steps):
-        level = sample_grid(volume, verts[None])[0, 0]
-        loss = (level - 0.5).square().mean() + edge_weight * mesh_edge_loss(verts, faces, target_edge) / target_edge**2
-        loss = loss + laplacian_weight * mesh_laplacian_smoothing(verts, faces) / target_edge
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    with torch.inference_mode(False), torch.enable_grad():
+        verts = torch.tensor(np.asarray(mesh.vertices), dtype=torch.float32, requires_grad=True)
+        faces = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
+        volume = prob.detach().float().cpu().clone()[None, None]  # a normal tensor even if prob is an inference one
+        with torch.no_grad():
+            target_edge = float((verts[faces[:, 0]] - verts[faces[:, 1]]).norm(dim=1).mean())
+        optimizer = torch.optim.Adam([verts], lr=lr)
+        for _ in range(steps):
+            level = sample_grid(volume, verts[None])[0, 0]
+            loss = (level - 0.5).square().mean() + edge_weight * mesh_edge_loss(verts, faces, target_edge) / target_edge**2
+            loss = loss + laplacian_weight * mesh_laplacian_smoothing(verts, faces) / target_edge
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     return trimesh.Trimesh(verts.detach().numpy(), mesh.faces, process=False)
 
 
@@ -254,10 +260,6 @@ class Shape3DModule(pl.LightningModule):
         eval_resolution: int = 32,
         chamfer_points: int = 2048,
         num_media_samples: int = 3,
-        predict_dir: str = "runs/shape3d/predictions",
-        export_formats: list[str] = ("obj", "ply", "glb"),
-        predict_resolution: int | None = None,
-        refine_steps: int = 0,
         torch_num_threads: int | None = None,
     ) -> None:
         super().__init__()
@@ -335,7 +337,8 @@ class Shape3DModule(pl.LightningModule):
         if self.point_encoder is not None and ref_points is not None and has_ref is not None and bool(has_ref.any()):
             latent = latent + has_ref.to(latent.dtype)[:, None] * self.point_encoder(ref_points.to(latent.dtype))
         codes = style_codes if style_codes is not None else self.style_codes(styles)
-        return self.decoder(latent, codes, resolution or self.resolution, self.fade_alpha if self.training else 1.0)
+        # the current fade-in alpha in training and validation alike: validation measures the model as it is now
+        return self.decoder(latent, codes, resolution or self.resolution, self.fade_alpha)
 
     # ------------------------------------------------------------------ training
 
@@ -416,24 +419,12 @@ class Shape3DModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ predict / export
 
-    def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
-        """Write one mesh per description in every ``export_formats`` under ``predict_dir``; returns the paths."""
-        resolution = self.hparams.predict_resolution or self.resolution
-        logits = self(list(batch["text"]), list(batch["style"]), batch["ref_points"], batch["has_ref"], resolution=resolution)
-        out_dir = Path(self.hparams.predict_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for prob, text, index in zip(torch.sigmoid(logits.float()).cpu(), batch["text"], batch["index"].tolist()):
-            mesh = refine_mesh(voxels_to_mesh(prob, 0.5), prob, self.hparams.refine_steps)
-            if len(mesh.faces) == 0:
-                rank_zero_info(f"[shape3d] predict: '{text}' gave an empty shape; writing an empty mesh")
-            slug = re.sub(r"[^\w]+", "_", text.lower()).strip("_")[:40]
-            for fmt in self.hparams.export_formats:
-                path = out_dir / f"{index:03d}_{slug}.{fmt}"
-                mesh.export(str(path))
-                written.append(str(path))
-        rank_zero_info(f"[shape3d] predict: wrote {len(written)} files to {out_dir}")
-        return written
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Occupancy probabilities (B, R, R, R) for each description; :class:`projects.shape3d.writer.MeshWriter`
+        turns them into mesh files (export options live there, not in the model's checkpointed hyperparameters)."""
+        logits = self(list(batch["text"]), list(batch["style"]), batch["ref_points"], batch["has_ref"])
+        return {"prob": torch.sigmoid(logits.float()).cpu(), "text": list(batch["text"]), "style": list(batch["style"]),
+                "index": batch["index"].tolist()}
 
     # ------------------------------------------------------------------ optimisation
 

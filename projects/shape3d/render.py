@@ -34,7 +34,7 @@ def colourise(view: np.ndarray, colour: np.ndarray) -> np.ndarray:
 def preview_grid(preds: list[np.ndarray], targets: list[np.ndarray], size: int = 96) -> np.ndarray:
     """One row per sample: front / side / top of the prediction (blue), then of the target (orange)."""
     rows = []
-    for pred, target in zip(preds, targets):
+    for pred, target in zip(preds, targets, strict=True):
         tiles = [colourise(depth_view(pred, a, size), PRED_COLOUR) for a in (1, 0, 2)]
         tiles += [colourise(depth_view(target, a, size), TARGET_COLOUR) for a in (1, 0, 2)]
         height = max(t.shape[0] for t in tiles)

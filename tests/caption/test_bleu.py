@@ -78,3 +78,38 @@ def test_split_updates_summed_like_ddp_equal_the_whole_corpus():
 def test_mismatched_lengths_are_rejected():
     with pytest.raises(ValueError, match="2 predictions but 1"):
         CorpusBLEU().update(["a", "b"], [["a"]])
+
+
+def _ddp_worker(rank: int, world: int, port: int, preds, target, out_file: str) -> None:
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    metric = CorpusBLEU()
+    metric.update(preds[rank::world], target[rank::world])  # uneven shards: 20 items over 3 ranks
+    scores = {k: float(v) for k, v in metric.compute().items()}  # torchmetrics syncs the states here
+    if rank == 0:
+        with open(out_file, "w") as handle:
+            json.dump(scores, handle)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_real_ddp_sync_over_gloo_equals_the_whole_corpus(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    preds, target = random_corpus(7, n=20)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(3, port, preds, target, str(tmp_path / "scores.json")), nprocs=3, join=True)
+    whole = CorpusBLEU()
+    whole.update(preds, target)
+    expected = {k: float(v) for k, v in whole.compute().items()}
+    assert json.loads((tmp_path / "scores.json").read_text()) == pytest.approx(expected)

@@ -32,6 +32,10 @@ def test_fit_then_predict_writes_coco_results(tmp_path):
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     assert "caption_tokenizer" in torch.load(ckpt, map_location="cpu", weights_only=False)
 
+    tested = run_cli(["test", "--config", TINY, "--config", CSV, "--trainer.default_root_dir", str(tmp_path),
+                      "--trainer.logger.init_args.save_dir", str(tmp_path / "csv"), "--ckpt_path", str(ckpt)])
+    assert {"test/bleu4_13a", "test/loss"} <= set(tested.trainer.callback_metrics)
+
     folder = tmp_path / "images"
     folder.mkdir()
     for name, colour in (("12.png", (220, 30, 30)), ("kedi.jpg", (30, 60, 220))):

@@ -139,3 +139,27 @@ def test_predict_folder_lists_images_and_rejects_broken_ones(tmp_path):
     (tmp_path / "p" / "bad.png").write_bytes(b"broken")
     with pytest.raises(ValueError, match="bad.png"):
         CaptionDataModule(predict_dir=str(tmp_path / "p")).setup("predict")
+
+
+def test_datamodule_feeds_cached_features_and_reuses_the_cache(tmp_path):
+    from tests.caption.test_features import encoder
+
+    dm = datamodule(tmp_path, batch_size=3)
+    dm.setup("fit")
+    dm.attach_encoder(encoder())
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["features"].shape == (3, 16) and "pixel_values" not in batch
+    assert dm.cache_hits == {"train": False}
+    val = next(iter(dm.val_dataloader()))
+    assert val["references"][0] == ["kırmızı bir kare 5 numara 0", "kırmızı bir kare 5 numara 1"]
+
+    again = CaptionDataModule(**dict(dm.hparams))  # same files, same encoder: read back from disk
+    again.setup("fit")
+    again.attach_encoder(encoder())
+    again.train_dataloader()
+    assert again.cache_hits == {"train": True}
+
+    no_cache = CaptionDataModule(**(dict(dm.hparams) | {"use_feature_cache": False}))
+    no_cache.setup("fit")
+    no_cache.attach_encoder(encoder())
+    assert next(iter(no_cache.train_dataloader()))["pixel_values"].shape == (3, 3, 32, 32)

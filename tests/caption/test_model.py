@@ -164,3 +164,18 @@ def test_real_model_path_loads_local_save_pretrained_directories(tmp_path, token
     assert len(model.generate(torch.randn(2, 16), max_new_tokens=3)) == 2
     with pytest.raises(PretrainedNotAvailable, match="model.init_args.clip"):
         CaptionModule(clip=str(tmp_path / "missing_dir/"), decoder=str(tmp_path / "gpt2"))
+
+
+def test_prefix_plus_caption_longer_than_gpt2_positions_is_rejected_up_front():
+    with pytest.raises(ValueError, match="n_positions"):
+        CaptionModule(clip_config=TINY_CLIP, decoder_config=tiny_gpt2() | {"n_positions": 16}, prefix_length=10,
+                      max_new_tokens=8)
+
+
+def test_mlp_mapper_has_the_original_projects_sizes():
+    from projects.caption.model import MLPMapper
+
+    mapper = MLPMapper(clip_dim=512, embed_dim=768, prefix_length=10)  # ViT-B/32 -> GPT-2 (768-d), 10 tokens
+    assert [(m.in_features, m.out_features) for m in mapper.net if hasattr(m, "in_features")] == [(512, 3840),
+                                                                                                 (3840, 7680)]
+    assert mapper(torch.randn(2, 512)).shape == (2, 10, 768)

@@ -60,6 +60,11 @@ def test_fit_then_predict_round_trip(tmp_path):
         assert example.frames.shape[1] == 151 and 1 <= len(example.frames) <= 30
         assert np.isfinite(example.frames).all()
     assert len(list((out / "videos").glob("*.gif"))) == 3
+    # test split: DTW of the progressive decoder and the mean-pose baseline, under test/
+    cli = run_cli(["test", *common_args(tmp_path), "--ckpt_path", str(checkpoint)])
+    test_metrics = cli.trainer.callback_metrics
+    assert test_metrics["test/dtw_pt_l1_ref_len_mean_pose_baseline"] > 0
+    assert torch.isfinite(test_metrics["test/dtw_pt_l1_ref_len"])
     # and the data module reads the written split as a dev set
     dm = PoseDataModule(train=str(tmp_path / "data" / "train"), dev=str(out / "predict"), trg_size=150)
     dm.setup("validate")

@@ -169,3 +169,14 @@ def test_gaussian_noise_uses_last_epoch_error_std():
     torch.testing.assert_close(module.out_stds, torch.full((TRG,), 2.0))
     noisy = module.forward_batch(batch, noise=True)[0]
     assert not torch.allclose(noisy, clean)
+
+
+def test_trg_size_mismatch_between_model_and_data_is_named():
+    module = tiny_module()
+    datamodule = type("DM", (), {"trg_size": 100})()
+    module._trainer = type("T", (), {"datamodule": datamodule})()
+    try:
+        with pytest.raises(ValueError, match=r"data.init_args.trg_size=100 but model.init_args.trg_size=12"):
+            module.setup("fit")
+    finally:
+        module._trainer = None

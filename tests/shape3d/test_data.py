@@ -17,7 +17,6 @@ from projects.shape3d.data import (
     ShapeStore,
     augment_mesh,
     augment_sample,
-    normalize_to_unit_cube,
     random_similarity,
     read_captions,
 )

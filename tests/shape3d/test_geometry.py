@@ -35,7 +35,7 @@ def test_chamfer_matches_kdtree_batched_and_chunked():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 700, 3)).astype(np.float32)
     y = rng.normal(size=(3, 500, 3)).astype(np.float32) * 0.5 + 0.3
-    expected = [kdtree_chamfer(a, b) for a, b in zip(x, y)]
+    expected = [kdtree_chamfer(a, b) for a, b in zip(x, y, strict=True)]
     per_cloud = chamfer_distance(torch.from_numpy(x), torch.from_numpy(y), batch_reduction=None)
     np.testing.assert_allclose(per_cloud.numpy(), expected, rtol=1e-4)
     mean = chamfer_distance(torch.from_numpy(x), torch.from_numpy(y))
@@ -180,5 +180,5 @@ def test_metrics_average_over_every_sample():
     x, y = [torch.rand(30, 3), torch.rand(20, 3)], [torch.rand(25, 3), torch.rand(40, 3)]
     chamfer.update(x[:1], y[:1])
     chamfer.update(x[1:], y[1:])
-    expected = np.mean([kdtree_chamfer(p.numpy(), t.numpy()) for p, t in zip(x, y)])
+    expected = np.mean([kdtree_chamfer(p.numpy(), t.numpy()) for p, t in zip(x, y, strict=True)])
     assert chamfer.compute().item() == pytest.approx(expected, rel=1e-4)

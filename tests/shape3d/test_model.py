@@ -4,6 +4,7 @@ step that learns, and the CLI run (tiny config) that grows 32 -> 48, logs IoU / 
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,22 @@ CSV = str(ROOT / "configs" / "logger" / "csv.yaml")
 
 def tiny_module(**overrides) -> Shape3DModule:
     args = dict(tiny_d_model=32, tiny_layers=1, latent_dim=32, style_dim=16, channels=[16, 8, 8, 4],
-                grow_resolutions=[48, 64], grow_channels=[4, 4], surface_topk=64, surface_points=128, lr=3e-3)
+                grow_resolutions=[48, 64], grow_channels=[4, 4], surface_topk=64, surface_points=128, lr=3e-3,
+                torch_num_threads=1)
     return Shape3DModule(**(args | overrides))
 
 
 def test_decoder_grows_with_exact_sizes_and_fades_in():
     torch.manual_seed(0)
     decoder = VoxelDecoder(16, 8, channels=(16, 8, 8, 4), grow_resolutions=(48, 64), grow_channels=(4, 4)).eval()
+    # growth heads start at zero (a new stage begins as the resized coarser output) ...
+    assert all(float(decoder.heads[r].weight.abs().sum()) == 0 for r in ("48", "64"))
+    with torch.no_grad():
+        torch.testing.assert_close(decoder(torch.ones(1, 16), [torch.ones(1, 8)] * 5, 48)[:, ::12, ::12, ::12],
+                                   F.interpolate(decoder(torch.ones(1, 16), [torch.ones(1, 8)] * 5, 32)[:, None], size=(48,) * 3,
+                                                 mode="trilinear", align_corners=False)[:, 0, ::12, ::12, ::12])
+    for head in decoder.heads.values():  # ... give them weights, as after some training
+        torch.nn.init.normal_(head.weight)
     latent = torch.randn(2, 16)
     styles = [torch.randn(2, 8)] * decoder.num_style_layers
     with torch.no_grad():
@@ -132,7 +142,8 @@ def read_metrics(root: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, capsys):
+def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     cli = run_cli([
         "fit", "--config", TINY, "--config", CSV,
         "--trainer.default_root_dir", str(tmp_path),
@@ -141,8 +152,7 @@ def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, capsys)
         "--trainer.limit_train_batches", "2",
     ])
     assert cli.trainer.state.finished
-    out = capsys.readouterr().out
-    assert "voxel resolution 32^3 -> 48^3" in out  # the growth step is visible in the log
+    assert "epoch 1: voxel resolution 32^3 -> 48^3" in caplog.text  # the growth step is visible in the log
     rows = read_metrics(tmp_path / "csv")
     resolutions = [float(r["train/resolution"]) for r in rows if r.get("train/resolution")]
     assert resolutions == [32.0, 48.0]
@@ -156,12 +166,16 @@ def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, capsys)
     assert list(tmp_path.rglob("media/**/preview.png")) and list(tmp_path.rglob("media/**/*.obj"))
 
     predict_dir = tmp_path / "pred"
+    writer_config = tmp_path / "writer.yaml"
+    writer_config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: projects.shape3d.writer.MeshWriter\n"
+        f"      init_args: {{output_dir: '{predict_dir}', formats: [obj, ply, glb], refine_steps: 3}}\n"
+    )
     run_cli([
-        "predict", "--config", TINY, "--config", CSV,
+        "predict", "--config", TINY, "--config", CSV, "--config", str(writer_config),
         "--trainer.default_root_dir", str(tmp_path),
         "--trainer.logger.init_args.save_dir", str(tmp_path / "csv"),
         "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"),
-        "--model.init_args.predict_dir", str(predict_dir),
         "--data.init_args.predict_texts", '["sekiz köşeli yıldız motifi", "ince uzun bir silindir"]',
     ])
     files = sorted(predict_dir.iterdir())
@@ -181,5 +195,5 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model.set_resolution(48)
         model.train()
         model(["bir küre"], [""], resolution=48).square().mean().backward()
-    for (name, a), (_, b) in zip(plain.decoder.named_parameters(), checkpointed.decoder.named_parameters()):
+    for (name, a), (_, b) in zip(plain.decoder.named_parameters(), checkpointed.decoder.named_parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
