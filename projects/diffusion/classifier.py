@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.metrics.image_quality import Extractor
 
-
 ARCH_VERSION = 2  # part of the cache key: a changed architecture never loads a stale checkpoint
 
 

@@ -67,7 +67,9 @@ class DiffusionModule(pl.LightningModule):
             (standard FID network, needs ``inception_weights`` and torch-fidelity).
         classifier_ckpt: the classifier checkpoint; ``null`` = cached under ``classifier_cache_dir``, trained on
             first use if missing.
-        predict_sampler / predict_steps / predict_dir: what ``tgm predict`` uses and where it writes PNGs.
+        predict_sampler / predict_steps / predict_dir: what ``tgm predict`` uses and where it writes PNGs. Not
+            saved as hyperparameters: with ``--ckpt_path`` LightningCLI overrides the command line's model
+            arguments with the checkpoint's, and these must stay settable at predict time.
         seed: seed of the fixed noise used for validation samples, grids and predictions.
     """
 
@@ -99,7 +101,8 @@ class DiffusionModule(pl.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["predict_sampler", "predict_steps", "predict_dir"])
+        self.predict_sampler, self.predict_steps, self.predict_dir = predict_sampler, predict_steps, predict_dir
         for key, value in (("val_sampler", val_sampler), ("predict_sampler", predict_sampler)):
             if value not in SAMPLERS:
                 raise ValueError(f"model.init_args.{key} must be one of {SAMPLERS}, got '{value}'")
@@ -316,8 +319,8 @@ class DiffusionModule(pl.LightningModule):
         (labels,) = batch
         generator = self._generator(batch_idx)
         images = self.generate(labels if self.num_classes is not None else None, len(labels),
-                               self.hparams.predict_sampler, self.hparams.predict_steps, generator)
-        out_dir = Path(self.hparams.predict_dir or run_dir(self.trainer) / "predictions")
+                               self.predict_sampler, self.predict_steps, generator)
+        out_dir = Path(self.predict_dir or run_dir(self.trainer) / "predictions")
         out_dir.mkdir(parents=True, exist_ok=True)
         pixels = ((images[:, 0].float().cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
         for i, (label, picture) in enumerate(zip(labels.tolist(), pixels, strict=True)):

@@ -298,8 +298,10 @@ class Shape3DModule(pl.LightningModule):
 
     def set_resolution(self, resolution: int) -> None:
         epoch = self._trainer.current_epoch if self._trainer is not None else 0
-        if resolution != self.resolution or epoch == 0:
+        if resolution != self.resolution:
             rank_zero_info(f"[shape3d] epoch {epoch}: voxel resolution {self.resolution}^3 -> {resolution}^3")
+        elif epoch == 0:
+            rank_zero_info(f"[shape3d] epoch {epoch}: voxel resolution {resolution}^3")
         self.resolution = resolution
 
     def set_fade_alpha(self, alpha: float) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,7 +39,12 @@ def fit(root: Path, *extra: str):
 def tiny_run(tmp_path_factory):
     """Two epochs of the tiny config, a checkpoint after each."""
     root = tmp_path_factory.mktemp("tiny_run")
-    cli = fit(root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the function-scoped fixture does for the resumed run: same float sums
+    try:
+        cli = fit(root)
+    finally:
+        torch.set_num_threads(threads)
     return root, cli
 
 
@@ -74,48 +80,44 @@ def test_resume_from_epoch_checkpoint_is_exact(tiny_run, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_export_from_checkpoint_loads_in_fresh_process(tiny_run, tmp_path):
+def test_export_loads_in_fresh_process_with_the_same_samples(tiny_run, tmp_path):
+    """Class-conditional export (from the tiny run's checkpoint) sampled with the README's stock-diffusers loop,
+    and an unconditional export sampled with plain ``DDPMPipeline``; one fresh Python process for both."""
     root, _ = tiny_run
     module = DiffusionModule.load_from_checkpoint(root / "ckpt" / "last.ckpt", map_location="cpu")
     assert module.class_names == ["A", "B", "0"]
-    out = export_pipeline(module, tmp_path / "export")
+    conditional = export_pipeline(module, tmp_path / "cond")
     labels = [0, 1, 2, 1]
-    expected = module.generate(torch.tensor(labels), 4, "ddim", 5, torch.Generator().manual_seed(3))
-    script = SAMPLE_EXPORTED + f"\nx = sample_exported({str(out)!r}, {labels}, steps=5, seed=3)\n" \
-        f"torch.save(x, {str(tmp_path / 'x.pt')!r})\n"
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=300,
-                   env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
-    got = torch.load(tmp_path / "x.pt")
-    assert got.shape == (4, 1, 16, 16)
-    torch.testing.assert_close(got, (expected + 1) / 2, atol=1e-5, rtol=0)
-    meta = json.loads((out / "class_labels.json").read_text())
-    assert meta["class_names"] == ["A", "B", "0"] and meta["null_label"] == 3
+    expected_cond = module.generate(torch.tensor(labels), 4, "ddim", 5, torch.Generator().manual_seed(3))
 
-
-def test_unconditional_export_is_a_stock_ddpm_pipeline(tmp_path):
     torch.manual_seed(0)
-    module = DiffusionModule(unet=dict(TINY_UNET), num_classes=None)
+    uncond_module = DiffusionModule(unet=dict(TINY_UNET), num_classes=None)
     with torch.no_grad():  # make the EMA differ from the live weights, so the test sees which one is exported
-        for p in module.unet.parameters():
+        for p in uncond_module.unet.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    module.ema.step(module.unet.parameters())
+    uncond_module.ema.step(uncond_module.unet.parameters())
     with torch.no_grad():
-        for p in module.unet.parameters():
+        for p in uncond_module.unet.parameters():
             p.add_(0.05)
-    out = export_pipeline(module, tmp_path / "uncond")
-    expected = module.generate(None, 2, "ddpm", 4, torch.Generator().manual_seed(11))
-    script = (
-        "import numpy, torch\nfrom diffusers import DDPMPipeline\n"
-        f"pipe = DDPMPipeline.from_pretrained({str(out)!r})\n"
-        "x = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(11), output_type='np').images\n"
-        f"numpy.save({str(tmp_path / 'x.npy')!r}, x)\n"
-    )
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=300,
-                   env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
-    import numpy as np
+    unconditional = export_pipeline(uncond_module, tmp_path / "uncond")
+    expected_uncond = uncond_module.generate(None, 2, "ddpm", 4, torch.Generator().manual_seed(11))
 
-    got = np.load(tmp_path / "x.npy")  # N x H x W x C in [0, 1]
-    np.testing.assert_allclose(got[..., 0], ((expected[:, 0] + 1) / 2).numpy(), atol=1e-5)
+    script = SAMPLE_EXPORTED + (
+        "import numpy\nfrom diffusers import DDPMPipeline\n"
+        f"torch.save(sample_exported({str(conditional)!r}, {labels}, steps=5, seed=3), {str(tmp_path / 'c.pt')!r})\n"
+        f"pipe = DDPMPipeline.from_pretrained({str(unconditional)!r})\n"
+        "x = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(11), output_type='np')\n"
+        f"numpy.save({str(tmp_path / 'u.npy')!r}, x.images)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=600,
+                   env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    got = torch.load(tmp_path / "c.pt")
+    assert got.shape == (4, 1, 16, 16)
+    torch.testing.assert_close(got, (expected_cond + 1) / 2, atol=1e-5, rtol=0)
+    meta = json.loads((conditional / "class_labels.json").read_text())
+    assert meta["class_names"] == ["A", "B", "0"] and meta["null_label"] == 3
+    images = np.load(tmp_path / "u.npy")  # N x H x W x C in [0, 1]
+    np.testing.assert_allclose(images[..., 0], ((expected_uncond[:, 0] + 1) / 2).numpy(), atol=1e-5)
 
 
 def test_predict_writes_images_per_class(tiny_run, tmp_path):

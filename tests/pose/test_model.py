@@ -48,8 +48,10 @@ def tiny_net(**kwargs) -> ProgressiveTransformer:
     return net.eval()
 
 
-def test_cached_decoding_equals_recomputation():
-    net = tiny_net()
+@pytest.mark.parametrize("options", [{}, {"just_count_in": True, "decoder_positions": False},
+                                     {"future_prediction": 3}])
+def test_cached_decoding_equals_recomputation(options):
+    net = tiny_net(**options)
     src = torch.tensor([[4, 5, 6, 3], [7, 3, 1, 1]])
     mask = src != 1
     cached, lengths_cached = net.generate(src, mask, max_length=9, stop_counter=2.0, use_cache=True)

@@ -197,3 +197,18 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model(["bir küre"], [""], resolution=48).square().mean().backward()
     for (name, a), (_, b) in zip(plain.decoder.named_parameters(), checkpointed.decoder.named_parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_text_encoder_loads_a_local_directory_and_names_the_key_when_missing(tmp_path):
+    from common.hub import PretrainedNotAvailable
+    from projects.shape3d.shapes import all_texts
+    from projects.shape3d.text import TextEncoder
+
+    tiny = TextEncoder("tiny", corpus=all_texts(), tokenizer_dir=tmp_path / "tok", d_model=16, num_layers=1, num_heads=2)
+    tiny.encoder.save_pretrained(tmp_path / "t5")
+    tiny.tokenizer.save_pretrained(tmp_path / "t5")
+    loaded = TextEncoder(str(tmp_path / "t5"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(["bir küre", "kalın bir simit"]), tiny(["bir küre", "kalın bir simit"]))
+    with pytest.raises(PretrainedNotAvailable, match="model.init_args.text_encoder"):
+        TextEncoder(str(tmp_path / "missing"))
