@@ -65,6 +65,8 @@ def _panel_transform(sequences: Sequence[np.ndarray], size: int, margin: int) ->
     points = points[np.isfinite(points).all(axis=1)]
     low, high = points.min(axis=0), points.max(axis=0)
     scale = (size - 2 * margin) / max(float((high - low).max()), 1e-6)
+    # shift so the drawing is centred along its shorter extent, not stuck to the top-left corner
+    low = low - ((size - 2 * margin) / scale - (high - low)) / 2
     return low, scale
 
 

@@ -98,6 +98,7 @@ def test_beam_search_finds_the_exhaustive_best_caption(tokenizer):
     features = torch.randn(2, 16) * 3
     beams = model.generate_ids(features, num_beams=vocab, max_new_tokens=2).tolist()
     greedy = model.generate_ids(features, num_beams=1, max_new_tokens=2).tolist()
+    beam_beats_greedy = False
     for row, prefix in enumerate(model.mapper(features).detach()):
         first = model.decoder(inputs_embeds=prefix[None]).logits[0, -1].log_softmax(-1)
         candidates = {(stop,): float(first[stop])}
@@ -112,6 +113,8 @@ def test_beam_search_finds_the_exhaustive_best_caption(tokenizer):
         assert got[: len(best)] == best
         greedy_seq = tuple(greedy[row][: 1 if greedy[row][0] == stop else 2])
         assert candidates[best] >= candidates[greedy_seq] - 1e-6
+        beam_beats_greedy |= candidates[best] > candidates[greedy_seq] + 1e-6
+    assert beam_beats_greedy  # on these inputs greedy is not optimal, so returning greedy's output would fail
     assert model.generate(features, num_beams=3, max_new_tokens=5)  # the text path runs with beams too
 
 
