@@ -43,18 +43,41 @@ def _valid_mask(lengths: torch.Tensor | None, batch: int, size: int, device: tor
 
 @torch.no_grad()
 def nearest_neighbors(
-    x: torch.Tensor, y: torch.Tensor, y_lengths: torch.Tensor | None = None, chunk_elements: int = _CHUNK_ELEMENTS
+    x: torch.Tensor,
+    y: torch.Tensor,
+    y_lengths: torch.Tensor | None = None,
+    chunk_elements: int = _CHUNK_ELEMENTS,
+    method: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For every point of ``x`` (B, N, 3) the index of its nearest point in ``y`` (B, M, 3) and the squared distance.
 
-    Rows of ``x`` are processed in chunks so the B x chunk x M distance block stays under ``chunk_elements``:
-    10k x 10k or 50k x 50k clouds fit in memory. No gradient: callers gather the chosen points and recompute the
-    distance with autograd (what pytorch3d's ``knn_points`` does), so backward also needs O(N + M) memory only.
+    ``method="brute"``: rows of ``x`` are processed in chunks so the B x chunk x M distance block stays under
+    ``chunk_elements`` (10k x 10k or 50k x 50k clouds fit in memory); the path for GPUs. ``method="kdtree"``:
+    scipy's cKDTree per cloud, O(N log M) instead of O(N M): 50-150x faster on CPU for 10k+ points (see
+    ``make bench-3d``). ``"auto"`` takes the KD-tree for CPU tensors. No gradient either way: callers gather the
+    chosen points and recompute the distance with autograd (what pytorch3d's ``knn_points`` does), so backward
+    needs O(N + M) memory only.
     """
     batch, n, _ = x.shape
     m = y.shape[1]
     if m == 0:
         raise ValueError("nearest_neighbors: the reference cloud y is empty")
+    if method not in ("auto", "brute", "kdtree"):
+        raise ValueError(f"nearest_neighbors: unknown method {method!r}")
+    if n == 0:
+        return x.new_zeros(batch, 0, dtype=torch.long), x.new_zeros(batch, 0)
+    if method == "kdtree" or (method == "auto" and x.device.type == "cpu"):
+        from scipy.spatial import cKDTree
+
+        x_np, y_np = x.detach().double().cpu().numpy(), y.detach().double().cpu().numpy()
+        sizes = [m] * batch if y_lengths is None else [int(v) for v in y_lengths]
+        indices = torch.empty(batch, n, dtype=torch.long)
+        distances = torch.empty(batch, n)
+        for b in range(batch):
+            dist, idx = cKDTree(y_np[b, : sizes[b]]).query(x_np[b])
+            indices[b] = torch.from_numpy(idx)
+            distances[b] = torch.from_numpy(dist**2)
+        return indices.to(x.device), distances.to(x.device)
     rows = max(1, chunk_elements // max(batch * m, 1))
     invalid_y = ~_valid_mask(y_lengths, batch, m, y.device)
     indices, distances = [], []
@@ -65,14 +88,12 @@ def nearest_neighbors(
         dist, idx = block.min(dim=2)
         indices.append(idx)
         distances.append(dist)
-    if n == 0:
-        return x.new_zeros(batch, 0, dtype=torch.long), x.new_zeros(batch, 0)
     return torch.cat(indices, dim=1), torch.cat(distances, dim=1)
 
 
-def _directed(x: torch.Tensor, y: torch.Tensor, y_lengths: torch.Tensor | None) -> torch.Tensor:
+def _directed(x: torch.Tensor, y: torch.Tensor, y_lengths: torch.Tensor | None, method: str = "auto") -> torch.Tensor:
     """Squared distance from every point of x to its nearest point of y, differentiable w.r.t. both clouds."""
-    idx, _ = nearest_neighbors(x, y, y_lengths)
+    idx, _ = nearest_neighbors(x, y, y_lengths, method=method)
     nearest = torch.gather(y, 1, idx[..., None].expand(-1, -1, y.shape[-1]))
     return (x - nearest).square().sum(-1)
 
@@ -85,13 +106,15 @@ def chamfer_distance(
     batch_reduction: str | None = "mean",
     point_reduction: str = "mean",
     single_directional: bool = False,
+    method: str = "auto",
 ) -> torch.Tensor:
     """Chamfer distance with ``pytorch3d.loss.chamfer_distance`` semantics (its first return value).
 
     Squared L2 to the nearest neighbour, averaged (``point_reduction="mean"``) or summed over the points of each
     cloud, the two directions summed (only x -> y when ``single_directional``), then averaged / summed over the
     batch (``batch_reduction``; ``None`` returns one value per cloud). ``x``: (B, N, 3), ``y``: (B, M, 3);
-    ``x_lengths`` / ``y_lengths`` mark the valid points of padded clouds.
+    ``x_lengths`` / ``y_lengths`` mark the valid points of padded clouds. ``method``: the nearest-neighbour search
+    of the fallback (see :func:`nearest_neighbors`).
     """
     if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
         raise ValueError(f"chamfer_distance expects (B, N, D) and (B, M, D) clouds, got {tuple(x.shape)}, {tuple(y.shape)}")
@@ -111,9 +134,9 @@ def chamfer_distance(
         total = (distances * mask).sum(1)
         return total / mask.sum(1).clamp(min=1) if point_reduction == "mean" else total
 
-    per_cloud = reduce(_directed(x, y, y_lengths), x_mask)
+    per_cloud = reduce(_directed(x, y, y_lengths, method), x_mask)
     if not single_directional:
-        per_cloud = per_cloud + reduce(_directed(y, x, x_lengths), y_mask)
+        per_cloud = per_cloud + reduce(_directed(y, x, x_lengths, method), y_mask)
     if batch_reduction is None:
         return per_cloud
     return per_cloud.sum() / batch if batch_reduction == "mean" else per_cloud.sum()

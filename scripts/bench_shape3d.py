@@ -73,10 +73,12 @@ def bench_chamfer(sizes: list[int], naive_limit: int) -> list[dict]:
         y_np = rng.random((n, 3), dtype=np.float32) - 0.5
         x, y = torch.from_numpy(x_np)[None], torch.from_numpy(y_np)[None]
         repeats = 3 if n <= 10_000 else 1
-        seconds, mib = measure(lambda x=x, y=y: chamfer_distance(x, y), repeats)
-        ours = float(chamfer_distance(x, y))
-        rows.append({"op": "chamfer", "method": "ours (chunked torch)" + (" [pytorch3d]" if HAS_PYTORCH3D else ""),
-                     "points": n, "seconds": seconds, "peak_mib": mib, "value": ours})
+        for method, label in (("kdtree", "ours, CPU default (KD-tree search + torch distances)"),
+                              ("brute", "ours, GPU path (chunked brute-force torch)")):
+            seconds, mib = measure(lambda x=x, y=y, method=method: chamfer_distance(x, y, method=method), repeats)
+            value = float(chamfer_distance(x, y, method=method))
+            rows.append({"op": "chamfer", "method": label + (" [pytorch3d]" if HAS_PYTORCH3D else ""),
+                         "points": n, "seconds": seconds, "peak_mib": mib, "value": value})
         seconds, mib = measure(lambda x_np=x_np, y_np=y_np: kdtree_chamfer(x_np, y_np), repeats)
         rows.append({"op": "chamfer", "method": "scipy cKDTree", "points": n, "seconds": seconds, "peak_mib": mib,
                      "value": kdtree_chamfer(x_np, y_np)})

@@ -16,8 +16,9 @@ Progressive Transformers layout). The counter column is never part of the frame 
     Euclidean distance between joint vectors, score = accumulated cost / number of steps of the optimal path.
 
 The DP is hand-written because dtaidistance (C, fast) only supports squared-Euclidean frame costs: here it is a
-batched anti-diagonal wavefront in torch, so all cells on one anti-diagonal of all sequence pairs are updated
-in one vectorised step (``N + M`` steps instead of ``N * M`` Python iterations). Under DDP the metric keeps a
+batched anti-diagonal wavefront in torch. The cost matrices are skewed once so that each anti-diagonal is a
+contiguous row; all cells on one anti-diagonal of all sequence pairs are then updated in one vectorised step
+(``N + M`` steps instead of ``N * M`` Python iterations). Under DDP the metric keeps a
 summed score and a count, so the mean is over every sequence of every process.
 """
 
@@ -66,26 +67,34 @@ def dtw_batch(
     lengths_y = torch.tensor([len(y) for y in ys], device=device)
     x = torch.nn.utils.rnn.pad_sequence([t.double() for t in xs], batch_first=True)
     y = torch.nn.utils.rnn.pad_sequence([t.double() for t in ys], batch_first=True)
-    cost = frame_costs(x, y, frame_cost)  # B x N x M (padded cells are never on a valid path)
+    cost = frame_costs(x, y, frame_cost)  # B x N x M (padded cells only feed cells past a pair's end)
     batch, n, m = cost.shape
-    inf = torch.tensor(float("inf"), dtype=cost.dtype, device=device)
-    acc = torch.full((batch, n + 1, m + 1), float("inf"), dtype=cost.dtype, device=device)
-    acc[:, 0, 0] = 0.0
-    steps = torch.zeros((batch, n + 1, m + 1), dtype=cost.dtype, device=device) if return_path_length else None
-    for k in range(2, n + m + 1):  # cells (i, j) with i + j == k, 1-based
-        i = torch.arange(max(1, k - m), min(n, k - 1) + 1, device=device)
-        j = k - i
-        candidates = torch.stack([acc[:, i - 1, j - 1], acc[:, i - 1, j], acc[:, i, j - 1]])  # 3 x B x L
-        best, which = candidates.min(dim=0)
-        acc[:, i, j] = cost[:, i - 1, j - 1] + torch.where(torch.isfinite(best), best, inf)
+    # Skew to anti-diagonal layout once: cells (i, j) with i + j == k (1-based, cost of frames i-1, j-1) become
+    # row k, column i, so every DP step below reads and writes contiguous slices instead of scattered cells.
+    k = torch.arange(n + m + 1, device=device)[:, None]
+    i = torch.arange(n + 1, device=device)[None, :]
+    j = k - i
+    valid = (i >= 1) & (j >= 1) & (j <= m)
+    flat = torch.where(valid, (i - 1) * m + (j - 1), n * m)  # n * m: an extra +inf cell
+    padded_cost = torch.cat([cost.reshape(batch, n * m), cost.new_full((batch, 1), float("inf"))], dim=1)
+    acc = padded_cost[:, flat]  # B x (N + M + 1) x (N + 1); overwritten row by row with accumulated costs
+    acc[:, 0, 0] = 0.0  # the start cell (0, 0)
+    if n + m >= 1:
+        acc[:, 1] = float("inf")  # cells (0, 1) and (1, 0) are boundary cells
+    steps = torch.zeros_like(acc) if return_path_length else None
+    for diagonal in range(2, n + m + 1):
+        # predecessors of (i, j): (i-1, j-1) on diagonal k-2 at i-1; (i-1, j) and (i, j-1) on k-1 at i-1 and i
+        candidates = torch.stack([acc[:, diagonal - 2, :-1], acc[:, diagonal - 1, :-1], acc[:, diagonal - 1, 1:]])
+        best, which = candidates.min(dim=0)  # ties: diagonal first, then (i-1, j), then (i, j-1)
+        acc[:, diagonal, 1:] += best  # invalid cells hold +inf and stay +inf
         if steps is not None:
-            prev = torch.stack([steps[:, i - 1, j - 1], steps[:, i - 1, j], steps[:, i, j - 1]])
-            steps[:, i, j] = 1.0 + prev.gather(0, which.unsqueeze(0)).squeeze(0)
+            previous = torch.stack([steps[:, diagonal - 2, :-1], steps[:, diagonal - 1, :-1], steps[:, diagonal - 1, 1:]])
+            steps[:, diagonal, 1:] = 1.0 + previous.gather(0, which.unsqueeze(0)).squeeze(0)
     rows = torch.arange(batch, device=device)
-    total = acc[rows, lengths_x, lengths_y]
+    total = acc[rows, lengths_x + lengths_y, lengths_x]
     if steps is None:
         return total
-    return total, steps[rows, lengths_x, lengths_y]
+    return total, steps[rows, lengths_x + lengths_y, lengths_x]
 
 
 def dtw_many(

@@ -22,7 +22,10 @@ def make_sampler(kind: str, train_scheduler: DDPMScheduler):
     if kind == "ddim":
         return DDIMScheduler.from_config(config)
     if kind == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+        # Pixel-space model: without thresholding the data prediction (x_t - sigma eps) / alpha explodes at the
+        # first steps (alpha_T ~ 0.006) and most pixels saturate; diffusers recommends thresholding here.
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                                       thresholding=True, sample_max_value=1.0)
     raise ValueError(f"unknown sampler '{kind}', expected one of {SAMPLERS}")
 
 

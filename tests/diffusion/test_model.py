@@ -95,6 +95,11 @@ def test_each_sampler_is_seeded_and_in_range(kind):
     scheduler = make_sampler(kind, module.noise_scheduler)
     scheduler.set_timesteps(4)
     assert len(scheduler.timesteps) == 4  # the configured number of steps, not the 1000 training steps
+    assert scheduler.config.num_train_timesteps == 1000 and scheduler.config.prediction_type == "epsilon"
+    if kind == "dpmsolver++":  # pixel space: unthresholded DPM-Solver++ saturates most pixels (see sampling.py)
+        assert scheduler.config.thresholding and scheduler.config.sample_max_value == 1.0
+    else:
+        assert scheduler.config.clip_sample
 
 
 def test_guidance_changes_samples_and_needs_labels():

@@ -31,39 +31,45 @@ def kdtree_chamfer(x: np.ndarray, y: np.ndarray) -> float:
     return float((d_xy**2).mean() + (d_yx**2).mean())
 
 
-def test_chamfer_matches_kdtree_batched_and_chunked():
+@pytest.mark.parametrize("method", ["brute", "kdtree"])
+def test_chamfer_matches_kdtree_batched_and_chunked(method):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 700, 3)).astype(np.float32)
     y = rng.normal(size=(3, 500, 3)).astype(np.float32) * 0.5 + 0.3
     expected = [kdtree_chamfer(a, b) for a, b in zip(x, y, strict=True)]
-    per_cloud = chamfer_distance(torch.from_numpy(x), torch.from_numpy(y), batch_reduction=None)
+    per_cloud = chamfer_distance(torch.from_numpy(x), torch.from_numpy(y), batch_reduction=None, method=method)
     np.testing.assert_allclose(per_cloud.numpy(), expected, rtol=1e-4)
-    mean = chamfer_distance(torch.from_numpy(x), torch.from_numpy(y))
+    mean = chamfer_distance(torch.from_numpy(x), torch.from_numpy(y), method=method)
     assert mean.item() == pytest.approx(np.mean(expected), rel=1e-4)
     # a tiny chunk budget (many row chunks) must give the same nearest neighbours
-    idx_full, d_full = geometry.nearest_neighbors(torch.from_numpy(x), torch.from_numpy(y))
-    idx_chunk, d_chunk = geometry.nearest_neighbors(torch.from_numpy(x), torch.from_numpy(y), chunk_elements=3 * 500 * 7)
+    idx_full, d_full = geometry.nearest_neighbors(torch.from_numpy(x), torch.from_numpy(y), method=method)
+    idx_chunk, d_chunk = geometry.nearest_neighbors(
+        torch.from_numpy(x), torch.from_numpy(y), chunk_elements=3 * 500 * 7, method="brute"
+    )
     assert torch.equal(idx_full, idx_chunk)
     torch.testing.assert_close(d_full, d_chunk)
 
 
-def test_chamfer_reductions_lengths_and_gradient():
+@pytest.mark.parametrize("method", ["brute", "kdtree"])
+def test_chamfer_reductions_lengths_and_gradient(method):
     rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.normal(size=(2, 60, 3)).astype(np.float32)).requires_grad_(True)
     y = torch.from_numpy(rng.normal(size=(2, 80, 3)).astype(np.float32))
     d_xy, _ = cKDTree(y[0].numpy()).query(x[0].detach().numpy())
-    one_way = chamfer_distance(x[:1], y[:1], single_directional=True, point_reduction="sum", batch_reduction="sum")
+    one_way = chamfer_distance(x[:1], y[:1], single_directional=True, point_reduction="sum", batch_reduction="sum",
+                               method=method)
     assert one_way.item() == pytest.approx(float((d_xy**2).sum()), rel=1e-4)
     # padded clouds: only the first 40 / 50 points count
-    lengths = chamfer_distance(x, y, x_lengths=torch.tensor([40, 60]), y_lengths=torch.tensor([50, 80]), batch_reduction=None)
+    lengths = chamfer_distance(x, y, x_lengths=torch.tensor([40, 60]), y_lengths=torch.tensor([50, 80]), batch_reduction=None,
+                               method=method)
     assert lengths[0].item() == pytest.approx(kdtree_chamfer(x[0, :40].detach().numpy(), y[0, :50].numpy()), rel=1e-4)
     assert lengths[1].item() == pytest.approx(kdtree_chamfer(x[1].detach().numpy(), y[1].numpy()), rel=1e-4)
-    chamfer_distance(x, y).backward()
+    chamfer_distance(x, y, method=method).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     # moving x along -grad lowers the distance: the gradient is the real one
     with torch.no_grad():
-        before = chamfer_distance(x, y).item()
-        after = chamfer_distance(x - 0.5 * x.grad, y).item()
+        before = chamfer_distance(x, y, method=method).item()
+        after = chamfer_distance(x - 0.5 * x.grad, y, method=method).item()
     assert after < before
 
 
