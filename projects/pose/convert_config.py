@@ -56,7 +56,7 @@ MAPPING: dict[str, str | None] = {
     "model.init_gain": "model.init_args.init_gain",
     "model.bias_initializer": None,  # zeros
     "model.embed_initializer": None,  # FastText (or xavier for specials), never re-initialised after loading
-    "model.embed_init_gain": "model.init_args.embed_init_gain",
+    "model.embed_init_gain": None,  # embeddings come from FastText
     "model.trg_size": "model.init_args.trg_size",
     "model.just_count_in": "model.init_args.just_count_in",
     "model.gaussian_noise": "model.init_args.gaussian_noise",

@@ -68,7 +68,6 @@ class PoseModule(pl.LightningModule):
         decrease_factor: float = 0.7,
         initializer: str = "xavier",
         init_gain: float = 1.0,
-        embed_init_gain: float = 1.0,
         fasttext_path: str | None = None,
         fasttext_epochs: int = 30,
         fasttext_cache_dir: str = "data/generated/pose/fasttext",

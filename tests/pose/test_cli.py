@@ -47,6 +47,16 @@ def test_fit_then_predict_round_trip(tmp_path):
     assert videos, "no skeleton video written"
     checkpoint = tmp_path / "ckpt" / "last.ckpt"
     assert checkpoint.is_file()
+    vocab, steps = list(cli.model.vocab.itos), trainer.global_step
+    stds = cli.model.out_stds.clone()
+    assert stds.gt(0).all()  # gaussian_noise: last epoch's per-joint error std, used as noise scale
+
+    # --ckpt_path last resumes: vocabulary, noise statistics and step count come back from the checkpoint
+    resumed = run_cli(["fit", *common_args(tmp_path), "--trainer.max_epochs", "3", "--ckpt_path", "last",
+                       "--trainer.limit_train_batches", "1"])
+    assert resumed.model.vocab.itos == vocab
+    assert resumed.trainer.global_step == steps + 1
+    checkpoint = tmp_path / "ckpt" / "last.ckpt"
 
     sentences = tmp_path / "sentences.txt"
     sentences.write_text("Merhaba ben.\nİyi okul\nbilinmeyen kelime\n", encoding="utf-8")
