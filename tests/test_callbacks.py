@@ -109,6 +109,25 @@ def test_freeze_unfreeze_keeps_encoder_fixed_then_trains_it_with_its_lr(tmp_path
     assert probe.groups[1] == [0.05] and probe.groups[2] == [0.05, 0.0123]
 
 
+class TiedEncoderModule(TinyModule):
+    """``encoder`` holds one weight twice (as T5 and GPT-2 tie input and output embeddings)."""
+
+    def __init__(self) -> None:
+        super().__init__(lr=0.05, hidden=4)
+        first, second = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+        second.weight = first.weight
+        self.encoder = torch.nn.Sequential(first, second)
+
+
+def test_freeze_unfreeze_adds_a_shared_weight_once(tmp_path, recwarn):
+    module = TiedEncoderModule()
+    trainer = make_trainer(tmp_path, [FreezeUnfreeze(modules=["encoder"], unfreeze_at_epoch=1)], max_epochs=2)
+    trainer.fit(module, TinyDataModule())
+    added = trainer.optimizers[0].param_groups[1]["params"]
+    assert len(added) == len({id(p) for p in added}) == 3  # shared weight + two biases
+    assert not [w for w in recwarn if "duplicate" in str(w.message)]
+
+
 def test_freeze_unfreeze_names_a_missing_module(tmp_path):
     trainer = make_trainer(tmp_path, [FreezeUnfreeze(modules=["decoder"])], max_epochs=1)
     with pytest.raises(AttributeError, match="no submodule 'decoder'.*encoder, head"):
@@ -122,6 +141,16 @@ def test_media_logger_writes_samples_every_n_epochs(tmp_path):
     names = sorted(p.relative_to(tmp_path / "t" / "version_0" / "media").as_posix() for p in media.written)
     assert names == ["epoch_0000/gradient.png", "epoch_0000/table.csv", "epoch_0002/gradient.png", "epoch_0002/table.csv"]
     assert all(p.stat().st_size > 0 for p in media.written)
+
+
+def test_media_logger_counts_validations_not_epochs(tmp_path):
+    """Validation every 2nd epoch runs at epochs 1, 3, 5; every 2nd validation is then epochs 1 and 5."""
+    media = MediaLogger(every_n_epochs=2)
+    trainer = make_trainer(tmp_path, [media], max_epochs=6, check_val_every_n_epoch=2)
+    trainer.fit(TinyModule(), TinyDataModule())
+    epochs = sorted({p.parent.name for p in media.written})
+    assert epochs == ["epoch_0001", "epoch_0005"]
+    assert media.state_dict() == {"validations_seen": 3}
 
 
 def test_metric_summary_records_before_and_after(tmp_path, capsys):

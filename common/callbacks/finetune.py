@@ -59,14 +59,18 @@ class FreezeUnfreeze(BaseFinetuning):
         self.freeze(self._modules(pl_module), train_bn=self.train_bn)
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
-        if self.unfreeze_at_epoch is not None and epoch == self.unfreeze_at_epoch:
-            self.unfreeze_and_add_param_group(
-                modules=self._modules(pl_module),
-                optimizer=optimizer,
-                lr=self.unfreeze_lr,
-                initial_denom_lr=self.lr_divisor,
-                train_bn=True,
-            )
+        if self.unfreeze_at_epoch is None or epoch != self.unfreeze_at_epoch:
+            return
+        # Same steps as ``BaseFinetuning.unfreeze_and_add_param_group``, plus de-duplication: a weight shared by
+        # two submodules (T5/GPT-2 tie their input and output embeddings) would otherwise enter the new param
+        # group twice, which torch warns about and a later torch will reject.
+        modules = self._modules(pl_module)
+        self.make_trainable(modules)
+        params = self.filter_params(modules, train_bn=True, requires_grad=True)
+        params = list({id(param): param for param in self.filter_on_optimizer(optimizer, params)}.values())
+        lr = optimizer.param_groups[0]["lr"] / self.lr_divisor if self.unfreeze_lr is None else float(self.unfreeze_lr)
+        if params:
+            optimizer.add_param_group({"params": params, "lr": lr})
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)

@@ -13,7 +13,7 @@ from common.media import to_wandb, write_media
 
 
 class MediaLogger(pl.Callback):
-    """Every ``every_n_epochs`` validation epochs, call ``pl_module.media_samples()`` (a ``dict[str, Media]``,
+    """On the first validation of training and then every ``every_n_epochs``-th validation, call ``pl_module.media_samples()`` (a ``dict[str, Media]``,
     see :mod:`common.media`), write each item under ``<run dir>/media/epoch_<N>/`` and log it to W&B when a
     :class:`WandbLogger` is active. Modules without ``media_samples`` are skipped; runs on rank zero only.
     """
@@ -24,12 +24,16 @@ class MediaLogger(pl.Callback):
         self.every_n_epochs = every_n_epochs
         self.enabled = enabled
         self.written: list[Path] = []
+        # Validations are counted, not epochs, so ``check_val_every_n_epoch`` > 1 still gets media; the count
+        # is checkpointed so a resumed run keeps the same cadence.
+        self.validations_seen = 0
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.enabled or trainer.sanity_checking or not hasattr(pl_module, "media_samples"):
             return
-        if trainer.current_epoch % self.every_n_epochs:
+        self.validations_seen += 1
+        if (self.validations_seen - 1) % self.every_n_epochs:
             return
         samples = pl_module.media_samples()
         if not samples:
@@ -46,3 +50,9 @@ class MediaLogger(pl.Callback):
                     {key: to_wandb(item, path) for key, (item, path) in wandb_items.items()}
                     | {"trainer/global_step": trainer.global_step}
                 )
+
+    def state_dict(self) -> dict:
+        return {"validations_seen": self.validations_seen}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.validations_seen = int(state_dict.get("validations_seen", 0))
