@@ -7,6 +7,8 @@ the ``--config`` files given on the command line are merged on top, in order, th
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -74,6 +76,41 @@ class TGMCLI(LightningCLI):
             init_args = logger.init_args
             if init_args.get("group") is None:  # one W&B group per project, taken from the model's package
                 init_args.group = project_of(config.model.class_path)
+
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            reasons = construction_errors(str(error))
+            if not reasons or os.environ.get("TGM_TRACEBACK"):
+                raise
+            # jsonargparse reports a failing __init__ as a Union mismatch followed by a dump of every init arg;
+            # the user needs the one line that says what went wrong (missing weights, a bad data file ...).
+            lines = "\n".join(f"  - {reason}" for reason in reasons)
+            sys.stderr.write(
+                f"tgm {self.subcommand}: could not build what the config asks for:\n{lines}\n"
+                "(set TGM_TRACEBACK=1 for the full traceback)\n"
+            )
+            raise SystemExit(2) from error
+
+
+UNION_FAILURE = "Does not validate against any of the Union subtypes"
+
+
+def construction_errors(message: str) -> list[str]:
+    """The per-subtype reasons of a jsonargparse Union failure, without the ``None`` alternative and the
+    value dump; empty when ``message`` is something else."""
+    if not message.startswith(UNION_FAILURE) or "\nErrors:\n" not in message:
+        return []
+    body = message.split("\nErrors:\n", 1)[1].split("\nGiven value", 1)[0]
+    reasons: list[str] = []
+    for line in body.splitlines():
+        if line.startswith("  - "):
+            reasons.append(line[4:])
+        elif reasons and line.strip():
+            reasons[-1] += " " + line.strip()
+    return [reason for reason in reasons if not reason.startswith("Expected a <class 'NoneType'>")]
 
 
 def project_of(class_path: str) -> str:

@@ -80,13 +80,25 @@ def test_print_config_lists_the_resolved_setup(capsys):
 )
 def test_user_mistakes_name_the_key_or_file(extra, expected):
     """Run as a user would: one short message naming the problem, exit code 2, no traceback."""
-    result = subprocess.run(
-        [sys.executable, "-m", "common.cli", "fit", "--config", TINY, *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
+    assert_user_error([sys.executable, "-m", "common.cli", "fit", "--config", TINY, *extra], expected)
+
+
+def test_missing_pretrained_weights_give_one_clear_line():
+    """A model whose __init__ fails (here: a text-encoder directory that does not exist) is reported by its
+    message, not by jsonargparse's dump of every init argument."""
+    expected = "model.init_args.text_encoder: local directory '/no/such/t5' does not exist"
+    command = [sys.executable, "-m", "common.cli", "fit", "--config", "configs/shape3d/tiny.yaml",
+               "--config", "configs/logger/csv.yaml", "--model.init_args.text_encoder", "/no/such/t5"]
+    stderr = assert_user_error(command, expected)
+    assert "Given value" not in stderr
+
+
+def assert_user_error(command: list[str], expected: str) -> str:
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 2, result.stderr[-2000:]
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+    return result.stderr
 
 
 @RunIf(wandb=True)

@@ -19,10 +19,19 @@ def ids(paths: list[Path]) -> list[str]:
     return [f"{p.parent.name}/{p.name}" for p in paths]
 
 
+def config_stack(config: Path) -> list[str]:
+    """A file without ``model.class_path`` is an overlay (``real.yaml``, ``original.yaml`` ...) meant to be
+    stacked on its project's ``default.yaml``, as its header says."""
+    content = yaml.safe_load(config.read_text()) or {}
+    is_overlay = "class_path" not in (content.get("model") or {})
+    base = ["--config", str(config.parent / "default.yaml")] if is_overlay else []
+    return base + ["--config", str(config)]
+
+
 @pytest.mark.parametrize("config", PROJECT_CONFIGS, ids=ids(PROJECT_CONFIGS))
 def test_config_parses(config: Path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(["fit", "--config", str(config), "--print_config"])
+        run_cli(["fit", *config_stack(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith(f"projects.{config.parent.name}.")
