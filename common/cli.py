@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from common.callbacks import GradNormLogger, MediaLogger, MetricSummary, ResumeRNG
+from common.errors import InputError, MissingInputError
 from common.loggers import WandbLogger, run_dir
 from common.precision import precision_for_hardware
 
@@ -76,7 +77,9 @@ class TGMCLI(LightningCLI):
             init_args = logger.init_args
             if init_args.get("group") is None:  # one W&B group per project, taken from the model's package
                 init_args.group = project_of(config.model.class_path)
-
+        if self.subcommand in ("validate", "test", "predict") and config.ckpt_path == "best":
+            # Lightning knows "best" only inside the process that trained; read it from last.ckpt instead.
+            config.ckpt_path = str(best_checkpoint(config.checkpoint.dirpath))
 
     def instantiate_classes(self) -> None:
         try:
@@ -93,6 +96,27 @@ class TGMCLI(LightningCLI):
                 "(set TGM_TRACEBACK=1 for the full traceback)\n"
             )
             raise SystemExit(2) from error
+
+
+def best_checkpoint(dirpath: str | None) -> Path:
+    """The best checkpoint recorded by ``ModelCheckpoint`` in ``<dirpath>/last.ckpt``."""
+    if dirpath is None:
+        raise InputError("--ckpt_path best needs checkpoint.dirpath in the config (where last.ckpt is); "
+                         "or give the checkpoint's path")
+    last = Path(dirpath) / "last.ckpt"
+    if not last.is_file():
+        raise MissingInputError(f"--ckpt_path best: no {last} to read the best checkpoint from; train first "
+                                "or give the checkpoint's path")
+    import torch
+
+    states = torch.load(last, map_location="cpu", weights_only=False).get("callbacks", {})
+    for key, state in states.items():
+        if key.startswith("ModelCheckpoint") and state.get("best_model_path"):
+            best = Path(state["best_model_path"])
+            if not best.is_file():
+                raise MissingInputError(f"--ckpt_path best: {last} names {best} as best, but it does not exist")
+            return best
+    raise InputError(f"--ckpt_path best: {last} records no best checkpoint (is checkpoint.monitor set?)")
 
 
 UNION_FAILURE = "Does not validate against any of the Union subtypes"
@@ -120,8 +144,10 @@ def project_of(class_path: str) -> str:
 
 
 def build_parser_kwargs() -> dict:
-    per_subcommand = {"parser_mode": "omegaconf+", "default_config_files": DEFAULT_CONFIGS}
-    return {"parser_mode": "omegaconf+", **{name: dict(per_subcommand) for name in SUBCOMMANDS}}
+    # allow_abbrev=False: argparse would otherwise take a misspelt --trainer.max_epoch as max_epochs.
+    per_subcommand = {"parser_mode": "omegaconf+", "default_config_files": DEFAULT_CONFIGS, "allow_abbrev": False}
+    return {"parser_mode": "omegaconf+", "allow_abbrev": False,
+            **{name: dict(per_subcommand) for name in SUBCOMMANDS}}
 
 
 def run_cli(args: list[str] | None = None) -> TGMCLI:
@@ -143,8 +169,14 @@ def run_cli(args: list[str] | None = None) -> TGMCLI:
 
 
 def main() -> None:
-    """Entry point of the ``tgm`` console script."""
-    run_cli()
+    """Entry point of the ``tgm`` console script: bad user input ends in one line and exit code 2."""
+    try:
+        run_cli()
+    except InputError as error:
+        if os.environ.get("TGM_TRACEBACK"):
+            raise
+        sys.stderr.write(f"tgm: {error}\n(set TGM_TRACEBACK=1 for the full traceback)\n")
+        raise SystemExit(2) from error
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from common.cli import run_cli
+from common.errors import MissingInputError
 from tests.helpers.run_if import RunIf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +74,7 @@ def test_print_config_lists_the_resolved_setup(capsys):
     ("extra", "expected"),
     [
         (["--trainer.max_epochz", "3"], "max_epochz"),
+        (["--trainer.max_epoch", "3"], "max_epoch"),  # an abbreviation is a typo, not max_epochs
         (["--model.init_args.lr", "fast"], "lr"),
         (["--model.class_path", "tests.helpers.tiny.NoSuchModule"], "NoSuchModule"),
         (["--config", "configs/does/not/exist.yaml"], "does/not/exist.yaml"),
@@ -91,6 +93,27 @@ def test_missing_pretrained_weights_give_one_clear_line():
                "--config", "configs/logger/csv.yaml", "--model.init_args.text_encoder", "/no/such/t5"]
     stderr = assert_user_error(command, expected)
     assert "Given value" not in stderr
+
+
+def test_bad_data_file_during_the_run_is_one_line(tmp_path):
+    """Data errors surface after the objects are built (in setup); they too end in one line, exit 2."""
+    command = [sys.executable, "-m", "common.cli", "fit", "--config", "configs/diffusion/tiny.yaml",
+               "--config", "configs/logger/csv.yaml", "--data.init_args.source", "emnist",
+               "--data.init_args.data_dir", str(tmp_path)]
+    stderr = assert_user_error(command, str(tmp_path))
+    assert any(line.startswith("tgm: ") and str(tmp_path) in line for line in stderr.splitlines()), stderr
+
+
+def test_ckpt_path_best_is_read_from_last_ckpt(tmp_path):
+    fit(tmp_path, "--trainer.max_epochs", "3")
+    best = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    best = next(state["best_model_path"] for key, state in best.items() if key.startswith("ModelCheckpoint"))
+    cli = run_cli(["test", "--config", TINY, "--config", CSV, "--checkpoint.dirpath", str(tmp_path / "ckpt"),
+                   "--trainer.logger.init_args.save_dir", str(tmp_path / "csv"), "--ckpt_path", "best"])
+    assert cli.trainer.ckpt_path == best
+    with pytest.raises(MissingInputError, match="no .*last.ckpt"):
+        run_cli(["test", "--config", TINY, "--config", CSV, "--checkpoint.dirpath", str(tmp_path / "none"),
+                 "--ckpt_path", "best"])
 
 
 def assert_user_error(command: list[str], expected: str) -> str:

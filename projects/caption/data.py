@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from common.errors import InputError, MissingInputError
 from projects.caption import shapes
 from projects.caption.features import BadImageError, ClipImageEncoder, Preprocess, cached_features, load_rgb
 
@@ -66,7 +67,7 @@ class Problems:
         more = f"\n  ... and {len(self.items) - 20} more" if len(self.items) > 20 else ""
         summary = ", ".join(f"{n} x {reason}" for reason, n in counts.items())
         if policy == "error":
-            raise ValueError(
+            raise InputError(
                 f"{what}: bad input ({summary}):\n{listing}{more}\n"
                 "Fix the data, or set data.init_args.on_bad_input: skip to drop these (counted) entries."
             )
@@ -83,14 +84,14 @@ def _read_coco(data: dict, file: Path, image_root: Path, problems: Problems) -> 
     records: dict[Any, CaptionRecord] = {}
     for index, image in enumerate(data["images"]):
         if "id" not in image or "file_name" not in image:
-            raise ValueError(f"{file}: images[{index}] needs 'id' and 'file_name', got keys {sorted(image)}")
+            raise InputError(f"{file}: images[{index}] needs 'id' and 'file_name', got keys {sorted(image)}")
         split = image.get("split")
         records[image["id"]] = CaptionRecord(image["id"], _resolve(image_root, image["file_name"]),
                                              split=split, source=f"{file} images[{index}]")
     for index, annotation in enumerate(data["annotations"]):
         where = f"{file} annotations[{index}] (id {annotation.get('id')})"
         if "image_id" not in annotation or "caption" not in annotation:
-            raise ValueError(f"{where} needs 'image_id' and 'caption', got keys {sorted(annotation)}")
+            raise InputError(f"{where} needs 'image_id' and 'caption', got keys {sorted(annotation)}")
         record = records.get(annotation["image_id"])
         if record is None:
             problems.add("annotation for unknown image id", f"{where}: image_id {annotation['image_id']!r}")
@@ -104,7 +105,7 @@ def _read_karpathy(data: dict, file: Path, image_root: Path) -> list[CaptionReco
     for index, image in enumerate(data["images"]):
         name = image.get("filename") or image.get("file_name")
         if name is None:
-            raise ValueError(f"{file}: images[{index}] has no 'filename'")
+            raise InputError(f"{file}: images[{index}] has no 'filename'")
         folder = image.get("filepath", "")
         split = image.get("split")
         records.append(CaptionRecord(
@@ -119,7 +120,7 @@ def _read_rows(rows: list[tuple[str, dict]], file: Path, image_root: Path) -> li
     by_image: dict[str, CaptionRecord] = {}
     for where, row in rows:
         if "image" not in row or "caption" not in row:
-            raise ValueError(f"{where}: needs 'image' and 'caption' fields, got {sorted(row)}")
+            raise InputError(f"{where}: needs 'image' and 'caption' fields, got {sorted(row)}")
         name = str(row["image"])
         record = by_image.get(name)
         if record is None:
@@ -136,7 +137,7 @@ def read_caption_file(file: str | Path, image_root: str | Path | None = None,
     Image paths are relative to ``image_root`` (default: the file's folder)."""
     file = Path(file)
     if not file.exists():
-        raise FileNotFoundError(f"caption file not found: {file}")
+        raise MissingInputError(f"caption file not found: {file}")
     root = Path(image_root) if image_root is not None else file.parent
     problems = problems if problems is not None else Problems()
     suffix = file.suffix.lower()
@@ -144,12 +145,12 @@ def read_caption_file(file: str | Path, image_root: str | Path | None = None,
         try:
             data = json.loads(file.read_text("utf-8"))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{file}: not valid JSON ({error})") from error
+            raise InputError(f"{file}: not valid JSON ({error})") from error
         if isinstance(data, dict) and "annotations" in data and "images" in data:
             return _read_coco(data, file, root, problems)
         if isinstance(data, dict) and "images" in data:
             return _read_karpathy(data, file, root)
-        raise ValueError(f"{file}: expected COCO ('images' + 'annotations') or Karpathy ('images' with 'sentences')")
+        raise InputError(f"{file}: expected COCO ('images' + 'annotations') or Karpathy ('images' with 'sentences')")
     if suffix == ".jsonl":
         rows = []
         for number, line in enumerate(file.read_text("utf-8").splitlines(), start=1):
@@ -157,14 +158,14 @@ def read_caption_file(file: str | Path, image_root: str | Path | None = None,
                 try:
                     rows.append((f"{file} line {number}", json.loads(line)))
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{file} line {number}: not valid JSON ({error})") from error
+                    raise InputError(f"{file} line {number}: not valid JSON ({error})") from error
         return _read_rows(rows, file, root)
     if suffix in (".csv", ".tsv"):
         with file.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
             rows = [(f"{file} row {number}", row) for number, row in enumerate(reader, start=2)]
         return _read_rows(rows, file, root)
-    raise ValueError(f"{file}: unknown caption file type '{suffix}' (use .json, .jsonl, .csv or .tsv)")
+    raise InputError(f"{file}: unknown caption file type '{suffix}' (use .json, .jsonl, .csv or .tsv)")
 
 
 def check_records(records: list[CaptionRecord], problems: Problems, check_images: bool = True) -> list[CaptionRecord]:
@@ -330,7 +331,7 @@ class CaptionDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if on_bad_input not in ("error", "skip"):
-            raise ValueError(f"data.init_args.on_bad_input must be 'error' or 'skip', got '{on_bad_input}'")
+            raise InputError(f"data.init_args.on_bad_input must be 'error' or 'skip', got '{on_bad_input}'")
         self.save_hyperparameters()
         self.records: dict[str, list[CaptionRecord]] = {}
         self.token_ids: dict[str, list[list[list[int]]]] = {}
@@ -382,14 +383,14 @@ class CaptionDataModule(pl.LightningDataModule):
             for record in read_caption_file(file, image_root, problems):
                 split = record.split or default_split
                 if split not in by_split:
-                    raise ValueError(f"{record.source}: unknown split '{split}' (use train, val, test or restval)")
+                    raise InputError(f"{record.source}: unknown split '{split}' (use train, val, test or restval)")
                 by_split[split].append(record)
         for split in by_split:
             by_split[split] = check_records(by_split[split], problems)
         if not by_split["train"]:
-            raise ValueError("caption data: no training images (check data.init_args.train_file)")
+            raise InputError("caption data: no training images (check data.init_args.train_file)")
         if not by_split["val"]:
-            raise ValueError("caption data: no validation images; give val_file or records with split 'val'")
+            raise InputError("caption data: no validation images; give val_file or records with split 'val'")
         train_captions = [c for r in by_split["train"] for c in r.captions]
         if self.hparams.tokenizer is None:
             self.tokenizer = train_tokenizer(train_captions, self.hparams.tokenizer_vocab_size, self.cache_root)
@@ -425,13 +426,13 @@ class CaptionDataModule(pl.LightningDataModule):
     def _setup_predict(self) -> None:
         folder = self.hparams.predict_dir
         if folder is None:
-            raise ValueError("caption predict: set data.init_args.predict_dir to a folder of images")
+            raise InputError("caption predict: set data.init_args.predict_dir to a folder of images")
         folder = Path(folder)
         if not folder.is_dir():
-            raise FileNotFoundError(f"caption predict: data.init_args.predict_dir '{folder}' is not a folder")
+            raise MissingInputError(f"caption predict: data.init_args.predict_dir '{folder}' is not a folder")
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
-            raise ValueError(f"caption predict: no images ({', '.join(IMAGE_SUFFIXES)}) in '{folder}'")
+            raise InputError(f"caption predict: no images ({', '.join(IMAGE_SUFFIXES)}) in '{folder}'")
         records = [CaptionRecord(int(p.stem) if p.stem.isdigit() else p.stem, p, source=str(p)) for p in paths]
         problems, readable = Problems(), []
         for record in records:  # no captions in predict: only the image checks apply
@@ -471,7 +472,7 @@ class CaptionDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         if not self.records.get(split):
-            raise ValueError(f"caption data: the '{split}' split is empty")
+            raise InputError(f"caption data: the '{split}' split is empty")
         dataset = ImageDataset(self.records[split], self.token_ids[split], self.features(split), self._preprocess())
         return self._loader(dataset, self.hparams.eval_batch_size, shuffle=False)
 

@@ -21,12 +21,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from common.errors import InputError
+
 CACHE_VERSION = 1
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class BadImageError(ValueError):
+class BadImageError(InputError):
     """An image file that is missing or cannot be decoded; the message names the file."""
 
 

@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, GPT2Config, GPT2LMHeadModel
 
+from common.errors import InputError
 from common.hub import load_pretrained
 from common.media import Image, Table
 from common.metrics.bleu import CorpusBLEU
@@ -73,7 +74,7 @@ def build_clip(clip: str | None, clip_config: dict | None, clip_pretrain: dict |
         model = load_pretrained(CLIPVisionModelWithProjection.from_pretrained, clip, what="model.init_args.clip")
         return model, clip
     if clip_config is None:
-        raise ValueError("model.init_args: give clip (hub name or directory) or clip_config (a tiny random CLIP)")
+        raise InputError("model.init_args: give clip (hub name or directory) or clip_config (a tiny random CLIP)")
     if clip_pretrain:
         return pretrained_tiny_clip(clip_config, **clip_pretrain), "tiny-clip-attribute-pretrained"
     return CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_config)), "tiny-clip-random"
@@ -83,7 +84,7 @@ def build_decoder(decoder: str | None, decoder_config: dict | None) -> GPT2LMHea
     if decoder is not None:
         return load_pretrained(GPT2LMHeadModel.from_pretrained, decoder, what="model.init_args.decoder")
     if decoder_config is None:
-        raise ValueError("model.init_args: give decoder (hub name or directory) or decoder_config (a tiny GPT-2)")
+        raise InputError("model.init_args: give decoder (hub name or directory) or decoder_config (a tiny GPT-2)")
     return GPT2LMHeadModel(GPT2Config(**decoder_config))
 
 
@@ -141,7 +142,7 @@ class CaptionModule(pl.LightningModule):
         embed_dim = self.decoder.config.n_embd
         self.max_positions = int(self.decoder.config.n_positions)
         if prefix_length + max_new_tokens > self.max_positions:
-            raise ValueError(f"model.init_args: prefix_length ({prefix_length}) + max_new_tokens ({max_new_tokens}) "
+            raise InputError(f"model.init_args: prefix_length ({prefix_length}) + max_new_tokens ({max_new_tokens}) "
                              f"exceeds the GPT-2 decoder's n_positions ({self.max_positions})")
         if mapper == "mlp":
             self.mapper = MLPMapper(self.image_encoder.embed_dim, embed_dim, prefix_length, mapper_hidden)
@@ -149,7 +150,7 @@ class CaptionModule(pl.LightningModule):
             self.mapper = TransformerMapper(self.image_encoder.embed_dim, embed_dim, prefix_length, clip_length,
                                             mapper_layers, mapper_heads)
         else:
-            raise ValueError(f"model.init_args.mapper must be 'mlp' or 'transformer', got '{mapper}'")
+            raise InputError(f"model.init_args.mapper must be 'mlp' or 'transformer', got '{mapper}'")
         self.tokenizer = None
         self.val_bleu = CorpusBLEU(max_n=4, tokenize="13a")
         self.test_bleu = CorpusBLEU(max_n=4, tokenize="13a")
@@ -160,7 +161,7 @@ class CaptionModule(pl.LightningModule):
     def set_tokenizer(self, tokenizer) -> None:
         vocab = self.decoder.config.vocab_size
         if len(tokenizer) > vocab:
-            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the GPT-2 decoder only {vocab}: raise "
+            raise InputError(f"tokenizer has {len(tokenizer)} tokens but the GPT-2 decoder only {vocab}: raise "
                              "model.init_args.decoder_config.vocab_size or lower data.init_args.tokenizer_vocab_size")
         self.tokenizer = tokenizer
 
@@ -169,7 +170,7 @@ class CaptionModule(pl.LightningModule):
             return int(self.tokenizer.eos_token_id)
         ids = self.tokenizer(self.hparams.stop_token, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
-            raise ValueError(f"model.init_args.stop_token '{self.hparams.stop_token}' is {len(ids)} tokens, not 1")
+            raise InputError(f"model.init_args.stop_token '{self.hparams.stop_token}' is {len(ids)} tokens, not 1")
         return int(ids[0])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -195,7 +196,7 @@ class CaptionModule(pl.LightningModule):
         max_tokens = getattr(getattr(datamodule, "hparams", None), "max_caption_tokens", None)
         if max_tokens is not None and self.hparams.prefix_length + max_tokens > self.max_positions:
             # checked here, so an over-long batch fails before training instead of mid-epoch
-            raise ValueError(f"prefix_length ({self.hparams.prefix_length}) + data.init_args.max_caption_tokens "
+            raise InputError(f"prefix_length ({self.hparams.prefix_length}) + data.init_args.max_caption_tokens "
                              f"({max_tokens}) exceeds the GPT-2 decoder's n_positions ({self.max_positions})")
         if getattr(datamodule, "tokenizer", None) is not None:
             self.set_tokenizer(datamodule.tokenizer)

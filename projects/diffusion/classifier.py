@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from common.errors import InputError, MissingInputError
 from common.metrics.image_quality import Extractor
 
 ARCH_VERSION = 2  # part of the cache key: a changed architecture never loads a stale checkpoint
@@ -67,7 +68,7 @@ class CharClassifierModule(pl.LightningModule):
         data = getattr(self.trainer, "datamodule", None)
         if data is not None and getattr(data, "class_names", None):
             if len(data.class_names) != self.hparams.num_classes:
-                raise ValueError(f"model.init_args.num_classes={self.hparams.num_classes} but the data has "
+                raise InputError(f"model.init_args.num_classes={self.hparams.num_classes} but the data has "
                                  f"{len(data.class_names)} classes ({''.join(data.class_names)})")
             self.hparams.class_names = "".join(data.class_names)
 
@@ -140,7 +141,7 @@ def load_classifier(path: str | Path, class_names: list[str] | None = None) -> C
     """Load a checkpoint written by :func:`save_classifier` or by ``tgm fit`` with ``CharClassifierModule``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"classifier checkpoint '{path}' not found "
+        raise MissingInputError(f"classifier checkpoint '{path}' not found "
                                 "(train one with `tgm fit --config configs/diffusion/classifier.yaml`)")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     if "hyper_parameters" in checkpoint:  # a Lightning checkpoint of CharClassifierModule
@@ -152,7 +153,7 @@ def load_classifier(path: str | Path, class_names: list[str] | None = None) -> C
         state, num_classes = checkpoint["state_dict"], checkpoint["num_classes"]
         names, num_features = checkpoint.get("class_names"), checkpoint["num_features"]
     if class_names is not None and names is not None and names != "".join(class_names):
-        raise ValueError(f"classifier '{path}' was trained on classes '{names}', the data has "
+        raise InputError(f"classifier '{path}' was trained on classes '{names}', the data has "
                          f"'{''.join(class_names)}'; its features and labels would not match")
     net = CharClassifier(num_classes, num_features)
     net.load_state_dict(state)

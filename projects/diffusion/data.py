@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from common.errors import InputError
 from projects.diffusion.glyphs import ensure_generated
 from projects.diffusion.idx import read_emnist, read_mapping
 
@@ -25,7 +26,7 @@ def prepare_images(images: np.ndarray, image_size: int) -> torch.Tensor:
     x = F.pad(x, (2, 2, 2, 2))
     if image_size != 32:
         if 32 % image_size:
-            raise ValueError(f"data.init_args.image_size must divide 32 (8, 16 or 32), got {image_size}")
+            raise InputError(f"data.init_args.image_size must divide 32 (8, 16 or 32), got {image_size}")
         x = F.avg_pool2d(x, 32 // image_size)
     return x * 2.0 - 1.0
 
@@ -65,9 +66,9 @@ class CharacterDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if source not in ("emnist", "generated"):
-            raise ValueError(f"data.init_args.source must be 'emnist' or 'generated', got '{source}'")
+            raise InputError(f"data.init_args.source must be 'emnist' or 'generated', got '{source}'")
         if source == "generated" and split != "balanced":
-            raise ValueError(f"data.init_args.split: the generated set only has 'balanced', got '{split}'")
+            raise InputError(f"data.init_args.split: the generated set only has 'balanced', got '{split}'")
         self.data_dir = Path(data_dir)
         self.source = source
         self.split = split
@@ -94,7 +95,7 @@ class CharacterDataModule(pl.LightningDataModule):
         for new_label, old_label in enumerate(keep):
             where = np.flatnonzero(labels == old_label)
             if len(where) == 0:
-                raise ValueError(f"class '{self.class_names[new_label]}' (label {old_label}) has no images in "
+                raise InputError(f"class '{self.class_names[new_label]}' (label {old_label}) has no images in "
                                  f"the {subset} subset of {self.data_dir}")
             chosen.append(where[:per_class] if per_class else where)
         index = np.sort(np.concatenate(chosen))
@@ -114,7 +115,7 @@ class CharacterDataModule(pl.LightningDataModule):
         else:
             unknown = [c for c in self.classes if c not in chars]
             if unknown or len(set(self.classes)) != len(self.classes):
-                raise ValueError(f"data.init_args.classes '{self.classes}': characters {unknown or 'repeated'} "
+                raise InputError(f"data.init_args.classes '{self.classes}': characters {unknown or 'repeated'} "
                                  f"are not (unique) classes of EMNIST-{self.split} ({''.join(chars)})")
             keep = [sorted(mapping)[chars.index(c)] for c in self.classes]
         self.class_names = [mapping[k] for k in keep]
@@ -123,7 +124,7 @@ class CharacterDataModule(pl.LightningDataModule):
         for name, labels in (("train", train_labels), ("test", test_labels)):
             bad = labels[~np.isin(labels, list(mapping))]
             if len(bad):
-                raise ValueError(f"EMNIST-{self.split} {name} labels contain {int(bad[0])}, which "
+                raise InputError(f"EMNIST-{self.split} {name} labels contain {int(bad[0])}, which "
                                  f"emnist-{self.split}-mapping.txt in {self.data_dir} does not list")
         self.train_set = self._select(train_images, train_labels, keep, self.train_per_class, "train")
         self.val_set = self._select(test_images, test_labels, keep, self.val_per_class, "test")

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import InputError
+
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned byte, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned byte, 1 dimension
 SPLITS = ("balanced", "byclass", "bymerge", "letters", "digits", "mnist")
 
 
-class IDXError(ValueError):
+class IDXError(InputError):
     """An IDX file is missing, truncated, corrupt or does not match its partner file."""
 
 

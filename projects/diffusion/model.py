@@ -21,6 +21,7 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 from torch import Tensor
 
+from common.errors import InputError
 from common.loggers import run_dir
 from common.media import Image
 from common.metrics.image_quality import (
@@ -105,11 +106,11 @@ class DiffusionModule(pl.LightningModule):
         self.predict_sampler, self.predict_steps, self.predict_dir = predict_sampler, predict_steps, predict_dir
         for key, value in (("val_sampler", val_sampler), ("predict_sampler", predict_sampler)):
             if value not in SAMPLERS:
-                raise ValueError(f"model.init_args.{key} must be one of {SAMPLERS}, got '{value}'")
+                raise InputError(f"model.init_args.{key} must be one of {SAMPLERS}, got '{value}'")
         if extractor not in ("charclf", "inception"):
-            raise ValueError(f"model.init_args.extractor must be 'charclf' or 'inception', got '{extractor}'")
+            raise InputError(f"model.init_args.extractor must be 'charclf' or 'inception', got '{extractor}'")
         if num_classes is not None and num_classes < 1:
-            raise ValueError(f"model.init_args.num_classes must be >= 1 or null, got {num_classes}")
+            raise InputError(f"model.init_args.num_classes must be >= 1 or null, got {num_classes}")
         config = {**DEFAULT_UNET, **(unet or {})}
         config["num_class_embeds"] = None if num_classes is None else num_classes + 1  # + the null label
         self.unet = UNet2DModel(**config)
@@ -126,7 +127,7 @@ class DiffusionModule(pl.LightningModule):
         data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if data is not None and getattr(data, "class_names", None):
             if self.num_classes is not None and data.num_classes != self.num_classes:
-                raise ValueError(f"model.init_args.num_classes={self.num_classes} but the data has "
+                raise InputError(f"model.init_args.num_classes={self.num_classes} but the data has "
                                  f"{data.num_classes} classes ('{''.join(data.class_names)}'); set them equal")
             self.class_names = list(data.class_names)
         if stage in ("fit", "validate", "test") and data is not None:
@@ -154,7 +155,7 @@ class DiffusionModule(pl.LightningModule):
     def _check_labels(self, labels: Tensor) -> None:
         if self.num_classes is not None and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = labels[(labels < 0) | (labels >= self.num_classes)][0]
-            raise ValueError(f"label {int(bad)} is out of range for model.init_args.num_classes={self.num_classes}")
+            raise InputError(f"label {int(bad)} is out of range for model.init_args.num_classes={self.num_classes}")
 
     def _class_labels(self, labels: Tensor) -> Tensor | None:
         return labels if self.num_classes is not None else None
@@ -210,7 +211,7 @@ class DiffusionModule(pl.LightningModule):
                  generator: torch.Generator | None = None) -> Tensor:
         """EMA samples in [-1, 1]; ``labels`` (class-conditional models) picks the character of each."""
         if self.num_classes is not None and labels is None:
-            raise ValueError("this model is class-conditional: pass one label per sample")
+            raise InputError("this model is class-conditional: pass one label per sample")
         if labels is not None:
             self._check_labels(labels)
         with self.ema_weights() as unet:

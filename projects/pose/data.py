@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from common.errors import InputError
 from projects.pose.formats import Example, PoseDataError, read_lines, read_split
 from projects.pose.synthetic import generate_corpus
 from projects.pose.text import tokenize
@@ -74,7 +75,7 @@ class PoseDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if skip_frames < 1:
-            raise ValueError(f"data.skip_frames must be >= 1, got {skip_frames}")
+            raise InputError(f"data.skip_frames must be >= 1, got {skip_frames}")
         self.paths = {"train": train, "dev": dev, "test": test}
         self.src, self.trg, self.files = src, trg, files
         self.trg_size = trg_size

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from common.errors import InputError, MissingInputError
 from projects.pose.text import PAD, Vocabulary
 
 
@@ -26,12 +27,12 @@ def load_fasttext(path: str | Path, what: str = "model.init_args.fasttext_path")
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: FastText model file '{path}' does not exist")
+        raise MissingInputError(f"{what}: FastText model file '{path}' does not exist")
     if path.suffix == ".bin":
         return load_facebook_vectors(str(path))
     vectors = FastText.load(str(path)).wv
     if not hasattr(vectors, "buckets_word"):
-        raise ValueError(f"{what}: '{path}' is not a FastText model (no subword n-grams)")
+        raise InputError(f"{what}: '{path}' is not a FastText model (no subword n-grams)")
     return vectors
 
 

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import InputError
 
-class PoseDataError(ValueError):
+
+class PoseDataError(InputError):
     """A data file is missing or malformed; the message names the file and line."""
 
 

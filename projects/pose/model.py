@@ -124,7 +124,11 @@ class ProgressiveTransformer(nn.Module):
         future_prediction: int = 0,
         max_positions: int = 1024,
         decoder_positions: bool = True,
+        decoder_heads: int | None = None,
+        decoder_ff_size: int | None = None,
+        decoder_dropout: float | None = None,
     ) -> None:
+        """``num_heads`` / ``ff_size`` / ``dropout`` are the encoder's; the ``decoder_*`` ones default to them."""
         super().__init__()
         self.trg_size = trg_size
         self.just_count_in = just_count_in
@@ -138,7 +142,9 @@ class ProgressiveTransformer(nn.Module):
         self.encoder_norm = nn.LayerNorm(hidden_size)
         self.trg_embed = nn.Linear(1 if just_count_in else trg_size + 1, hidden_size)
         self.decoder_layers = nn.ModuleList(
-            DecoderLayer(hidden_size, num_heads, ff_size, dropout) for _ in range(decoder_layers))
+            DecoderLayer(hidden_size, decoder_heads or num_heads, decoder_ff_size or ff_size,
+                         dropout if decoder_dropout is None else decoder_dropout)
+            for _ in range(decoder_layers))
         self.decoder_norm = nn.LayerNorm(hidden_size)
         self.output = nn.Linear(hidden_size, trg_size * self.future_frames + 1)
         self.register_buffer("positions", sinusoidal_positions(max_positions, hidden_size), persistent=False)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from common.errors import InputError
 from common.media import Video
 from common.metrics.dtw import DynamicTimeWarping
 from projects.pose.embeddings import embedding_matrix, load_fasttext, train_fasttext
@@ -33,9 +34,9 @@ def _block(given: dict | None) -> dict:
     block["embeddings"] = {**DEFAULT_BLOCK["embeddings"], **((given or {}).get("embeddings") or {})}
     unknown = set(block) - set(DEFAULT_BLOCK) - {"type"}
     if unknown:
-        raise ValueError(f"unknown encoder/decoder keys {sorted(unknown)}; known: {sorted(DEFAULT_BLOCK)}")
+        raise InputError(f"unknown encoder/decoder keys {sorted(unknown)}; known: {sorted(DEFAULT_BLOCK)}")
     if block.get("type", "transformer") != "transformer":
-        raise ValueError(f"only transformer encoders/decoders exist here, got type '{block['type']}'")
+        raise InputError(f"only transformer encoders/decoders exist here, got type '{block['type']}'")
     return block
 
 
@@ -78,7 +79,7 @@ class PoseModule(pl.LightningModule):
         stop_counter: float = 0.99,
         compare_gt_counter: bool = False,
         num_media_samples: int = 2,
-        skeleton_dims: int = 3,
+        skeleton_dims: int | None = None,
         skeleton_connections: list[list[int]] | None = None,
         fps: int = 12,
         torch_num_threads: int | None = None,
@@ -86,17 +87,18 @@ class PoseModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if loss.lower() not in ("mse", "l1"):
-            raise ValueError(f"model.loss must be 'mse' or 'l1', got '{loss}'")
+            raise InputError(f"model.loss must be 'mse' or 'l1', got '{loss}'")
         enc, dec = _block(encoder), _block(decoder)
         if enc["hidden_size"] != dec["hidden_size"]:
-            raise ValueError("encoder.hidden_size and decoder.hidden_size must be equal")
+            raise InputError("encoder.hidden_size and decoder.hidden_size must be equal")
         self.net = ProgressiveTransformer(
             trg_size=trg_size, hidden_size=enc["hidden_size"], num_heads=enc["num_heads"],
             encoder_layers=enc["num_layers"], decoder_layers=dec["num_layers"], ff_size=enc["ff_size"],
             dropout=enc["dropout"], embedding_dim=enc["embeddings"]["embedding_dim"],
             embedding_dropout=enc["embeddings"]["dropout"], just_count_in=just_count_in,
             future_prediction=future_prediction, max_positions=max(1024, max_output_length + 1),
-            decoder_positions=decoder_positions,
+            decoder_positions=decoder_positions, decoder_heads=dec["num_heads"], decoder_ff_size=dec["ff_size"],
+            decoder_dropout=dec["dropout"],
         )
         self.net.reset_parameters(initializer, init_gain)
         self.vocab: Vocabulary | None = None
@@ -130,7 +132,7 @@ class PoseModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         data_trg_size = getattr(datamodule, "trg_size", self.hparams.trg_size)
         if data_trg_size != self.hparams.trg_size:
-            raise ValueError(f"data.init_args.trg_size={data_trg_size} but model.init_args.trg_size="
+            raise InputError(f"data.init_args.trg_size={data_trg_size} but model.init_args.trg_size="
                              f"{self.hparams.trg_size}; both must be the joint values per frame (150 xyz, 100 xy)")
         if stage == "fit" and self.vocab is None and datamodule is not None:
             self.build_vocabulary(datamodule.train_tokens())
@@ -218,7 +220,7 @@ class PoseModule(pl.LightningModule):
     def _evaluate(self, batch: dict, batch_idx: int, prefix: str) -> None:
         size = len(batch["tokens"])
         output, targets, mask = self.forward_batch(batch)
-        self.log(f"{prefix}/loss", self._loss(output, targets, mask), batch_size=size)
+        self.log(f"{prefix}/loss", self._loss(output, targets, mask), batch_size=size, sync_dist=True)
         frames, lengths = self.generate(batch["tokens"])
         bos = torch.zeros(size, 1, frames.shape[-1], device=frames.device)
         hyps = [torch.cat([bos[i], frames[i, : lengths[i]]]) for i in range(size)]  # with BOS, as the original
@@ -228,7 +230,7 @@ class PoseModule(pl.LightningModule):
         self.log(f"{prefix}/{self.dtw.name}", self.dtw, batch_size=size)
         self.log(f"{prefix}/{self.dtw_l2.name}", self.dtw_l2, batch_size=size)
         self.log(f"{prefix}/predicted_frames_per_reference_frame",
-                 (lengths.float() / batch["lengths"].float()).mean(), batch_size=size)
+                 (lengths.float() / batch["lengths"].float()).mean(), batch_size=size, sync_dist=True)
         if self.hparams.compare_gt_counter:
             gt = batch["frames"][..., -1]
             gt_frames, _ = self.generate(batch["tokens"], gt_counter=gt)
@@ -275,13 +277,23 @@ class PoseModule(pl.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         return int(getattr(datamodule, "fps", self.hparams.fps))
 
+    def skeleton_layout(self) -> tuple[int, list[tuple[int, int]] | None]:
+        """Values per joint (``skeleton_dims``, else 2 for ``trg_size`` 100, 3 otherwise) and the bone list,
+        shared by the validation videos and ``predict``'s writer so both draw the same skeleton."""
+        hp = self.hparams
+        dims = hp.skeleton_dims or (2 if hp.trg_size == 100 else 3)
+        if hp.trg_size % dims:
+            raise InputError(f"model.init_args.skeleton_dims={dims} does not divide trg_size={hp.trg_size}")
+        connections = [tuple(pair) for pair in hp.skeleton_connections] if hp.skeleton_connections else None
+        return dims, connections
+
     def media_samples(self) -> dict:
         """Predicted vs reference skeleton videos of the first dev sentences."""
         media = {}
-        connections = [tuple(c) for c in self.hparams.skeleton_connections] if self.hparams.skeleton_connections else None
+        dims, connections = self.skeleton_layout()
         for index, sample in enumerate(self._samples):
             frames = render_side_by_side([sample["pred"][:, :-1], sample["ref"][:, :-1]],
-                                         dims=self.hparams.skeleton_dims, connections=connections)
+                                         dims=dims, connections=connections)
             media[f"skeleton/dev_{index}"] = Video(frames, fps=self.video_fps, caption=sample["text"])
         return media
 

@@ -7,6 +7,8 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from common.errors import InputError, MissingInputError
+
 UNK, PAD, BOS, EOS = "<unk>", "<pad>", "<bos>", "<eos>"
 SPECIALS = (UNK, PAD, BOS, EOS)
 # words may carry a Turkish suffix after an apostrophe (İstanbul'a); every other punctuation mark is a token
@@ -31,7 +33,7 @@ def turkish_upper_first(text: str) -> str:
 def tokenize(text: str, lowercase: bool = True, punctuation: str = "split") -> list[str]:
     """Split a sentence into word tokens; ``punctuation`` either keeps marks as own tokens or drops them."""
     if punctuation not in PUNCTUATION_MODES:
-        raise ValueError(f"punctuation must be one of {PUNCTUATION_MODES}, got '{punctuation}'")
+        raise InputError(f"punctuation must be one of {PUNCTUATION_MODES}, got '{punctuation}'")
     if lowercase:
         text = turkish_lower(text)
     tokens = TOKEN_PATTERN.findall(text)
@@ -59,7 +61,7 @@ class Vocabulary:
         """One token per line (the original ``src_vocab`` file)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"src_vocab file '{path}' does not exist")
+            raise MissingInputError(f"src_vocab file '{path}' does not exist")
         return cls(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
 
     def __len__(self) -> int:

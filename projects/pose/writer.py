@@ -22,12 +22,11 @@ class PosePredictionWriter(BasePredictionWriter):
     """
 
     def __init__(self, output_dir: str = "runs/pose/predictions", prefix: str = "predict", videos: bool = True,
-                 skeleton_dims: int = 3, decimals: int = 5) -> None:
+                 decimals: int = 5) -> None:
         super().__init__(write_interval="epoch")
         self.output_dir = Path(output_dir)
         self.prefix = prefix
         self.videos = videos
-        self.skeleton_dims = skeleton_dims
         self.decimals = decimals
         self.written: list[Path] = []
 
@@ -40,9 +39,10 @@ class PosePredictionWriter(BasePredictionWriter):
                                    decimals=self.decimals)
         if self.videos:
             fps = int(getattr(trainer.datamodule, "fps", 12))
+            dims, connections = pl_module.skeleton_layout()  # the model's skeleton, as in validation videos
             for result in results:
                 frames = render_side_by_side([result["frames"][:, :-1]], titles=[result["text"][:24]],
-                                             dims=self.skeleton_dims)
+                                             dims=dims, connections=connections)
                 self.written.append(write_media(Video(frames, fps=fps, caption=result["text"]),
                                                 self.output_dir / "videos" / result["name"]))
         rank_zero_info(f"predict: wrote {len(results)} sequences to {self.output_dir / self.prefix}.skels"

@@ -49,7 +49,7 @@ def tiny_net(**kwargs) -> ProgressiveTransformer:
 
 
 @pytest.mark.parametrize("options", [{}, {"just_count_in": True, "decoder_positions": False},
-                                     {"future_prediction": 3}])
+                                     {"future_prediction": 3}, {"decoder_heads": 4, "decoder_ff_size": 24}])
 def test_cached_decoding_equals_recomputation(options):
     net = tiny_net(**options)
     src = torch.tensor([[4, 5, 6, 3], [7, 3, 1, 1]])
@@ -182,3 +182,17 @@ def test_trg_size_mismatch_between_model_and_data_is_named():
             module.setup("fit")
     finally:
         module._trainer = None
+
+
+def test_decoder_block_keys_reach_the_decoder():
+    """Base.yaml's decoder block has its own num_heads / ff_size / dropout; they must not be the encoder's."""
+    from projects.pose.module import PoseModule
+
+    module = PoseModule(trg_size=TRG, encoder={"num_heads": 4, "ff_size": 128, "dropout": 0.0},
+                        decoder={"num_layers": 3, "num_heads": 2, "ff_size": 48, "dropout": 0.3})
+    encoder_layer, decoder_layer = module.net.encoder_layers[0], module.net.decoder_layers[0]
+    assert (encoder_layer.attention.num_heads, encoder_layer.feed_forward[0].out_features) == (4, 128)
+    assert len(module.net.decoder_layers) == 3
+    assert decoder_layer.self_attention.num_heads == decoder_layer.cross_attention.num_heads == 2
+    assert decoder_layer.feed_forward[0].out_features == 48
+    assert decoder_layer.drop.p == decoder_layer.self_attention.dropout == 0.3

@@ -29,3 +29,25 @@ def test_render_side_by_side_shapes_and_motion():
     xy = rng.normal(size=(3, 2 * 4)).astype(np.float32)
     frames = render_side_by_side([xy], titles=["2d"], dims=2, connections=[(0, 1), (1, 2), (2, 3)], size=48)
     assert frames.shape == (3, 64, 48, 3)
+
+
+def test_predict_writer_draws_2d_data_with_the_models_skeleton(tmp_path):
+    """trg_size 100 (xy, as OpenPose/MediaPipe users produce) must not be reshaped as xyz by predict."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from projects.pose.formats import read_split
+    from projects.pose.module import PoseModule
+    from projects.pose.writer import PosePredictionWriter
+
+    module = PoseModule(trg_size=100, skeleton_connections=[[0, 1], [1, 2]])
+    assert module.skeleton_layout() == (2, [(0, 1), (1, 2)])
+    assert PoseModule(trg_size=150).skeleton_layout() == (3, None)
+    frames = np.random.default_rng(0).uniform(-1, 1, size=(6, 101))
+    frames[:, -1] = np.linspace(0, 1, 6)
+    writer = PosePredictionWriter(output_dir=str(tmp_path))
+    writer.write_on_epoch_end(SimpleNamespace(datamodule=SimpleNamespace(fps=12)), module,
+                              [[{"text": "merhaba dünya", "frames": frames, "name": "s0"}]], [])
+    assert (tmp_path / "videos" / "s0.gif").is_file()
+    assert len(read_split(tmp_path / "predict", trg_size=100)) == 1
