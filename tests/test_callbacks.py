@@ -81,6 +81,26 @@ def test_progressive_resolution_grows_module_and_data_and_fades(tmp_path):
     assert "train/resolution" in metrics and "64.0" in metrics
 
 
+def test_progressive_resolution_after_resume_starts_at_the_resumed_stage(tmp_path):
+    """Lightning restores the epoch counter after on_fit_start; the sanity check of a resumed run must still
+    validate at the resumed epoch's resolution, not at schedule[0]."""
+    schedule = {0: 32, 1: 48, 2: 64}
+    first = make_trainer(tmp_path, [ProgressiveResolution(schedule)], max_epochs=2, num_sanity_val_steps=0)
+    first.fit(TinyModule(), TinyDataModule())
+    first.save_checkpoint(tmp_path / "epoch2.ckpt")
+    data, module = TinyDataModule(), TinyModule()
+    seen_at_sanity = []
+
+    class Probe(pl.Callback):
+        def on_sanity_check_end(self, trainer, pl_module):
+            seen_at_sanity.append((pl_module.resolution, data.resolution_history[-1]))
+
+    resumed = make_trainer(tmp_path, [ProgressiveResolution(schedule), Probe()], max_epochs=3)
+    resumed.fit(module, data, ckpt_path=tmp_path / "epoch2.ckpt")
+    assert seen_at_sanity == [(64, 64)]
+    assert 32 not in data.resolution_history
+
+
 def test_progressive_resolution_rejects_bad_schedule():
     with pytest.raises(ValueError, match="epoch 0"):
         ProgressiveResolution({5: 32})

@@ -49,8 +49,16 @@ class ProgressiveResolution(pl.Callback):
         self.current = resolution
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # before the sanity check, so validation also sees the resolution of the (resumed) epoch
-        self._apply(trainer, pl_module, self.resolution_at(trainer.current_epoch))
+        # A fresh run starts at schedule[0]. When resuming, Lightning restores the epoch counter only after
+        # on_fit_start, so the resumed epoch's resolution is applied at the sanity check / first epoch instead.
+        if trainer.ckpt_path is None:
+            self._apply(trainer, pl_module, self.resolution_at(trainer.current_epoch))
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the epoch counter is restored by now: the sanity check validates at the (resumed) epoch's resolution
+        resolution = self.resolution_at(trainer.current_epoch)
+        if resolution != self.current:
+            self._apply(trainer, pl_module, resolution)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         resolution = self.resolution_at(trainer.current_epoch)

@@ -14,6 +14,8 @@ import csv
 import hashlib
 import json
 import math
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from scipy.spatial import cKDTree
 from torch.utils.data import DataLoader, Dataset
 
+from common.errors import InputError, MissingInputError
 from common.geometry import (
     sample_surface_points,
     transform_voxels,
@@ -56,10 +59,10 @@ class CaptionRow:
 
 def read_captions(path: str | Path, require_mesh: bool = True) -> list[CaptionRow]:
     """Rows of a CSV or JSONL captions file. A row without text, or (when ``require_mesh``) without a mesh path,
-    raises a ValueError naming the file and line. Mesh paths are resolved relative to the file's folder."""
+    raises an InputError (a ValueError) naming the file and line. Mesh paths are resolved relative to the file's folder."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"captions file '{path}' does not exist")
+        raise MissingInputError(f"captions file '{path}' does not exist")
     raw: list[tuple[int, dict]] = []
     if path.suffix.lower() == ".jsonl":
         for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -68,28 +71,28 @@ def read_captions(path: str | Path, require_mesh: bool = True) -> list[CaptionRo
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
+                raise InputError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object with 'mesh' and 'text'")
+                raise InputError(f"{path}:{line_number}: expected a JSON object with 'mesh' and 'text'")
             raw.append((line_number, record))
     elif path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             if reader.fieldnames is None or "text" not in reader.fieldnames:
-                raise ValueError(f"{path}:1: CSV header must name the columns mesh,text[,style]; got {reader.fieldnames}")
+                raise InputError(f"{path}:1: CSV header must name the columns mesh,text[,style]; got {reader.fieldnames}")
             for record in reader:
                 raw.append((reader.line_num, record))
     else:
-        raise ValueError(f"captions file '{path}' must end in .jsonl or .csv")
+        raise InputError(f"captions file '{path}' must end in .jsonl or .csv")
     rows = []
     for line_number, record in raw:
         where = f"{path}:{line_number}"
         text = str(record.get("text") or "").strip()
         if not text:
-            raise ValueError(f"{where}: empty caption text")
+            raise InputError(f"{where}: empty caption text")
         mesh = str(record.get("mesh") or "").strip()
         if require_mesh and not mesh:
-            raise ValueError(f"{where}: no mesh path")
+            raise InputError(f"{where}: no mesh path")
         rows.append(CaptionRow(mesh=(path.parent / mesh) if mesh else None, text=text, style=str(record.get("style") or "").strip(), where=where))
     return rows
 
@@ -97,25 +100,26 @@ def read_captions(path: str | Path, require_mesh: bool = True) -> list[CaptionRo
 def load_mesh(path: Path, where: str) -> trimesh.Trimesh:
     """Read one mesh (scenes are merged into one mesh); missing, unreadable or empty files raise naming ``where``."""
     if not path.exists():
-        raise FileNotFoundError(f"{where}: mesh file '{path}' does not exist")
+        raise MissingInputError(f"{where}: mesh file '{path}' does not exist")
     try:
         mesh = trimesh.load(str(path), force="mesh")
     except Exception as error:  # trimesh raises many types for corrupt files
-        raise ValueError(f"{where}: cannot read mesh '{path}' ({type(error).__name__}: {error})") from error
+        raise InputError(f"{where}: cannot read mesh '{path}' ({type(error).__name__}: {error})") from error
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0 or len(mesh.vertices) == 0:
-        raise ValueError(f"{where}: mesh '{path}' is empty (no faces)")
+        raise InputError(f"{where}: mesh '{path}' is empty (no faces)")
     if not np.isfinite(mesh.vertices).all():
-        raise ValueError(f"{where}: mesh '{path}' has non-finite vertex coordinates")
+        raise InputError(f"{where}: mesh '{path}' has non-finite vertex coordinates")
     return mesh
 
 
-def normalize_to_unit_cube(mesh: trimesh.Trimesh, extent: float = 0.8) -> trimesh.Trimesh:
-    """Centre the bounding box at the origin and scale its longest side to ``extent`` (< 1 leaves a margin)."""
+def normalize_to_unit_cube(mesh: trimesh.Trimesh, extent: float = 0.8, where: str | None = None) -> trimesh.Trimesh:
+    """Centre the bounding box at the origin and scale its longest side to ``extent`` (< 1 leaves a margin).
+    ``where`` (``file:line``) prefixes the error for a mesh of zero extent."""
     mesh = mesh.copy()
     lower, upper = mesh.bounds
     size = float((upper - lower).max())
     if size <= 0:
-        raise ValueError("mesh has zero extent")
+        raise InputError(f"{where}: mesh has zero extent" if where else "mesh has zero extent")
     mesh.apply_translation(-(lower + upper) / 2)
     mesh.apply_scale(extent / size)
     return mesh
@@ -142,7 +146,7 @@ class ShapeStore:
         cache_dir: Path | None = None,
     ) -> None:
         if on_bad_row not in ("error", "skip"):
-            raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+            raise InputError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
         self.captions = Path(captions)
         self.extent = extent
         self.cache_dir = cache_dir
@@ -151,8 +155,8 @@ class ShapeStore:
         self.meshes: list[trimesh.Trimesh] = []
         for row in read_captions(self.captions):
             try:
-                mesh = normalize_to_unit_cube(load_mesh(row.mesh, row.where), extent)
-            except (FileNotFoundError, ValueError) as error:
+                mesh = normalize_to_unit_cube(load_mesh(row.mesh, row.where), extent, row.where)
+            except InputError as error:  # MissingInputError included; anything else is a bug and propagates
                 if on_bad_row == "error":
                     raise
                 warnings.warn(f"skipping {error}", stacklevel=2)
@@ -162,7 +166,7 @@ class ShapeStore:
             self.rows.append(row)
             self.meshes.append(mesh)
         if not self.rows:
-            raise ValueError(f"{self.captions}: no usable rows")
+            raise InputError(f"{self.captions}: no usable rows")
         self.digest = self._digest(num_points, num_ref_points)
         cached = self._load_cache("points")
         if cached is None:
@@ -194,10 +198,20 @@ class ShapeStore:
             return {key: data[key] for key in data.files}
 
     def _save_cache(self, what: str, arrays: dict) -> None:
+        """Written atomically (a temporary file in the same folder, then ``os.replace``): another process (a second
+        DDP rank, a DataLoader worker) sees either no cache file or a complete one, never a half-written one."""
         path = self._cache_path(what)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(path, **arrays)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.savez_compressed(file, **arrays)  # a file object: numpy adds no ".npz" to the name
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
     def _points_and_distances(self, num_points: int, num_ref_points: int) -> dict:
         """Target surface points, a separate reference cloud (the optional conditioning input), and the squared
@@ -266,7 +280,14 @@ def augment_mesh(mesh: trimesh.Trimesh, matrix: torch.Tensor) -> trimesh.Trimesh
 
 
 class ShapeDataset(Dataset):
-    """Samples of a :class:`ShapeStore` at the resolution currently set (read at ``__getitem__`` time)."""
+    """Samples of a :class:`ShapeStore` at the resolution currently set (read at ``__getitem__`` time).
+
+    The random choices of a sample (reference cloud or not, augmentation, jitter) come from a generator seeded by
+    ``(seed, epoch, index)`` alone: deterministic for a seed, different every epoch, and the same whichever process
+    (main or DataLoader worker) makes the sample. ``epoch`` is set with :meth:`set_epoch` before each epoch's
+    iterator is created (:class:`ShapeDataModule` does it); workers receive a copy of the dataset when the iterator is
+    created, so they must not be persistent (they would keep the epoch they started with).
+    """
 
     def __init__(
         self,
@@ -293,15 +314,24 @@ class ShapeDataset(Dataset):
         self.jitter_std = jitter_std
         self.ref_points_prob = ref_points_prob
         self.seed = seed
-        self.calls = 0
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.store)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next samples belong to (part of every sample's seed)."""
+        self.epoch = int(epoch)
+
+    def sample_seed(self, index: int) -> int:
+        """The seed of sample ``index`` in the current epoch: a hash of ``(seed, epoch, index)``."""
+        entropy = [self.seed & 0xFFFF_FFFF_FFFF_FFFF, self.epoch, int(index)]  # SeedSequence takes non-negative ints
+        return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
     def __getitem__(self, index: int) -> dict:
-        # a fresh generator per call: deterministic for a seed, different every epoch
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
-        self.calls += 1
+        # a fresh generator per sample, from (seed, epoch, index) only: no per-process state, so DataLoader workers
+        # (restarted every epoch) neither repeat each other's draws nor the previous epoch's
+        generator = torch.Generator().manual_seed(self.sample_seed(index))
         row = self.store.rows[index]
         sample = {
             "text": row.text,
@@ -334,7 +364,7 @@ class PredictDataset(Dataset):
             if row.mesh is None:
                 self.refs.append(None)
                 continue
-            mesh = normalize_to_unit_cube(load_mesh(row.mesh, row.where), extent)
+            mesh = normalize_to_unit_cube(load_mesh(row.mesh, row.where), extent, row.where)
             self.refs.append(torch.from_numpy(sample_surface_points(mesh, num_ref_points, seed=index)))
         self.num_ref_points = num_ref_points
 
@@ -361,6 +391,11 @@ class ShapeDataModule(pl.LightningDataModule):
     ``data_dir: null`` uses the generated motif set (in ``generated_dir``, default ``data/generated/shape3d``). ``set_resolution`` is called by
     :class:`common.callbacks.ProgressiveResolution`; targets are re-made (voxelised) at each new resolution.
     Metrics are taken at the fixed ``eval_resolution`` so numbers stay comparable while the resolution grows.
+
+    Augmentations are seeded by ``(seed, epoch, index)``: ``set_epoch`` is called by
+    :meth:`projects.shape3d.model.Shape3DModule.on_train_epoch_start` (and ``train_dataloader`` takes the trainer's
+    epoch, which covers the first epoch and a resumed one). DataLoader workers are never persistent, so each epoch's
+    workers get the dataset with that epoch.
     """
 
     def __init__(
@@ -445,7 +480,13 @@ class ShapeDataModule(pl.LightningDataModule):
             return read_captions(h.predict_captions, require_mesh=False)
         if h.predict_texts:
             return [CaptionRow(None, text, h.predict_style, f"data.predict_texts[{i}]") for i, text in enumerate(h.predict_texts)]
-        raise ValueError("predict needs data.init_args.predict_texts (a list of descriptions) or data.init_args.predict_captions")
+        raise InputError("predict needs data.init_args.predict_texts (a list of descriptions) or data.init_args.predict_captions")
+
+    def set_epoch(self, epoch: int) -> None:
+        """The training epoch about to start: the training set's augmentations differ every epoch. Validation
+        samples keep epoch 0, so every validation pass sees the same data."""
+        if self.train_set is not None:
+            self.train_set.set_epoch(epoch)
 
     def set_resolution(self, resolution: int) -> None:
         """Called by ProgressiveResolution: every dataset voxelises (or loads from cache) its targets at ``resolution``."""
@@ -470,12 +511,17 @@ class ShapeDataModule(pl.LightningDataModule):
         return self._mean_shape
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        # never persistent: workers copy the dataset when an epoch's iterator is created, which is how they learn the
+        # epoch (augmentation seeds) and the resolution set in the main process at the start of the epoch
         return DataLoader(
             dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
             persistent_workers=False,
         )
 
     def train_dataloader(self) -> DataLoader:
+        # the first epoch's iterator (and a resumed run's) is created before on_train_epoch_start: take the epoch here
+        trainer = getattr(self, "trainer", None)
+        self.set_epoch(trainer.current_epoch if trainer is not None else 0)
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -308,10 +308,22 @@ class Shape3DModule(pl.LightningModule):
         self.fade_alpha = alpha
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # resolution and fade-in alpha are not parameters, but they define the model's output: a resumed run and
+        # `predict --ckpt_path` must use the ones the checkpoint was trained / measured with
         checkpoint["shape3d_resolution"] = self.resolution
+        checkpoint["shape3d_fade_alpha"] = float(self.fade_alpha)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.resolution = checkpoint.get("shape3d_resolution", self.resolution)
+        self.fade_alpha = float(checkpoint.get("shape3d_fade_alpha", self.fade_alpha))
+
+    # ------------------------------------------------------------------ data hooks
+
+    def on_train_epoch_start(self) -> None:
+        # new augmentations every epoch: runs before the epoch's DataLoader iterator (and its workers) is created
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)
 
     # ------------------------------------------------------------------ forward
 
@@ -384,7 +396,7 @@ class Shape3DModule(pl.LightningModule):
         logits = self(list(batch["text"]), list(batch["style"]), batch["ref_points"], batch["has_ref"])
         losses = self._losses(batch, logits)
         size = len(batch["text"])
-        self.log("val/loss", losses["loss"], batch_size=size)
+        self.log("val/loss", losses["loss"], batch_size=size, sync_dist=True)  # epoch mean over every rank's batches
         eval_res = batch["eval_voxels"].shape[-1]
         eval_logits = logits if logits.shape[-1] == eval_res else F.interpolate(logits[:, None].float(), size=(eval_res,) * 3, mode="trilinear", align_corners=False)[:, 0]
         prob = torch.sigmoid(eval_logits.float())

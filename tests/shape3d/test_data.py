@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import trimesh
+from torch.utils.data import DataLoader
 
+from common.errors import InputError, MissingInputError
 from common.geometry import voxel_iou, voxelize_mesh
 from projects.shape3d.data import (
     ShapeDataModule,
@@ -162,3 +165,82 @@ def test_dataset_reads_resolution_at_getitem_time(tmp_path):
     dataset.resolution = 12
     sample = dataset[0]
     assert sample["voxels"].shape == (12, 12, 12) and sample["has_ref"] == 1.0
+
+
+def test_bad_user_data_raises_input_errors(tmp_path):
+    path = write_set(tmp_path, [{"mesh": "m/missing.obj", "text": "kayıp"}])
+    with pytest.raises(MissingInputError, match="captions.jsonl:4: mesh file"):
+        ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8)
+    with pytest.raises(MissingInputError, match="does not exist"):
+        read_captions(tmp_path / "nope.jsonl")
+    (tmp_path / "c.txt").write_text("x\n")
+    with pytest.raises(InputError, match=r"must end in \.jsonl or \.csv"):
+        read_captions(tmp_path / "c.txt")
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    with pytest.raises(InputError, match="bad.jsonl:1: not valid JSON"):
+        read_captions(tmp_path / "bad.jsonl")
+    (tmp_path / "bad.csv").write_text("mesh,caption\na.obj,x\n")
+    with pytest.raises(InputError, match="bad.csv:1: CSV header"):
+        read_captions(tmp_path / "bad.csv")
+    with pytest.raises(InputError, match="on_bad_row"):
+        ShapeStore(path, on_bad_row="ignore")
+    (tmp_path / "none.jsonl").write_text(json.dumps({"mesh": "m/missing.obj", "text": "kayıp"}) + "\n")
+    with pytest.warns(UserWarning, match="skipping"), pytest.raises(InputError, match="no usable rows"):
+        ShapeStore(tmp_path / "none.jsonl", on_bad_row="skip")
+    with pytest.raises(InputError, match="predict_texts"):
+        ShapeDataModule(data_dir=str(tmp_path)).setup("predict")
+    # the callers' existing `except ValueError` / `except FileNotFoundError` keep working
+    assert issubclass(InputError, ValueError) and issubclass(MissingInputError, FileNotFoundError)
+
+
+def test_cache_is_written_atomically(tmp_path, monkeypatch):
+    path = write_set(tmp_path, [])
+    store = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8, cache_dir=tmp_path / "cache")
+    store.voxels(8)
+    names = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(names) == 2 and all(n.endswith(".npz") and not n.startswith(".") for n in names)
+
+    def crash(file, **arrays):  # a writer killed half way through
+        file.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez_compressed", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.voxels(12)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == names  # no partial or temporary file left
+
+
+def augmented_points(dataset: ShapeDataset, num_workers: int) -> list[torch.Tensor]:
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers, persistent_workers=False)
+    return [batch["points"][0] for batch in loader]
+
+
+def test_augmentations_depend_on_seed_epoch_and_index_not_on_workers(tmp_path):
+    path = write_set(tmp_path, [])
+    store = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8)
+    dataset = ShapeDataset(store, resolution=8, eval_resolution=8, augment=True, augment_prob=1.0, ref_points_prob=1.0, seed=5)
+    epoch0 = augmented_points(dataset, num_workers=0)
+    assert all(not torch.allclose(p, store.points[i]) for i, p in enumerate(epoch0))  # every sample was augmented
+    # deterministic: the same epoch and index give the same sample, in any order and any process
+    torch.testing.assert_close(dataset[2]["points"], epoch0[2])
+    torch.testing.assert_close(augmented_points(dataset, num_workers=2), epoch0)
+    dataset.set_epoch(1)  # set in the main process before the epoch's iterator: reaches the (new) workers
+    epoch1 = augmented_points(dataset, num_workers=2)
+    torch.testing.assert_close(augmented_points(dataset, num_workers=0), epoch1)
+    assert all(not torch.allclose(a, b) for a, b in zip(epoch0, epoch1, strict=True))  # a new draw every epoch
+    other_seed = ShapeDataset(store, resolution=8, eval_resolution=8, augment=True, augment_prob=1.0, ref_points_prob=1.0, seed=6)
+    assert not torch.allclose(other_seed[0]["points"], epoch0[0])
+
+
+def test_datamodule_passes_the_epoch_to_the_training_set(tmp_path):
+    for name in ("train", "val"):
+        write_set(tmp_path, [])
+        (tmp_path / "captions.jsonl").rename(tmp_path / f"{name}.jsonl")
+    dm = ShapeDataModule(data_dir=str(tmp_path), num_points=32, num_ref_points=8, batch_size=2, eval_resolution=8,
+                         resolution=8, cache=False, augment=True)
+    dm.setup("fit")
+    dm.set_epoch(3)
+    assert dm.train_set.epoch == 3 and dm.val_set.epoch == 0  # validation data stays the same every epoch
+    dm.trainer = SimpleNamespace(current_epoch=7)  # a resumed run: train_dataloader() is built before the epoch hook
+    assert dm.train_dataloader().dataset.epoch == 7
+    assert dm.train_dataloader().persistent_workers is False

@@ -160,6 +160,9 @@ def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, caplog)
         values = [float(r[key]) for r in rows if r.get(key)]
         assert values and all(np.isfinite(values)), key
     assert cli.model.resolution == 48
+    assert cli.datamodule.train_set.epoch == 1  # on_train_epoch_start passed the epoch on (new augmentations)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["shape3d_resolution"] == 48 and saved["shape3d_fade_alpha"] == cli.model.fade_alpha
     # the text encoder was frozen in epoch 0 and unfrozen at epoch 1
     assert all(p.requires_grad for p in cli.model.text_encoder.parameters())
     # media: meshes + a preview image were written for W&B
@@ -183,6 +186,30 @@ def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, caplog)
     for path in files:
         loaded = trimesh.load(str(path), force="mesh")
         assert isinstance(loaded, trimesh.Trimesh)
+
+
+def test_checkpoint_saved_mid_fade_restores_alpha_and_output(tmp_path):
+    import lightning
+
+    torch.manual_seed(0)
+    model = tiny_module()
+    for head in model.decoder.heads.values():  # as after some training, so alpha changes the output
+        torch.nn.init.normal_(head.weight)
+    model.set_resolution(48)
+    model.set_fade_alpha(0.375)  # mid-fade
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                  "pytorch-lightning_version": lightning.__version__}
+    model.on_save_checkpoint(checkpoint)  # what Trainer.save_checkpoint adds to its dict
+    torch.save(checkpoint, tmp_path / "mid_fade.ckpt")
+    loaded = Shape3DModule.load_from_checkpoint(tmp_path / "mid_fade.ckpt", map_location="cpu")
+    assert loaded.resolution == 48 and loaded.fade_alpha == 0.375
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        expected = model(["sekiz köşeli yıldız motifi"], [""])
+        torch.testing.assert_close(loaded(["sekiz köşeli yıldız motifi"], [""]), expected)
+        loaded.set_fade_alpha(1.0)  # the value a fresh module starts with: a different model
+        assert not torch.allclose(loaded(["sekiz köşeli yıldız motifi"], [""]), expected)
 
 
 @pytest.mark.slow
