@@ -55,3 +55,18 @@ def test_local_directory_is_loaded(tmp_path):
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
     config = load_pretrained(GPT2Config.from_pretrained, str(tmp_path), what="x")
     assert config.n_embd == 8
+
+
+def test_atomic_path_leaves_either_nothing_or_the_whole_file(tmp_path):
+    from common.io import atomic_path
+
+    target = tmp_path / "cache" / "features.pt"
+    with pytest.raises(RuntimeError), atomic_path(target) as temporary:
+        temporary.write_bytes(b"half")
+        raise RuntimeError("killed while writing")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    with atomic_path(target) as temporary:
+        assert temporary.parent == target.parent and temporary != target
+        temporary.write_bytes(b"whole")
+        assert not target.exists()  # not visible until the write finished
+    assert target.read_bytes() == b"whole" and list(target.parent.iterdir()) == [target]

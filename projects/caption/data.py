@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from common.errors import InputError, MissingInputError
+from common.io import atomic_path
 from projects.caption import shapes
 from projects.caption.features import BadImageError, ClipImageEncoder, Preprocess, cached_features, load_rgb
 
@@ -211,8 +212,8 @@ def train_tokenizer(captions: Sequence[str], vocab_size: int, cache_dir: str | P
         bpe = ByteLevelBPETokenizer(add_prefix_space=True)
         bpe.train_from_iterator(list(captions), vocab_size=vocab_size, min_frequency=2,
                                 special_tokens=[EOS_TOKEN, PAD_TOKEN], show_progress=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        bpe.save(str(path))
+        with atomic_path(path) as temporary:  # every DDP rank may train it; readers never see half a file
+            bpe.save(str(temporary))
         backend = Tokenizer.from_file(str(path))
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
                                    unk_token=EOS_TOKEN, pad_token=PAD_TOKEN)

@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from common.errors import InputError
+from common.io import atomic_path
 
 CACHE_VERSION = 1
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -147,8 +148,6 @@ def cached_features(
             return stored["features"], True
     rank_zero_info(f"caption: computing CLIP features for {len(paths)} images -> {path}")
     features = encode_images(paths, encoder, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"key": key, "features": features}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        torch.save({"key": key, "features": features}, temporary)
     return features, False

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.errors import InputError, MissingInputError
+from common.io import atomic_path
 from common.metrics.image_quality import Extractor
 
 ARCH_VERSION = 2  # part of the cache key: a changed architecture never loads a stale checkpoint
@@ -132,9 +133,10 @@ def evaluate(net: CharClassifier, dataset: TensorDataset) -> float:
 
 
 def save_classifier(net: CharClassifier, path: Path, class_names: list[str], val_acc: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": net.state_dict(), "num_classes": net.num_classes, "num_features": net.num_features,
-                "class_names": "".join(class_names), "val_acc": val_acc}, path)
+    with atomic_path(path) as temporary:  # an interrupted run leaves no truncated classifier behind
+        torch.save({"state_dict": net.state_dict(), "num_classes": net.num_classes,
+                    "num_features": net.num_features, "class_names": "".join(class_names), "val_acc": val_acc},
+                   temporary)
 
 
 def load_classifier(path: str | Path, class_names: list[str] | None = None) -> CharClassifier:

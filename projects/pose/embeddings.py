@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from common.errors import InputError, MissingInputError
+from common.io import atomic_path
 from projects.pose.text import PAD, Vocabulary
 
 
@@ -58,8 +59,8 @@ def train_fasttext(
                      workers=1, seed=seed, bucket=20000)
     model.build_vocab(corpus_iterable=sentences)
     model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=epochs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(str(path))
+    with atomic_path(path) as temporary:  # every DDP rank may train it; readers never see half a file
+        model.save(str(temporary), separately=[])  # one file: no side-car .npy arrays to rename
     return model.wv
 
 

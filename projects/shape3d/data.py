@@ -14,8 +14,6 @@ import csv
 import hashlib
 import json
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from common.geometry import (
     voxel_iou,
     voxelize_mesh,
 )
+from common.io import atomic_path
 from projects.shape3d.shapes import generate_default_data
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -203,15 +202,8 @@ class ShapeStore:
         path = self._cache_path(what)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez_compressed(file, **arrays)  # a file object: numpy adds no ".npz" to the name
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as temporary, temporary.open("wb") as file:
+            np.savez_compressed(file, **arrays)  # a file object: numpy adds no ".npz" to the name
 
     def _points_and_distances(self, num_points: int, num_ref_points: int) -> dict:
         """Target surface points, a separate reference cloud (the optional conditioning input), and the squared
