@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 DEFAULT_PROJECT = "turkish-generative-models"
 
@@ -75,6 +76,21 @@ class WandbLogger(_LightningWandbLogger):
             **kwargs,
         )
         self.mode = resolved
+        # online only because a login was found (not asked for): an unreachable server falls back to offline
+        self.fallback_offline = resolved == "online" and not (mode or os.environ.get("WANDB_MODE"))
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is None and self.fallback_offline:
+            try:
+                return super().experiment
+            except Exception as error:  # wandb raises CommError / UsageError / TimeoutError on no network
+                rank_zero_warn(f"W&B: could not start an online run ({type(error).__name__}: {error}); logging "
+                               "offline instead. Upload it later with `wandb sync`.")
+                self.mode = self._wandb_init["mode"] = "offline"
+                self._log_model = False
+                self.fallback_offline = False
+        return super().experiment
 
 
 def run_dir(trainer: pl.Trainer) -> Path:

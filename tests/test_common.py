@@ -70,3 +70,35 @@ def test_atomic_path_leaves_either_nothing_or_the_whole_file(tmp_path):
         temporary.write_bytes(b"whole")
         assert not target.exists()  # not visible until the write finished
     assert target.read_bytes() == b"whole" and list(target.parent.iterdir()) == [target]
+
+
+def test_wandb_unreachable_server_falls_back_to_offline(monkeypatch, tmp_path):
+    """Logged in (a key is set) but no network: the run must go on offline, not fail or hang."""
+    from unittest import mock
+
+    import wandb
+
+    from common.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    modes = []
+
+    def fake_init(**kwargs):
+        modes.append(kwargs["mode"])
+        if kwargs["mode"] == "online":
+            raise wandb.errors.CommError("Run initialization has timed out after 60.0 sec.")
+        return mock.MagicMock()
+
+    monkeypatch.setattr(wandb, "init", fake_init)
+    logger = WandbLogger(save_dir=str(tmp_path))
+    assert logger.mode == "online"
+    with pytest.warns(UserWarning, match="offline instead"):
+        logger.experiment  # noqa: B018 - starting the run is the point
+    assert modes == ["online", "offline"] and logger.mode == "offline"
+
+    explicit = WandbLogger(save_dir=str(tmp_path), mode="online")  # asked for online: the error is the user's to see
+    modes.clear()
+    with pytest.raises(wandb.errors.CommError):
+        explicit.experiment  # noqa: B018
+    assert modes == ["online"]
