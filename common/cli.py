@@ -146,8 +146,10 @@ def project_of(class_path: str) -> str:
 def build_parser_kwargs() -> dict:
     # allow_abbrev=False: argparse would otherwise take a misspelt --trainer.max_epoch as max_epochs.
     per_subcommand = {"parser_mode": "omegaconf+", "default_config_files": DEFAULT_CONFIGS, "allow_abbrev": False}
+    # a one-line usage: argparse prints it before every error, and the full one is 60+ lines (--help lists all)
     return {"parser_mode": "omegaconf+", "allow_abbrev": False,
-            **{name: dict(per_subcommand) for name in SUBCOMMANDS}}
+            **{name: {**per_subcommand, "usage": f"tgm {name} --config FILE [--config FILE ...] [--key value ...]"}
+               for name in SUBCOMMANDS}}
 
 
 def run_cli(args: list[str] | None = None) -> TGMCLI:
