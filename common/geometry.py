@@ -24,7 +24,14 @@ try:  # pragma: no cover - pytorch3d is not installable in this environment
     import pytorch3d.ops as _p3d_ops
 
     HAS_PYTORCH3D = True
-except ImportError:
+except ModuleNotFoundError:  # not installed: the torch / scipy / scikit-image code below is used
+    _p3d_loss = _p3d_ops = None
+    HAS_PYTORCH3D = False
+except (ImportError, OSError) as _error:  # installed but built for another torch (undefined symbols ...)
+    import warnings
+
+    warnings.warn(f"pytorch3d is installed but does not import ({_error}); using the fallback geometry code. "
+                  "Build it against this torch (see environment.yml).", stacklevel=1)
     _p3d_loss = _p3d_ops = None
     HAS_PYTORCH3D = False
 
