@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 from jsonargparse import set_parsing_settings
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -174,10 +175,13 @@ def main() -> None:
     """Entry point of the ``tgm`` console script: bad user input ends in one line and exit code 2."""
     try:
         run_cli()
-    except InputError as error:
+    except (InputError, MisconfigurationException) as error:  # bad data / a set-up Lightning refuses (no GPU ...)
         if os.environ.get("TGM_TRACEBACK"):
             raise
-        sys.stderr.write(f"tgm: {error}\n(set TGM_TRACEBACK=1 for the full traceback)\n")
+        hint = ""
+        if isinstance(error, MisconfigurationException) and "gpu" in str(error).lower():
+            hint = " (the config asks for a GPU; without one use --trainer.accelerator cpu)"
+        sys.stderr.write(f"tgm: {error}{hint}\n(set TGM_TRACEBACK=1 for the full traceback)\n")
         raise SystemExit(2) from error
 
 

@@ -104,6 +104,13 @@ def test_bad_data_file_during_the_run_is_one_line(tmp_path):
     assert any(line.startswith("tgm: ") and str(tmp_path) in line for line in stderr.splitlines()), stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_config_without_a_gpu_is_one_clear_line():
+    command = [sys.executable, "-m", "common.cli", "fit", "--config", TINY, "--config", CSV,
+               "--config", "configs/trainer/gpu.yaml"]
+    assert_user_error(command, "--trainer.accelerator cpu")
+
+
 def test_ckpt_path_best_is_read_from_last_ckpt(tmp_path):
     fit(tmp_path, "--trainer.max_epochs", "3")
     best = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]

@@ -316,6 +316,17 @@ class Shape3DModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.resolution = checkpoint.get("shape3d_resolution", self.resolution)
         self.fade_alpha = float(checkpoint.get("shape3d_fade_alpha", self.fade_alpha))
+        self._data_follows_model()
+
+    def on_validation_start(self) -> None:
+        self._data_follows_model()
+
+    def _data_follows_model(self) -> None:
+        """Outside ``fit`` no ProgressiveResolution callback runs, so ``tgm validate --ckpt_path`` would feed 32^3
+        targets to a checkpoint restored at 48^3 or 64^3: the datamodule takes the model's resolution instead."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and getattr(datamodule, "resolution", self.resolution) != self.resolution:
+            datamodule.set_resolution(self.resolution)
 
     # ------------------------------------------------------------------ data hooks
 

@@ -168,6 +168,16 @@ def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, caplog)
     # media: meshes + a preview image were written for W&B
     assert list(tmp_path.rglob("media/**/preview.png")) and list(tmp_path.rglob("media/**/*.obj"))
 
+    # validate a 48^3 checkpoint in a fresh CLI run (no ProgressiveResolution acts outside fit): the data follows
+    validated = run_cli([
+        "validate", "--config", TINY, "--config", CSV,
+        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "csv"),
+        "--checkpoint.dirpath", str(tmp_path / "ckpt"), "--ckpt_path", "last",
+    ])
+    assert validated.model.resolution == validated.datamodule.resolution == 48
+    assert np.isfinite(float(validated.trainer.callback_metrics["val/iou"]))
+
     predict_dir = tmp_path / "pred"
     writer_config = tmp_path / "writer.yaml"
     writer_config.write_text(
