@@ -145,3 +145,6 @@ def test_wandb_offline_run_has_config_and_group(tmp_path, monkeypatch):
     run_dir = tmp_path / "wb" / "turkish-generative-models" / logger.version
     assert (run_dir / "config.yaml").exists()
     assert (run_dir / "media" / "epoch_0000" / "gradient.png").exists()
+    import wandb
+
+    wandb.finish()  # close the run so later tests in this process start their own

@@ -91,6 +91,7 @@ def test_wandb_unreachable_server_falls_back_to_offline(monkeypatch, tmp_path):
         return mock.MagicMock()
 
     monkeypatch.setattr(wandb, "init", fake_init)
+    monkeypatch.setattr(wandb, "run", None)  # another test's run may still be open in this process
     logger = WandbLogger(save_dir=str(tmp_path))
     assert logger.mode == "online"
     with pytest.warns(UserWarning, match="offline instead"):
