@@ -110,7 +110,8 @@ def best_checkpoint(dirpath: str | None) -> Path:
                                 "or give the checkpoint's path")
     import torch
 
-    states = torch.load(last, map_location="cpu", weights_only=False).get("callbacks", {})
+    # mmap: only the small callback states are read, not the weights and optimiser tensors
+    states = torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {})
     for key, state in states.items():
         if key.startswith("ModelCheckpoint") and state.get("best_model_path"):
             best = Path(state["best_model_path"])
@@ -146,11 +147,14 @@ def project_of(class_path: str) -> str:
 
 def build_parser_kwargs() -> dict:
     # allow_abbrev=False: argparse would otherwise take a misspelt --trainer.max_epoch as max_epochs.
-    per_subcommand = {"parser_mode": "omegaconf+", "default_config_files": DEFAULT_CONFIGS, "allow_abbrev": False}
+    shared = {"parser_mode": "omegaconf+", "allow_abbrev": False}
     # a one-line usage: argparse prints it before every error, and the full one is 60+ lines (--help lists all)
-    return {"parser_mode": "omegaconf+", "allow_abbrev": False,
-            **{name: {**per_subcommand, "usage": f"tgm {name} --config FILE [--config FILE ...] [--key value ...]"}
-               for name in SUBCOMMANDS}}
+    per_subcommand = {
+        name: {**shared, "default_config_files": DEFAULT_CONFIGS,
+               "usage": f"tgm {name} --config FILE [--config FILE ...] [--key value ...]"}
+        for name in SUBCOMMANDS
+    }
+    return {**shared, **per_subcommand}
 
 
 def run_cli(args: list[str] | None = None) -> TGMCLI:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from projects.diffusion.glyphs import ensure_generated
 
@@ -23,9 +22,5 @@ def glyph_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _few_threads():
-    """The machine is shared: keep each test to one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every diffusion test runs on one torch thread (fixture in tests/conftest.py)."""
