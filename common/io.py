@@ -1,12 +1,28 @@
-"""Cache files written so that no reader ever sees half of one."""
+"""Reading user text files and cache files without tracebacks, and writing caches so no reader sees half a file.
+
+Three rules every reader in the repo follows:
+- Text is UTF-8 (a BOM is accepted). Anything else is one ``InputError`` naming the file, the line and the
+  expected encoding; we never guess an encoding silently (latin-1 and cp1254 decode almost any byte string).
+- A cache that fails to load (truncated, empty, random bytes, written by another version) is deleted and
+  rebuilt with one warning line naming it: a cache is derived data, never a reason to stop a run.
+- Caches are written through ``atomic_path``.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+from common.errors import InputError, MissingInputError
+
+T = TypeVar("T")
+
+EXPECTED_ENCODING = "UTF-8"
 
 
 @contextmanager
@@ -26,3 +42,62 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def decode_text(data: bytes, source: str | Path) -> str:
+    """Decode ``data`` as UTF-8 (BOM allowed); on failure raise one ``InputError`` naming ``source:line``."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        byte = data[error.start : error.start + 1].hex()
+        raise InputError(
+            f"{source}:{line}: not {EXPECTED_ENCODING} (byte 0x{byte} at column {column}); "
+            f"save the file as {EXPECTED_ENCODING}, e.g. `iconv -f cp1254 -t utf-8 IN > OUT`"
+        ) from None
+
+
+def read_text(path: str | Path) -> str:
+    """The whole file as a ``str``; a missing file or non-UTF-8 bytes are one-line ``InputError``s."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MissingInputError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, expected a text file") from None
+    return decode_text(data, path)
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The file's lines without their line endings (``\\n`` or ``\\r\\n``); see ``read_text``."""
+    return read_text(path).splitlines()
+
+
+def load_cache(path: str | Path, load: Callable[[Path], T], what: str = "cache") -> T | None:
+    """``load(path)``, or ``None`` when there is no usable cache at ``path`` (the caller then rebuilds it).
+
+    A cache that exists but cannot be loaded (any exception from ``load``: truncated, empty, random bytes, a
+    format from another version) is removed with one warning line naming it. Load torch caches with
+    ``weights_only=True`` inside ``load``.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return load(path)
+    except Exception as error:  # noqa: BLE001 - any failure to read derived data means: rebuild it
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+        warnings.warn(
+            f"{what} {path} could not be loaded ({type(error).__name__}: {reason}); rebuilding it",
+            UserWarning,
+            stacklevel=2,
+        )
+        if path.is_dir():
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        return None
