@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 
+from common.protocols import HasFadeAlpha, HasResolution
+
 
 class ProgressiveResolution(pl.Callback):
     """Tell the module and the datamodule which resolution to use, by epoch.
 
     ``schedule`` maps the first epoch of each stage to its resolution, e.g. ``{0: 32, 10: 48, 20: 64}``.
     At every train epoch start the callback calls ``set_resolution(resolution)`` on the LightningModule and on
-    the datamodule (both must implement it) whenever the resolution changes, and logs ``train/resolution``.
-    When ``fade_epochs > 0`` and the module has ``set_fade_alpha(alpha)``, alpha ramps from 0 to 1 over that
-    many epochs after each change, step by step, so the new resolution is blended in (ProGAN-style fade-in).
+    the datamodule whenever the resolution changes (both implement :class:`common.protocols.HasResolution`),
+    and logs ``train/resolution``. When ``fade_epochs > 0`` and the module implements
+    :class:`common.protocols.HasFadeAlpha`, alpha ramps from 0 to 1 over that many epochs after each change,
+    step by step, so the new resolution is blended in (ProGAN-style fade-in).
 
     The resolution is derived from the epoch alone, so resuming from a checkpoint restores it exactly.
     """
@@ -21,7 +24,9 @@ class ProgressiveResolution(pl.Callback):
         if not schedule:
             raise ValueError("ProgressiveResolution.schedule is empty; give at least {0: <resolution>}")
         if 0 not in schedule:
-            raise ValueError(f"ProgressiveResolution.schedule must start at epoch 0, got epochs {sorted(schedule)}")
+            raise ValueError(
+                f"ProgressiveResolution.schedule must start at epoch 0, got epochs {sorted(schedule)}"
+            )
         if any(r <= 0 for r in schedule.values()):
             raise ValueError(f"ProgressiveResolution.schedule has a non-positive resolution: {schedule}")
         if fade_epochs < 0:
@@ -41,16 +46,17 @@ class ProgressiveResolution(pl.Callback):
         for target in (pl_module, trainer.datamodule):
             if target is None:
                 continue
-            if not hasattr(target, "set_resolution"):
+            if not isinstance(target, HasResolution):
                 raise TypeError(
-                    f"ProgressiveResolution needs {type(target).__name__}.set_resolution(resolution: int)"
+                    f"ProgressiveResolution needs {type(target).__name__}.set_resolution(resolution: int) "
+                    "(common.protocols.HasResolution)"
                 )
             target.set_resolution(resolution)
         self.current = resolution
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A fresh run starts at schedule[0]. When resuming, Lightning restores the epoch counter only after
-        # on_fit_start, so the resumed epoch's resolution is applied at the sanity check / first epoch instead.
+        # on_fit_start, so the resumed epoch's resolution is applied at the sanity check / first epoch.
         if trainer.ckpt_path is None:
             self._apply(trainer, pl_module, self.resolution_at(trainer.current_epoch))
 
@@ -66,8 +72,10 @@ class ProgressiveResolution(pl.Callback):
             self._apply(trainer, pl_module, resolution)
         pl_module.log("train/resolution", float(resolution), on_step=False, on_epoch=True)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        if self.fade_epochs <= 0 or not hasattr(pl_module, "set_fade_alpha"):
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int
+    ) -> None:
+        if self.fade_epochs <= 0 or not isinstance(pl_module, HasFadeAlpha):
             return
         start = self.stage_start(trainer.current_epoch)
         if start == 0:  # nothing to fade from in the first stage
