@@ -96,7 +96,7 @@ def bench_chamfer(sizes: list[int], naive_limit: int) -> list[dict]:
 
 def bench_voxels(resolutions: list[int], shapes: int) -> list[dict]:
     from projects.shape3d.data import normalize_to_unit_cube
-    from projects.shape3d.shapes import variants
+    from projects.shape3d.generate import variants
 
     rng = np.random.default_rng(0)
     meshes = [normalize_to_unit_cube(v.build(rng)) for v in variants()[:shapes]]
@@ -114,7 +114,7 @@ def bench_voxels(resolutions: list[int], shapes: int) -> list[dict]:
 def bench_train_step(resolutions: list[int], batch_size: int, steps: int) -> list[dict]:
     import yaml
 
-    from projects.shape3d.model import Shape3DModule
+    from projects.shape3d.module import Shape3DModule
 
     config = yaml.safe_load((ROOT / "configs" / "shape3d" / "default.yaml").read_text())["model"]["init_args"]
     model = Shape3DModule(**config)  # sets torch threads from the config (1)

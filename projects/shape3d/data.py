@@ -5,7 +5,7 @@ a captions file per split, CSV (header ``mesh,text[,style]``) or JSONL (``{"mesh
 mesh paths are relative to the captions file. Every mesh is centred and scaled so its longest side is
 ``normalize_extent`` of the unit cube ``[-0.5, 0.5]^3``, then voxelised at the current resolution (cached in memory
 and on disk, per resolution) and sampled for surface points. With no ``data_dir`` the generated motif set
-(:mod:`projects.shape3d.shapes`) is written to ``data/generated/shape3d`` on first use.
+(:mod:`projects.shape3d.generate`) is written to ``data/generated/shape3d`` on first use.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from common.geometry import (
     voxelize_mesh,
 )
 from common.io import atomic_path
-from projects.shape3d.shapes import generate_default_data
+from projects.shape3d.generate import generate_default_data
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "generated" / "shape3d"
@@ -78,7 +78,9 @@ def read_captions(path: str | Path, require_mesh: bool = True) -> list[CaptionRo
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             if reader.fieldnames is None or "text" not in reader.fieldnames:
-                raise InputError(f"{path}:1: CSV header must name the columns mesh,text[,style]; got {reader.fieldnames}")
+                raise InputError(
+                    f"{path}:1: CSV header must name the columns mesh,text[,style]; got {reader.fieldnames}"
+                )
             for record in reader:
                 raw.append((reader.line_num, record))
     else:
@@ -92,7 +94,14 @@ def read_captions(path: str | Path, require_mesh: bool = True) -> list[CaptionRo
         mesh = str(record.get("mesh") or "").strip()
         if require_mesh and not mesh:
             raise InputError(f"{where}: no mesh path")
-        rows.append(CaptionRow(mesh=(path.parent / mesh) if mesh else None, text=text, style=str(record.get("style") or "").strip(), where=where))
+        rows.append(
+            CaptionRow(
+                mesh=(path.parent / mesh) if mesh else None,
+                text=text,
+                style=str(record.get("style") or "").strip(),
+                where=where,
+            )
+        )
     return rows
 
 
@@ -111,7 +120,9 @@ def load_mesh(path: Path, where: str) -> trimesh.Trimesh:
     return mesh
 
 
-def normalize_to_unit_cube(mesh: trimesh.Trimesh, extent: float = 0.8, where: str | None = None) -> trimesh.Trimesh:
+def normalize_to_unit_cube(
+    mesh: trimesh.Trimesh, extent: float = 0.8, where: str | None = None
+) -> trimesh.Trimesh:
     """Centre the bounding box at the origin and scale its longest side to ``extent`` (< 1 leaves a margin).
     ``where`` (``file:line``) prefixes the error for a mesh of zero extent."""
     mesh = mesh.copy()
@@ -161,7 +172,10 @@ class ShapeStore:
                 warnings.warn(f"skipping {error}", stacklevel=2)
                 continue
             if not mesh.is_watertight:
-                warnings.warn(f"{row.where}: mesh '{row.mesh}' is not watertight; it is voxelised by surface", stacklevel=2)
+                warnings.warn(
+                    f"{row.where}: mesh '{row.mesh}' is not watertight; it is voxelised by surface",
+                    stacklevel=2,
+                )
             self.rows.append(row)
             self.meshes.append(mesh)
         if not self.rows:
@@ -187,7 +201,11 @@ class ShapeStore:
         return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
     def _cache_path(self, what: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / f"{self.captions.stem}_{self.digest}_{what}.npz"
+        return (
+            None
+            if self.cache_dir is None
+            else self.cache_dir / f"{self.captions.stem}_{self.digest}_{what}.npz"
+        )
 
     def _load_cache(self, what: str) -> dict | None:
         path = self._cache_path(what)
@@ -225,11 +243,18 @@ class ShapeStore:
         if resolution not in self.voxel_cache:
             cached = self._load_cache(f"voxels{resolution}")
             if cached is not None:
-                grids = np.unpackbits(cached["packed"], count=len(self) * resolution**3).reshape(len(self), *(resolution,) * 3)
+                grids = np.unpackbits(cached["packed"], count=len(self) * resolution**3).reshape(
+                    len(self), *(resolution,) * 3
+                )
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # non-watertight meshes were reported once when read
-                    grids = np.stack([voxelize_mesh(mesh, resolution, row.where) for mesh, row in zip(self.meshes, self.rows, strict=True)])
+                    grids = np.stack(
+                        [
+                            voxelize_mesh(mesh, resolution, row.where)
+                            for mesh, row in zip(self.meshes, self.rows, strict=True)
+                        ]
+                    )
                 self._save_cache(f"voxels{resolution}", {"packed": np.packbits(grids.reshape(-1))})
             self.voxel_cache[resolution] = torch.from_numpy(grids.astype(bool))
         return self.voxel_cache[resolution]
@@ -238,7 +263,9 @@ class ShapeStore:
 # ----------------------------------------------------------------------------------------------- datasets
 
 
-def random_similarity(generator: torch.Generator, max_degrees: float, scale_range: tuple[float, float]) -> torch.Tensor:
+def random_similarity(
+    generator: torch.Generator, max_degrees: float, scale_range: tuple[float, float]
+) -> torch.Tensor:
     """A rotation about the vertical (z) axis within +-``max_degrees`` times a uniform scale in ``scale_range``.
     z only, because the captions name the vertical orientation ("dik", "yatay") and must stay true."""
     angle = math.radians((torch.rand(1, generator=generator).item() * 2 - 1) * max_degrees)
@@ -317,7 +344,11 @@ class ShapeDataset(Dataset):
 
     def sample_seed(self, index: int) -> int:
         """The seed of sample ``index`` in the current epoch: a hash of ``(seed, epoch, index)``."""
-        entropy = [self.seed & 0xFFFF_FFFF_FFFF_FFFF, self.epoch, int(index)]  # SeedSequence takes non-negative ints
+        entropy = [
+            self.seed & 0xFFFF_FFFF_FFFF_FFFF,
+            self.epoch,
+            int(index),
+        ]  # SeedSequence takes non-negative ints
         return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
     def __getitem__(self, index: int) -> dict:
@@ -385,7 +416,7 @@ class ShapeDataModule(pl.LightningDataModule):
     Metrics are taken at the fixed ``eval_resolution`` so numbers stay comparable while the resolution grows.
 
     Augmentations are seeded by ``(seed, epoch, index)``: ``set_epoch`` is called by
-    :meth:`projects.shape3d.model.Shape3DModule.on_train_epoch_start` (and ``train_dataloader`` takes the trainer's
+    :meth:`projects.shape3d.module.Shape3DModule.on_train_epoch_start` (and ``train_dataloader`` takes the trainer's
     epoch, which covers the first epoch and a resumed one). DataLoader workers are never persistent, so each epoch's
     workers get the dataset with that epoch.
     """
@@ -441,8 +472,12 @@ class ShapeDataModule(pl.LightningDataModule):
     def _store(self, captions: str) -> ShapeStore:
         h = self.hparams
         return ShapeStore(
-            self.root / captions, num_points=h.num_points, num_ref_points=h.num_ref_points, extent=h.normalize_extent,
-            surface_resolution=h.eval_resolution, on_bad_row=h.on_bad_row,
+            self.root / captions,
+            num_points=h.num_points,
+            num_ref_points=h.num_ref_points,
+            extent=h.normalize_extent,
+            surface_resolution=h.eval_resolution,
+            on_bad_row=h.on_bad_row,
             cache_dir=(self.root / "cache") if h.cache else None,
         )
 
@@ -453,12 +488,26 @@ class ShapeDataModule(pl.LightningDataModule):
             if stage == "fit":
                 self.train_store = self._store(h.train_captions)
                 self.train_set = ShapeDataset(
-                    self.train_store, self.resolution, h.eval_resolution, augment=h.augment, augment_prob=h.augment_prob,
-                    rotation_degrees=h.rotation_degrees, scale_range=h.scale_range, jitter_std=h.jitter_std,
-                    ref_points_prob=h.ref_points_prob, augment_only_with_ref=h.augment_only_with_ref, seed=h.seed,
+                    self.train_store,
+                    self.resolution,
+                    h.eval_resolution,
+                    augment=h.augment,
+                    augment_prob=h.augment_prob,
+                    rotation_degrees=h.rotation_degrees,
+                    scale_range=h.scale_range,
+                    jitter_std=h.jitter_std,
+                    ref_points_prob=h.ref_points_prob,
+                    augment_only_with_ref=h.augment_only_with_ref,
+                    seed=h.seed,
                 )
             self.val_store = self._store(h.val_captions)
-            self.val_set = ShapeDataset(self.val_store, self.resolution, h.eval_resolution, ref_points_prob=float(h.val_ref_points), seed=h.seed + 1)
+            self.val_set = ShapeDataset(
+                self.val_store,
+                self.resolution,
+                h.eval_resolution,
+                ref_points_prob=float(h.val_ref_points),
+                seed=h.seed + 1,
+            )
             rank_zero_info(
                 f"[shape3d] data: {len(self.train_store) if self.train_store else 0} train / {len(self.val_store)} val shapes "
                 f"from {self.root}"
@@ -471,8 +520,13 @@ class ShapeDataModule(pl.LightningDataModule):
         if h.predict_captions:
             return read_captions(h.predict_captions, require_mesh=False)
         if h.predict_texts:
-            return [CaptionRow(None, text, h.predict_style, f"data.predict_texts[{i}]") for i, text in enumerate(h.predict_texts)]
-        raise InputError("predict needs data.init_args.predict_texts (a list of descriptions) or data.init_args.predict_captions")
+            return [
+                CaptionRow(None, text, h.predict_style, f"data.predict_texts[{i}]")
+                for i, text in enumerate(h.predict_texts)
+            ]
+        raise InputError(
+            "predict needs data.init_args.predict_texts (a list of descriptions) or data.init_args.predict_captions"
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """The training epoch about to start: the training set's augmentations differ every epoch. Validation
@@ -497,7 +551,8 @@ class ShapeDataModule(pl.LightningDataModule):
             grids = self.train_store.voxels(self.hparams.eval_resolution).float()
             mean = grids.mean(0)
             best = max(
-                (float(voxel_iou(mean.expand_as(grids), grids, t).mean()), t) for t in np.arange(0.05, 0.96, 0.05).tolist()
+                (float(voxel_iou(mean.expand_as(grids), grids, t).mean()), t)
+                for t in np.arange(0.05, 0.96, 0.05).tolist()
             )
             self._mean_shape = (mean, best[1])
         return self._mean_shape
@@ -506,7 +561,10 @@ class ShapeDataModule(pl.LightningDataModule):
         # never persistent: workers copy the dataset when an epoch's iterator is created, which is how they learn the
         # epoch (augmentation seeds) and the resolution set in the main process at the start of the epoch
         return DataLoader(
-            dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
             persistent_workers=False,
         )
 

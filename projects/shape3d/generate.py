@@ -49,14 +49,19 @@ def star_prism(points: int, inner_ratio: float = 0.45, height: float = 0.25) -> 
     return _extrude_fan(np.c_[radius * np.cos(angles), radius * np.sin(angles)], height)
 
 
-def crescent(height: float = 0.3, offset: float = 0.4, inner_radius: float = 0.8, steps: int = 32) -> trimesh.Trimesh:
+def crescent(
+    height: float = 0.3, offset: float = 0.4, inner_radius: float = 0.8, steps: int = 32
+) -> trimesh.Trimesh:
     """Hilal: the unit disc minus a shifted disc, extruded. Triangulated as a strip between the two arcs."""
     x = (1 - inner_radius**2 + offset**2) / (2 * offset)  # where the two circles meet
     y = math.sqrt(1 - x * x)
     outer_start = math.atan2(y, x)
     inner_start = math.atan2(y, x - offset)
     t = np.linspace(0, 1, steps + 1)
-    outer = np.c_[np.cos(outer_start + t * (2 * math.pi - 2 * outer_start)), np.sin(outer_start + t * (2 * math.pi - 2 * outer_start))]
+    outer = np.c_[
+        np.cos(outer_start + t * (2 * math.pi - 2 * outer_start)),
+        np.sin(outer_start + t * (2 * math.pi - 2 * outer_start)),
+    ]
     angle = inner_start + t * (2 * math.pi - 2 * inner_start)
     inner = np.c_[offset + inner_radius * np.cos(angle), inner_radius * np.sin(angle)][1:-1]
     vertices = np.vstack([outer, inner])
@@ -104,37 +109,133 @@ def variants() -> list[Variant]:
     sphere = lambda: creation.icosphere(subdivisions=3)  # noqa: E731
     return [
         Variant("kure", lambda r: sphere(), ("bir küre", "yuvarlak bir top")),
-        Variant("basik_kure", lambda r: _scaled(sphere(), 1, 1, _j(r, 0.5)), ("basık bir küre", "yassı bir elipsoid")),
-        Variant("yumurta", lambda r: _scaled(sphere(), 1, 1, _j(r, 1.7)), ("dik duran bir yumurta", "uzun bir elipsoid")),
+        Variant(
+            "basik_kure",
+            lambda r: _scaled(sphere(), 1, 1, _j(r, 0.5)),
+            ("basık bir küre", "yassı bir elipsoid"),
+        ),
+        Variant(
+            "yumurta",
+            lambda r: _scaled(sphere(), 1, 1, _j(r, 1.7)),
+            ("dik duran bir yumurta", "uzun bir elipsoid"),
+        ),
         Variant("kup", lambda r: creation.box((1, 1, _j(r, 1.0, 0.04))), ("bir küp", "köşeli bir kutu")),
-        Variant("dik_prizma", lambda r: creation.box((_j(r, 0.35), _j(r, 0.35), 1)), ("ince uzun dik bir prizma", "dikdörtgen bir sütun")),
-        Variant("levha", lambda r: creation.box((1, 1, _j(r, 0.2))), ("yassı kare bir levha", "ince bir kare plaka")),
-        Variant("silindir", lambda r: creation.cylinder(0.5, _j(r, 1.0), sections=48), ("bir silindir", "dik bir silindir")),
-        Variant("ince_silindir", lambda r: creation.cylinder(_j(r, 0.18), 1.0, sections=48), ("ince uzun bir silindir", "ince bir çubuk")),
-        Variant("disk", lambda r: creation.cylinder(0.5, _j(r, 0.2), sections=48), ("basık bir silindir", "yuvarlak bir disk")),
-        Variant("yatay_silindir", lambda r: _rotated(creation.cylinder(_j(r, 0.25), 1.0, sections=48), "y", 90),
-                ("yatay duran bir silindir", "yere yatırılmış bir silindir")),
-        Variant("koni", lambda r: creation.cone(0.5, _j(r, 1.0), sections=48), ("bir koni", "sivri uçlu bir koni")),
-        Variant("ters_koni", lambda r: _rotated(creation.cone(0.5, _j(r, 1.0), sections=48), "x", 180), ("ters duran bir koni", "baş aşağı bir koni")),
-        Variant("piramit", lambda r: creation.cone(0.7, _j(r, 0.9), sections=4), ("kare tabanlı bir piramit", "dört yüzlü bir piramit")),
-        Variant("ince_simit", lambda r: creation.torus(1.0, _j(r, 0.2), major_sections=48, minor_sections=16), ("ince bir simit", "ince bir halka")),
-        Variant("kalin_simit", lambda r: creation.torus(1.0, _j(r, 0.45), major_sections=48, minor_sections=16), ("kalın bir simit", "tombul bir halka")),
-        Variant("dik_simit", lambda r: _rotated(creation.torus(1.0, _j(r, 0.3), major_sections=48, minor_sections=16), "x", 90),
-                ("dik duran bir simit", "ayakta duran bir halka")),
-        Variant("bes_yildiz", lambda r: star_prism(5, _j(r, 0.45)), ("beş köşeli yıldız motifi", "beş kollu bir yıldız")),
-        Variant("alti_yildiz", lambda r: star_prism(6, _j(r, 0.55)), ("altı köşeli yıldız motifi", "altı kollu bir yıldız")),
-        Variant("sekiz_yildiz", lambda r: star_prism(8, _j(r, 0.6)), ("sekiz köşeli yıldız motifi", "sekiz kollu bir yıldız")),
+        Variant(
+            "dik_prizma",
+            lambda r: creation.box((_j(r, 0.35), _j(r, 0.35), 1)),
+            ("ince uzun dik bir prizma", "dikdörtgen bir sütun"),
+        ),
+        Variant(
+            "levha",
+            lambda r: creation.box((1, 1, _j(r, 0.2))),
+            ("yassı kare bir levha", "ince bir kare plaka"),
+        ),
+        Variant(
+            "silindir",
+            lambda r: creation.cylinder(0.5, _j(r, 1.0), sections=48),
+            ("bir silindir", "dik bir silindir"),
+        ),
+        Variant(
+            "ince_silindir",
+            lambda r: creation.cylinder(_j(r, 0.18), 1.0, sections=48),
+            ("ince uzun bir silindir", "ince bir çubuk"),
+        ),
+        Variant(
+            "disk",
+            lambda r: creation.cylinder(0.5, _j(r, 0.2), sections=48),
+            ("basık bir silindir", "yuvarlak bir disk"),
+        ),
+        Variant(
+            "yatay_silindir",
+            lambda r: _rotated(creation.cylinder(_j(r, 0.25), 1.0, sections=48), "y", 90),
+            ("yatay duran bir silindir", "yere yatırılmış bir silindir"),
+        ),
+        Variant(
+            "koni", lambda r: creation.cone(0.5, _j(r, 1.0), sections=48), ("bir koni", "sivri uçlu bir koni")
+        ),
+        Variant(
+            "ters_koni",
+            lambda r: _rotated(creation.cone(0.5, _j(r, 1.0), sections=48), "x", 180),
+            ("ters duran bir koni", "baş aşağı bir koni"),
+        ),
+        Variant(
+            "piramit",
+            lambda r: creation.cone(0.7, _j(r, 0.9), sections=4),
+            ("kare tabanlı bir piramit", "dört yüzlü bir piramit"),
+        ),
+        Variant(
+            "ince_simit",
+            lambda r: creation.torus(1.0, _j(r, 0.2), major_sections=48, minor_sections=16),
+            ("ince bir simit", "ince bir halka"),
+        ),
+        Variant(
+            "kalin_simit",
+            lambda r: creation.torus(1.0, _j(r, 0.45), major_sections=48, minor_sections=16),
+            ("kalın bir simit", "tombul bir halka"),
+        ),
+        Variant(
+            "dik_simit",
+            lambda r: _rotated(
+                creation.torus(1.0, _j(r, 0.3), major_sections=48, minor_sections=16), "x", 90
+            ),
+            ("dik duran bir simit", "ayakta duran bir halka"),
+        ),
+        Variant(
+            "bes_yildiz",
+            lambda r: star_prism(5, _j(r, 0.45)),
+            ("beş köşeli yıldız motifi", "beş kollu bir yıldız"),
+        ),
+        Variant(
+            "alti_yildiz",
+            lambda r: star_prism(6, _j(r, 0.55)),
+            ("altı köşeli yıldız motifi", "altı kollu bir yıldız"),
+        ),
+        Variant(
+            "sekiz_yildiz",
+            lambda r: star_prism(8, _j(r, 0.6)),
+            ("sekiz köşeli yıldız motifi", "sekiz kollu bir yıldız"),
+        ),
         Variant("hilal", lambda r: crescent(_j(r, 0.3)), ("bir hilal motifi", "yatay bir ay hilali")),
-        Variant("dik_hilal", lambda r: _rotated(crescent(_j(r, 0.3)), "x", 90), ("dik duran bir hilal", "ayakta duran bir hilal motifi")),
-        Variant("kubbe", lambda r: _revolve([(0, 0)] + [(math.cos(t), _j(r, 0.9, 0.04) * math.sin(t)) for t in np.linspace(0, math.pi / 2, 16)]),
-                ("yarım küre biçiminde bir kubbe", "yuvarlak bir kubbe")),
-        Variant("sivri_kubbe", lambda r: _revolve([(0, 0)] + [(math.cos(t), _j(r, 1.6) * math.sin(t) ** 1.8) for t in np.linspace(0, math.pi / 2, 16)]),
-                ("sivri bir kubbe", "yüksek sivri bir kubbe")),
-        Variant("vazo", lambda r: _revolve([(0, 0), (0.5, 0), (0.9, 0.4), (0.7, 0.9), (0.35, 1.2), (_j(r, 0.5), 1.6), (0, 1.6)]),
-                ("şişkin gövdeli bir vazo", "uzun boyunlu bir testi")),
-        Variant("minare", lambda r: _revolve([(0, 0), (0.2, 0), (0.2, 1.6), (0.28, 1.65), (0.2, 1.7), (0.2, 2.0), (0, _j(r, 2.5, 0.04))]),
-                ("ince uzun bir minare", "sivri külahlı bir minare")),
-        Variant("altigen_prizma", lambda r: creation.cylinder(0.5, _j(r, 0.8), sections=6), ("altıgen bir prizma", "altı köşeli bir sütun")),
+        Variant(
+            "dik_hilal",
+            lambda r: _rotated(crescent(_j(r, 0.3)), "x", 90),
+            ("dik duran bir hilal", "ayakta duran bir hilal motifi"),
+        ),
+        Variant(
+            "kubbe",
+            lambda r: _revolve(
+                [(0, 0)]
+                + [(math.cos(t), _j(r, 0.9, 0.04) * math.sin(t)) for t in np.linspace(0, math.pi / 2, 16)]
+            ),
+            ("yarım küre biçiminde bir kubbe", "yuvarlak bir kubbe"),
+        ),
+        Variant(
+            "sivri_kubbe",
+            lambda r: _revolve(
+                [(0, 0)]
+                + [(math.cos(t), _j(r, 1.6) * math.sin(t) ** 1.8) for t in np.linspace(0, math.pi / 2, 16)]
+            ),
+            ("sivri bir kubbe", "yüksek sivri bir kubbe"),
+        ),
+        Variant(
+            "vazo",
+            lambda r: _revolve(
+                [(0, 0), (0.5, 0), (0.9, 0.4), (0.7, 0.9), (0.35, 1.2), (_j(r, 0.5), 1.6), (0, 1.6)]
+            ),
+            ("şişkin gövdeli bir vazo", "uzun boyunlu bir testi"),
+        ),
+        Variant(
+            "minare",
+            lambda r: _revolve(
+                [(0, 0), (0.2, 0), (0.2, 1.6), (0.28, 1.65), (0.2, 1.7), (0.2, 2.0), (0, _j(r, 2.5, 0.04))]
+            ),
+            ("ince uzun bir minare", "sivri külahlı bir minare"),
+        ),
+        Variant(
+            "altigen_prizma",
+            lambda r: creation.cylinder(0.5, _j(r, 0.8), sections=6),
+            ("altıgen bir prizma", "altı köşeli bir sütun"),
+        ),
     ]
 
 
@@ -144,12 +245,19 @@ def apply_style(mesh: trimesh.Trimesh, style: str) -> trimesh.Trimesh:
     return _scaled(mesh, factor, factor, 1.0)
 
 
-def generate_default_data(root: str | Path, copies_train: int = 4, copies_val: int = 1, seed: int = 0) -> Path:
+def generate_default_data(
+    root: str | Path, copies_train: int = 4, copies_val: int = 1, seed: int = 0
+) -> Path:
     """Write the motif meshes and ``train.jsonl`` / ``val.jsonl`` under ``root`` (once; reused while the
     manifest's version and counts match). Returns ``root``."""
     root = Path(root)
     manifest_path = root / "manifest.json"
-    wanted = {"version": GENERATOR_VERSION, "copies_train": copies_train, "copies_val": copies_val, "seed": seed}
+    wanted = {
+        "version": GENERATOR_VERSION,
+        "copies_train": copies_train,
+        "copies_val": copies_val,
+        "seed": seed,
+    }
     if manifest_path.exists():
         try:
             if json.loads(manifest_path.read_text()) == wanted:

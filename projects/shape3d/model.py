@@ -1,20 +1,16 @@
-"""Text (+ optional reference point cloud, + style text) -> occupancy voxels -> mesh.
+"""The networks of text (+ optional reference point cloud, + style text) -> occupancy voxels -> mesh.
 
-Read top to bottom: point-cloud encoder, AdaIN-3D, the growing voxel decoder, the losses, then the
-LightningModule that wires a T5 text encoder, the shared latent and the decoder together and owns
-optimisation, metrics, media and mesh export.
+Read top to bottom: point-cloud encoder, AdaIN-3D, the growing voxel decoder, then the losses and the mesh
+helpers the LightningModule (:mod:`projects.shape3d.module`) and the writer use. The T5 text encoder is in
+:mod:`projects.shape3d.text_encoder`.
 """
 
 from __future__ import annotations
 
-import random
-
-import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
 import trimesh
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -26,13 +22,6 @@ from common.geometry import (
     voxel_grid_points,
     voxels_to_mesh,
 )
-from common.media import Image, Mesh
-from common.metrics.geometry import ChamferDistance, VoxelIoU
-from projects.shape3d.render import preview_grid
-from projects.shape3d.shapes import all_texts
-from projects.shape3d.text import TINY, TextEncoder
-
-TURKISH_ALPHABET = "abcçdefgğhıijklmnoöprsştuüvyzqwx0123456789 .,"
 
 # ----------------------------------------------------------------------------------------------- encoders
 
@@ -44,7 +33,13 @@ class PointEncoder(nn.Module):
 
     def __init__(self, dim: int = 128, hidden: int = 64) -> None:
         super().__init__()
-        self.point_mlp = nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, dim))
+        self.point_mlp = nn.Sequential(
+            nn.Linear(3, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, 2 * hidden),
+            nn.GELU(),
+            nn.Linear(2 * hidden, dim),
+        )
         self.out = nn.Sequential(nn.GELU(), nn.Linear(dim, dim))
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
@@ -102,16 +97,22 @@ class VoxelDecoder(nn.Module):
     ) -> None:
         super().__init__()
         if len(grow_resolutions) != len(grow_channels):
-            raise ValueError(f"grow_resolutions {grow_resolutions} and grow_channels {grow_channels} differ in length")
+            raise ValueError(
+                f"grow_resolutions {grow_resolutions} and grow_channels {grow_channels} differ in length"
+            )
         self.base_size = base_size
         self.base_sizes = [base_size * 2 ** (i + 1) for i in range(len(channels) - 1)]
         self.base_resolution = self.base_sizes[-1]
         self.grow_resolutions = list(grow_resolutions)
         self.gradient_checkpointing = gradient_checkpointing
         self.fc = nn.Linear(latent_dim, channels[0] * base_size**3)
-        self.blocks = nn.ModuleList(UpBlock(channels[i], channels[i + 1], style_dim) for i in range(len(channels) - 1))
+        self.blocks = nn.ModuleList(
+            UpBlock(channels[i], channels[i + 1], style_dim) for i in range(len(channels) - 1)
+        )
         grow_in = [channels[-1], *grow_channels[:-1]]
-        self.grow_blocks = nn.ModuleList(UpBlock(c_in, c_out, style_dim) for c_in, c_out in zip(grow_in, grow_channels, strict=True))
+        self.grow_blocks = nn.ModuleList(
+            UpBlock(c_in, c_out, style_dim) for c_in, c_out in zip(grow_in, grow_channels, strict=True)
+        )
         self.heads = nn.ModuleDict({str(self.base_resolution): nn.Conv3d(channels[-1], 1, 1)})
         for resolution, c in zip(grow_resolutions, grow_channels, strict=True):
             self.heads[str(resolution)] = nn.Conv3d(c, 1, 1)
@@ -129,9 +130,15 @@ class VoxelDecoder(nn.Module):
             return checkpoint(block, x, size, style, use_reentrant=False)
         return block(x, size, style)
 
-    def forward(self, latent: torch.Tensor, styles: list[torch.Tensor], resolution: int, alpha: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, latent: torch.Tensor, styles: list[torch.Tensor], resolution: int, alpha: float = 1.0
+    ) -> torch.Tensor:
         """``styles``: one style code per layer (``num_style_layers``), so layers can take different styles."""
-        x = self.fc(latent).view(len(latent), -1, *(self.base_size,) * 3).contiguous(memory_format=self.memory_format)
+        x = (
+            self.fc(latent)
+            .view(len(latent), -1, *(self.base_size,) * 3)
+            .contiguous(memory_format=self.memory_format)
+        )
         for layer, (block, size) in enumerate(zip(self.blocks, self.base_sizes, strict=True)):
             x = self._run(block, x, size, styles[layer])
         logits = self.heads[str(self.base_resolution)](x)
@@ -151,7 +158,9 @@ class VoxelDecoder(nn.Module):
 # ----------------------------------------------------------------------------------------------- losses
 
 
-def occupancy_loss(logits: torch.Tensor, target: torch.Tensor, focal_gamma: float = 0.0, dice_weight: float = 1.0) -> torch.Tensor:
+def occupancy_loss(
+    logits: torch.Tensor, target: torch.Tensor, focal_gamma: float = 0.0, dice_weight: float = 1.0
+) -> torch.Tensor:
     """BCE (focal when ``focal_gamma > 0``) + soft Dice on voxels: the decoder's main training signal.
     Dice keeps thin shapes (few occupied voxels) from collapsing to empty."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -170,7 +179,13 @@ def soft_surface(prob: torch.Tensor) -> torch.Tensor:
     return prob * (1 - neighbour_min)
 
 
-def surface_chamfer_loss(prob: torch.Tensor, distances: torch.Tensor, target_points: torch.Tensor, topk: int = 512, tau: float = 1e-3) -> torch.Tensor:
+def surface_chamfer_loss(
+    prob: torch.Tensor,
+    distances: torch.Tensor,
+    target_points: torch.Tensor,
+    topk: int = 512,
+    tau: float = 1e-3,
+) -> torch.Tensor:
     """Chamfer between target surface points and occupancy-weighted predicted surface voxels, with gradients.
 
     pred -> target: mean squared distance of the predicted surface voxels to the target surface, weighted by their
@@ -189,7 +204,14 @@ def surface_chamfer_loss(prob: torch.Tensor, distances: torch.Tensor, target_poi
     return (to_target + to_pred).mean()
 
 
-def refine_mesh(mesh: trimesh.Trimesh, prob: torch.Tensor, steps: int, edge_weight: float = 0.1, laplacian_weight: float = 0.05, lr: float = 2e-3) -> trimesh.Trimesh:
+def refine_mesh(
+    mesh: trimesh.Trimesh,
+    prob: torch.Tensor,
+    steps: int,
+    edge_weight: float = 0.1,
+    laplacian_weight: float = 0.05,
+    lr: float = 2e-3,
+) -> trimesh.Trimesh:
     """Move marching-cubes vertices onto the 0.5 level of the trilinear occupancy field, regularised by edge-length
     and Laplacian losses so the refined mesh stays smooth and evenly meshed. Works inside ``predict`` too
     (it turns gradients back on locally)."""
@@ -198,13 +220,17 @@ def refine_mesh(mesh: trimesh.Trimesh, prob: torch.Tensor, steps: int, edge_weig
     with torch.inference_mode(False), torch.enable_grad():
         verts = torch.tensor(np.asarray(mesh.vertices), dtype=torch.float32, requires_grad=True)
         faces = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
-        volume = prob.detach().float().cpu().clone()[None, None]  # a normal tensor even if prob is an inference one
+        volume = (
+            prob.detach().float().cpu().clone()[None, None]
+        )  # a normal tensor even if prob is an inference one
         with torch.no_grad():
             target_edge = float((verts[faces[:, 0]] - verts[faces[:, 1]]).norm(dim=1).mean())
         optimizer = torch.optim.Adam([verts], lr=lr)
         for _ in range(steps):
             level = sample_grid(volume, verts[None])[0, 0]
-            loss = (level - 0.5).square().mean() + edge_weight * mesh_edge_loss(verts, faces, target_edge) / target_edge**2
+            loss = (level - 0.5).square().mean() + edge_weight * mesh_edge_loss(
+                verts, faces, target_edge
+            ) / target_edge**2
             loss = loss + laplacian_weight * mesh_laplacian_smoothing(verts, faces) / target_edge
             optimizer.zero_grad()
             loss.backward()
@@ -219,247 +245,3 @@ def mesh_points(prob: np.ndarray | torch.Tensor, count: int, seed: int = 0) -> t
     if len(mesh.faces) == 0 or mesh.area <= 0:
         return torch.zeros(1, 3)
     return torch.from_numpy(sample_surface_points(mesh, count, seed=seed))
-
-
-# ----------------------------------------------------------------------------------------------- module
-
-
-class Shape3DModule(pl.LightningModule):
-    """Turkish description (+ style text, + optional reference points) -> occupancy grid -> mesh.
-
-    Text and style go through the same T5 encoder; the text code (plus the point code when a reference cloud is
-    given) forms the shared latent, the style code drives every AdaIN-3D layer of the decoder.
-    """
-
-    def __init__(
-        self,
-        text_encoder: str = TINY,
-        text_corpus: list[str] | None = None,
-        tokenizer_dir: str | None = None,
-        tiny_d_model: int = 64,
-        tiny_layers: int = 2,
-        latent_dim: int = 128,
-        style_dim: int = 64,
-        channels: list[int] = (64, 32, 16, 8),
-        grow_resolutions: list[int] = (48, 64),
-        grow_channels: list[int] = (8, 8),
-        use_points: bool = True,
-        point_encoder_checkpoint: str | None = None,
-        gradient_checkpointing: bool = False,
-        channels_last: bool = True,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-5,
-        plateau_factor: float = 0.5,
-        plateau_patience: int = 2,
-        dice_weight: float = 1.0,
-        focal_gamma: float = 0.0,
-        surface_weight: float = 5.0,
-        surface_topk: int = 512,
-        surface_points: int = 1024,
-        style_mixing_prob: float = 0.1,
-        eval_resolution: int = 32,
-        chamfer_points: int = 2048,
-        num_media_samples: int = 3,
-        torch_num_threads: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        if torch_num_threads:
-            # on a shared CPU, 3D conv backward with >1 OpenMP thread can be 10-30x slower than with one
-            torch.set_num_threads(torch_num_threads)
-        from projects.shape3d.data import DEFAULT_DATA_DIR  # data module imports nothing from here
-
-        corpus = list(text_corpus) if text_corpus else all_texts() + [TURKISH_ALPHABET, TURKISH_ALPHABET.upper()]
-        self.text_encoder = TextEncoder(
-            text_encoder, corpus=corpus, tokenizer_dir=tokenizer_dir or DEFAULT_DATA_DIR / "tokenizer",
-            d_model=tiny_d_model, num_layers=tiny_layers,
-        )
-        text_dim = self.text_encoder.dim
-        self.text_proj = nn.Sequential(nn.Linear(text_dim, latent_dim), nn.GELU(), nn.Linear(latent_dim, latent_dim))
-        self.point_encoder = PointEncoder(latent_dim) if use_points else None
-        if self.point_encoder is not None and point_encoder_checkpoint:
-            state = torch.load(point_encoder_checkpoint, map_location="cpu", weights_only=True)
-            self.point_encoder.load_state_dict(state)
-        self.style_mapping = nn.Sequential(nn.Linear(text_dim, style_dim), nn.GELU(), nn.Linear(style_dim, style_dim))
-        self.decoder = VoxelDecoder(
-            latent_dim, style_dim, tuple(channels), tuple(grow_resolutions), tuple(grow_channels),
-            gradient_checkpointing=gradient_checkpointing, channels_last=channels_last,
-        )
-        self.resolution = self.decoder.base_resolution
-        self.fade_alpha = 1.0
-        self.val_iou = VoxelIoU()
-        self.val_chamfer = ChamferDistance()
-        self.baseline_iou = VoxelIoU()
-        self.baseline_chamfer = ChamferDistance()
-        self._baseline_points: torch.Tensor | None = None
-        self._media: list[dict] = []
-
-    # ------------------------------------------------------------------ growing hooks (ProgressiveResolution)
-
-    def set_resolution(self, resolution: int) -> None:
-        epoch = self._trainer.current_epoch if self._trainer is not None else 0
-        if resolution != self.resolution:
-            rank_zero_info(f"[shape3d] epoch {epoch}: voxel resolution {self.resolution}^3 -> {resolution}^3")
-        elif epoch == 0:
-            rank_zero_info(f"[shape3d] epoch {epoch}: voxel resolution {resolution}^3")
-        self.resolution = resolution
-
-    def set_fade_alpha(self, alpha: float) -> None:
-        self.fade_alpha = alpha
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # resolution and fade-in alpha are not parameters, but they define the model's output: a resumed run and
-        # `predict --ckpt_path` must use the ones the checkpoint was trained / measured with
-        checkpoint["shape3d_resolution"] = self.resolution
-        checkpoint["shape3d_fade_alpha"] = float(self.fade_alpha)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.resolution = checkpoint.get("shape3d_resolution", self.resolution)
-        self.fade_alpha = float(checkpoint.get("shape3d_fade_alpha", self.fade_alpha))
-        self._data_follows_model()
-
-    def on_validation_start(self) -> None:
-        self._data_follows_model()
-
-    def _data_follows_model(self) -> None:
-        """Outside ``fit`` no ProgressiveResolution callback runs, so ``tgm validate --ckpt_path`` would feed 32^3
-        targets to a checkpoint restored at 48^3 or 64^3: the datamodule takes the model's resolution instead."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None and getattr(datamodule, "resolution", self.resolution) != self.resolution:
-            datamodule.set_resolution(self.resolution)
-
-    # ------------------------------------------------------------------ data hooks
-
-    def on_train_epoch_start(self) -> None:
-        # new augmentations every epoch: runs before the epoch's DataLoader iterator (and its workers) is created
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "set_epoch"):
-            datamodule.set_epoch(self.current_epoch)
-
-    # ------------------------------------------------------------------ forward
-
-    def style_codes(self, styles: list[str], mix_with: list[str] | None = None, crossover: int | None = None) -> list[torch.Tensor]:
-        """One style code per decoder layer; with ``mix_with``, layers from ``crossover`` on take the second style."""
-        code = self.style_mapping(self.text_encoder(styles))
-        codes = [code] * self.decoder.num_style_layers
-        if mix_with is not None:
-            other = self.style_mapping(self.text_encoder(mix_with))
-            crossover = self.decoder.num_style_layers // 2 if crossover is None else crossover
-            codes = [code if layer < crossover else other for layer in range(self.decoder.num_style_layers)]
-        return codes
-
-    def forward(
-        self,
-        texts: list[str],
-        styles: list[str],
-        ref_points: torch.Tensor | None = None,
-        has_ref: torch.Tensor | None = None,
-        resolution: int | None = None,
-        style_codes: list[torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Occupancy logits (B, R, R, R) at ``resolution`` (the current one by default)."""
-        latent = self.text_proj(self.text_encoder(texts))
-        if self.point_encoder is not None and ref_points is not None and has_ref is not None and bool(has_ref.any()):
-            latent = latent + has_ref.to(latent.dtype)[:, None] * self.point_encoder(ref_points.to(latent.dtype))
-        codes = style_codes if style_codes is not None else self.style_codes(styles)
-        # the current fade-in alpha in training and validation alike: validation measures the model as it is now
-        return self.decoder(latent, codes, resolution or self.resolution, self.fade_alpha)
-
-    # ------------------------------------------------------------------ training
-
-    def _losses(self, batch: dict, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = logits.float()
-        occupancy = occupancy_loss(logits, batch["voxels"], self.hparams.focal_gamma, self.hparams.dice_weight)
-        surface_res = batch["distances"].shape[-1]
-        low = logits if logits.shape[-1] == surface_res else F.interpolate(logits[:, None], size=(surface_res,) * 3, mode="trilinear", align_corners=False)[:, 0]
-        surface = surface_chamfer_loss(
-            torch.sigmoid(low), batch["distances"], batch["points"][:, : self.hparams.surface_points], self.hparams.surface_topk
-        )
-        return {"occupancy": occupancy, "surface": surface, "loss": occupancy + self.hparams.surface_weight * surface}
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        styles = list(batch["style"])
-        codes = None
-        if self.hparams.style_mixing_prob > 0 and random.random() < self.hparams.style_mixing_prob and len(styles) > 1:
-            # style mixing: coarse layers keep the sample's style, fine layers take another sample's (StyleGAN)
-            codes = self.style_codes(styles, mix_with=styles[1:] + styles[:1], crossover=random.randint(1, self.decoder.num_style_layers - 1))
-        logits = self(list(batch["text"]), styles, batch["ref_points"], batch["has_ref"], style_codes=codes)
-        losses = self._losses(batch, logits)
-        size = len(batch["text"])
-        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
-        self.log("train/occupancy_loss", losses["occupancy"], batch_size=size)
-        self.log("train/surface_chamfer_loss", losses["surface"], batch_size=size)
-        self.log("train/fade_alpha", self.fade_alpha, batch_size=size)
-        return losses["loss"]
-
-    # ------------------------------------------------------------------ validation
-
-    def on_validation_epoch_start(self) -> None:
-        self._media = []
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if self._baseline_points is None and datamodule is not None and getattr(datamodule, "train_store", None) is not None:
-            mean, threshold = datamodule.mean_shape()
-            self._baseline = (mean, threshold)
-            # shift the mean grid so the chosen threshold becomes the 0.5 iso-level of the mesh
-            self._baseline_points = mesh_points(mean - threshold + 0.5, self.hparams.chamfer_points)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(list(batch["text"]), list(batch["style"]), batch["ref_points"], batch["has_ref"])
-        losses = self._losses(batch, logits)
-        size = len(batch["text"])
-        self.log("val/loss", losses["loss"], batch_size=size, sync_dist=True)  # epoch mean over every rank's batches
-        eval_res = batch["eval_voxels"].shape[-1]
-        eval_logits = logits if logits.shape[-1] == eval_res else F.interpolate(logits[:, None].float(), size=(eval_res,) * 3, mode="trilinear", align_corners=False)[:, 0]
-        prob = torch.sigmoid(eval_logits.float())
-        self.val_iou(prob, batch["eval_voxels"])
-        predicted = [mesh_points(p.cpu(), self.hparams.chamfer_points, seed=i) for i, p in enumerate(prob)]
-        self.val_chamfer(predicted, [t.cpu() for t in batch["points"]])
-        self.log("val/iou", self.val_iou, prog_bar=True, batch_size=size)
-        self.log("val/chamfer", self.val_chamfer, prog_bar=True, batch_size=size)
-        if self._baseline_points is not None:
-            mean, threshold = self._baseline
-            self.baseline_iou((mean > threshold).float().expand_as(prob).to(prob.device), batch["eval_voxels"])
-            self.baseline_chamfer([self._baseline_points] * size, [t.cpu() for t in batch["points"]])
-            self.log("val/baseline_mean_shape_iou", self.baseline_iou, batch_size=size)
-            self.log("val/baseline_mean_shape_chamfer", self.baseline_chamfer, batch_size=size)
-        if batch_idx == 0:
-            full = torch.sigmoid(logits.float()).cpu()
-            for i in range(min(self.hparams.num_media_samples, size)):
-                self._media.append({"text": batch["text"][i], "style": batch["style"][i], "pred": full[i], "target": batch["voxels"][i].cpu()})
-
-    def media_samples(self) -> dict:
-        """Predicted and target meshes (W&B Object3D) and one preview image: prediction | target per row."""
-        items: dict = {}
-        for i, sample in enumerate(self._media):
-            caption = sample["text"] + (f" [{sample['style']}]" if sample["style"] else "")
-            for kind in ("pred", "target"):
-                mesh = voxels_to_mesh(sample[kind], 0.5)
-                if len(mesh.faces):
-                    items[f"sample{i}/{kind}"] = Mesh(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces), caption=f"{kind}: {caption}")
-        if self._media:
-            picture = preview_grid([(s["pred"] > 0.5).numpy() for s in self._media], [(s["target"] > 0.5).numpy() for s in self._media])
-            captions = " | ".join(s["text"] for s in self._media)
-            items["preview"] = Image(picture, caption=f"left: prediction, right: target (front, side, top) — {captions}")
-        return items
-
-    # ------------------------------------------------------------------ predict / export
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """Occupancy probabilities (B, R, R, R) for each description; :class:`projects.shape3d.writer.MeshWriter`
-        turns them into mesh files (export options live there, not in the model's checkpointed hyperparameters)."""
-        logits = self(list(batch["text"]), list(batch["style"]), batch["ref_points"], batch["has_ref"])
-        return {"prob": torch.sigmoid(logits.float()).cpu(), "text": list(batch["text"]), "style": list(batch["style"]),
-                "index": batch["index"].tolist()}
-
-    # ------------------------------------------------------------------ optimisation
-
-    def configure_optimizers(self):
-        """AdamW over the trainable parameters (frozen ones join when FreezeUnfreeze releases them) and
-        ReduceLROnPlateau on the validation Chamfer distance."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=self.hparams.plateau_factor, patience=self.hparams.plateau_patience
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/chamfer", "interval": "epoch", "strict": False}}
-

@@ -38,7 +38,10 @@ def preview_grid(preds: list[np.ndarray], targets: list[np.ndarray], size: int =
         tiles = [colourise(depth_view(pred, a, size), PRED_COLOUR) for a in (1, 0, 2)]
         tiles += [colourise(depth_view(target, a, size), TARGET_COLOUR) for a in (1, 0, 2)]
         height = max(t.shape[0] for t in tiles)
-        tiles = [np.pad(t, ((0, height - t.shape[0]), (0, height - t.shape[1]), (0, 0)), constant_values=1.0) for t in tiles]
+        tiles = [
+            np.pad(t, ((0, height - t.shape[0]), (0, height - t.shape[1]), (0, 0)), constant_values=1.0)
+            for t in tiles
+        ]
         separated = []
         for index, tile in enumerate(tiles):
             separated.append(tile)

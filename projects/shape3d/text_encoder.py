@@ -24,7 +24,9 @@ def train_tiny_tokenizer(texts: list[str], directory: str | Path, vocab_size: in
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     directory = Path(directory)
-    digest = hashlib.sha1(json.dumps([sorted(set(texts)), vocab_size], ensure_ascii=False).encode()).hexdigest()
+    digest = hashlib.sha1(
+        json.dumps([sorted(set(texts)), vocab_size], ensure_ascii=False).encode()
+    ).hexdigest()
     stamp = directory / "corpus.sha1"
     if stamp.exists() and stamp.read_text() == digest:
         return AutoTokenizer.from_pretrained(str(directory))
@@ -32,10 +34,16 @@ def train_tiny_tokenizer(texts: list[str], directory: str | Path, vocab_size: in
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
     tokenizer.train_from_iterator(sorted(set(texts)), trainer)
-    tokenizer.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tokenizer.token_to_id("</s>"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.post_processor = TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", tokenizer.token_to_id("</s>"))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
     directory.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(directory))
     stamp.write_text(digest)
@@ -67,12 +75,22 @@ class TextEncoder(nn.Module):
         self.max_length = max_length
         if name == TINY:
             if not corpus or tokenizer_dir is None:
-                raise ValueError("TextEncoder('tiny') needs a corpus of texts and a tokenizer_dir to train its tokenizer")
+                raise ValueError(
+                    "TextEncoder('tiny') needs a corpus of texts and a tokenizer_dir to train its tokenizer"
+                )
             self.tokenizer = train_tiny_tokenizer(corpus, tokenizer_dir)
             config = T5Config(
-                vocab_size=len(self.tokenizer), d_model=d_model, d_kv=d_model // num_heads, d_ff=2 * d_model,
-                num_layers=num_layers, num_heads=num_heads, dropout_rate=0.0, feed_forward_proj="gated-gelu",
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, decoder_start_token_id=0,
+                vocab_size=len(self.tokenizer),
+                d_model=d_model,
+                d_kv=d_model // num_heads,
+                d_ff=2 * d_model,
+                num_layers=num_layers,
+                num_heads=num_heads,
+                dropout_rate=0.0,
+                feed_forward_proj="gated-gelu",
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                decoder_start_token_id=0,
             )
             self.encoder = T5EncoderModel(config)
         else:
@@ -84,7 +102,10 @@ class TextEncoder(nn.Module):
         # T5 ties the input embedding as two modules sharing one weight; make it one module, so code that walks
         # modules (Lightning's BaseFinetuning, used by FreezeUnfreeze) does not add the same parameter twice
         stack = self.encoder.get_encoder() if hasattr(self.encoder, "get_encoder") else self.encoder.encoder
-        if stack.embed_tokens is not self.encoder.shared and stack.embed_tokens.weight is self.encoder.shared.weight:
+        if (
+            stack.embed_tokens is not self.encoder.shared
+            and stack.embed_tokens.weight is self.encoder.shared.weight
+        ):
             stack.embed_tokens = self.encoder.shared
         self.dim = self.encoder.config.d_model
 
@@ -92,6 +113,8 @@ class TextEncoder(nn.Module):
         batch = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.encoder.device)
-        hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = self.encoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)

@@ -54,9 +54,20 @@ class MeshWriter(BasePredictionWriter):
         if self.resolution is not None:
             pl_module.set_resolution(self.resolution)
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: dict, batch_indices, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def write_on_batch_end(
+        self,
+        trainer,
+        pl_module,
+        prediction: dict,
+        batch_indices,
+        batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        for prob, text, style, index in zip(prediction["prob"], prediction["text"], prediction["style"], prediction["index"], strict=True):
+        for prob, text, style, index in zip(
+            prediction["prob"], prediction["text"], prediction["style"], prediction["index"], strict=True
+        ):
             mesh = refine_mesh(voxels_to_mesh(prob, self.level), prob, self.refine_steps)
             if len(mesh.faces) == 0:
                 rank_zero_info(f"[shape3d] predict: '{text}' gave an empty shape; writing an empty mesh")

@@ -23,7 +23,7 @@ from projects.shape3d.data import (
     random_similarity,
     read_captions,
 )
-from projects.shape3d.shapes import STYLES, generate_default_data, variants
+from projects.shape3d.generate import STYLES, generate_default_data, variants
 
 
 def write_set(root: Path, rows: list[dict], fmt: str = "jsonl") -> Path:
@@ -67,7 +67,10 @@ def test_reads_meshes_and_captions(tmp_path, fmt):
 @pytest.mark.parametrize(
     "bad_row, message",
     [
-        ({"mesh": "m/missing.obj", "text": "kayıp"}, "captions.jsonl:4: mesh file .*missing.obj' does not exist"),
+        (
+            {"mesh": "m/missing.obj", "text": "kayıp"},
+            "captions.jsonl:4: mesh file .*missing.obj' does not exist",
+        ),
         ({"mesh": "m/box.obj", "text": "  "}, "captions.jsonl:4: empty caption text"),
         ({"mesh": "m/garbage.ply", "text": "bozuk"}, "captions.jsonl:4: .*garbage.ply"),
         ({"mesh": "m/empty.obj", "text": "boş"}, "captions.jsonl:4: .*empty.obj"),
@@ -118,14 +121,21 @@ def test_generated_default_set_is_complete_and_reused(tmp_path):
 
 def test_augmentation_is_consistent_for_voxels_points_and_meshes(tmp_path):
     # off-centre, so a rotation the wrong way round would land elsewhere
-    mesh = trimesh.creation.box((0.4, 0.2, 0.3), transform=trimesh.transformations.translation_matrix((0.15, 0.1, 0)))
+    mesh = trimesh.creation.box(
+        (0.4, 0.2, 0.3), transform=trimesh.transformations.translation_matrix((0.15, 0.1, 0))
+    )
     generator = torch.Generator().manual_seed(3)
     matrix = random_similarity(generator, 30.0, (0.8, 1.2))
     assert abs(torch.linalg.det(matrix).item() ** (1 / 3) - 1) <= 0.2 + 1e-6
     grid = torch.from_numpy(voxelize_mesh(mesh, 48)).float()
     points = torch.from_numpy(trimesh.sample.sample_surface(mesh, 200, seed=0)[0]).float()
-    sample = {"voxels": grid, "eval_voxels": grid, "points": points, "ref_points": points.clone(),
-              "distances": torch.zeros(16, 16, 16)}
+    sample = {
+        "voxels": grid,
+        "eval_voxels": grid,
+        "points": points,
+        "ref_points": points.clone(),
+        "distances": torch.zeros(16, 16, 16),
+    }
     out = augment_sample(sample, matrix, 0.0, generator)
     moved = augment_mesh(mesh, matrix)
     expected_grid = torch.from_numpy(voxelize_mesh(moved, 48)).float()
@@ -136,7 +146,9 @@ def test_augmentation_is_consistent_for_voxels_points_and_meshes(tmp_path):
     back = (out["points"].double() @ torch.linalg.inv(matrix.double()).T).numpy()
     offset = np.abs(back - np.array([0.15, 0.1, 0.0])) / np.array([0.2, 0.1, 0.15])
     assert np.allclose(offset.max(1), 1.0, atol=1e-5)
-    assert np.allclose(moved.vertices, mesh.vertices @ matrix.double().numpy().T)  # the mesh moved the same way
+    assert np.allclose(
+        moved.vertices, mesh.vertices @ matrix.double().numpy().T
+    )  # the mesh moved the same way
 
 
 def test_datamodule_targets_follow_the_resolution(tmp_path):
@@ -144,8 +156,15 @@ def test_datamodule_targets_follow_the_resolution(tmp_path):
     (tmp_path / "captions.jsonl").rename(tmp_path / "train.jsonl")
     write_set(tmp_path, [])
     (tmp_path / "captions.jsonl").rename(tmp_path / "val.jsonl")
-    dm = ShapeDataModule(data_dir=str(tmp_path), num_points=64, num_ref_points=16, batch_size=2, eval_resolution=16,
-                         resolution=16, cache=True)
+    dm = ShapeDataModule(
+        data_dir=str(tmp_path),
+        num_points=64,
+        num_ref_points=16,
+        batch_size=2,
+        eval_resolution=16,
+        resolution=16,
+        cache=True,
+    )
     dm.setup("fit")
     for resolution in (16, 24, 32):
         dm.set_resolution(resolution)
@@ -195,7 +214,9 @@ def test_bad_user_data_raises_input_errors(tmp_path):
 
 def test_cache_is_written_atomically(tmp_path, monkeypatch):
     path = write_set(tmp_path, [])
-    store = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8, cache_dir=tmp_path / "cache")
+    store = ShapeStore(
+        path, num_points=32, num_ref_points=8, surface_resolution=8, cache_dir=tmp_path / "cache"
+    )
     store.voxels(8)
     names = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(names) == 2 and all(n.endswith(".npz") and not n.startswith(".") for n in names)
@@ -207,28 +228,40 @@ def test_cache_is_written_atomically(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "savez_compressed", crash)
     with pytest.raises(KeyboardInterrupt):
         store.voxels(12)
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == names  # no partial or temporary file left
+    assert (
+        sorted(p.name for p in (tmp_path / "cache").iterdir()) == names
+    )  # no partial or temporary file left
 
 
 def augmented_points(dataset: ShapeDataset, num_workers: int) -> list[torch.Tensor]:
-    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers, persistent_workers=False)
+    loader = DataLoader(
+        dataset, batch_size=1, shuffle=False, num_workers=num_workers, persistent_workers=False
+    )
     return [batch["points"][0] for batch in loader]
 
 
 def test_augmentations_depend_on_seed_epoch_and_index_not_on_workers(tmp_path):
     path = write_set(tmp_path, [])
     store = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8)
-    dataset = ShapeDataset(store, resolution=8, eval_resolution=8, augment=True, augment_prob=1.0, ref_points_prob=1.0, seed=5)
+    dataset = ShapeDataset(
+        store, resolution=8, eval_resolution=8, augment=True, augment_prob=1.0, ref_points_prob=1.0, seed=5
+    )
     epoch0 = augmented_points(dataset, num_workers=0)
-    assert all(not torch.allclose(p, store.points[i]) for i, p in enumerate(epoch0))  # every sample was augmented
+    assert all(
+        not torch.allclose(p, store.points[i]) for i, p in enumerate(epoch0)
+    )  # every sample was augmented
     # deterministic: the same epoch and index give the same sample, in any order and any process
     torch.testing.assert_close(dataset[2]["points"], epoch0[2])
     torch.testing.assert_close(augmented_points(dataset, num_workers=2), epoch0)
     dataset.set_epoch(1)  # set in the main process before the epoch's iterator: reaches the (new) workers
     epoch1 = augmented_points(dataset, num_workers=2)
     torch.testing.assert_close(augmented_points(dataset, num_workers=0), epoch1)
-    assert all(not torch.allclose(a, b) for a, b in zip(epoch0, epoch1, strict=True))  # a new draw every epoch
-    other_seed = ShapeDataset(store, resolution=8, eval_resolution=8, augment=True, augment_prob=1.0, ref_points_prob=1.0, seed=6)
+    assert all(
+        not torch.allclose(a, b) for a, b in zip(epoch0, epoch1, strict=True)
+    )  # a new draw every epoch
+    other_seed = ShapeDataset(
+        store, resolution=8, eval_resolution=8, augment=True, augment_prob=1.0, ref_points_prob=1.0, seed=6
+    )
     assert not torch.allclose(other_seed[0]["points"], epoch0[0])
 
 
@@ -236,11 +269,21 @@ def test_datamodule_passes_the_epoch_to_the_training_set(tmp_path):
     for name in ("train", "val"):
         write_set(tmp_path, [])
         (tmp_path / "captions.jsonl").rename(tmp_path / f"{name}.jsonl")
-    dm = ShapeDataModule(data_dir=str(tmp_path), num_points=32, num_ref_points=8, batch_size=2, eval_resolution=8,
-                         resolution=8, cache=False, augment=True)
+    dm = ShapeDataModule(
+        data_dir=str(tmp_path),
+        num_points=32,
+        num_ref_points=8,
+        batch_size=2,
+        eval_resolution=8,
+        resolution=8,
+        cache=False,
+        augment=True,
+    )
     dm.setup("fit")
     dm.set_epoch(3)
     assert dm.train_set.epoch == 3 and dm.val_set.epoch == 0  # validation data stays the same every epoch
-    dm.trainer = SimpleNamespace(current_epoch=7)  # a resumed run: train_dataloader() is built before the epoch hook
+    dm.trainer = SimpleNamespace(
+        current_epoch=7
+    )  # a resumed run: train_dataloader() is built before the epoch hook
     assert dm.train_dataloader().dataset.epoch == 7
     assert dm.train_dataloader().persistent_workers is False

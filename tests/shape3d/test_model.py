@@ -15,7 +15,8 @@ import trimesh
 
 from common.cli import run_cli
 from common.geometry import voxelize_mesh
-from projects.shape3d.model import AdaIN3d, Shape3DModule, VoxelDecoder, occupancy_loss, surface_chamfer_loss
+from projects.shape3d.model import AdaIN3d, VoxelDecoder, occupancy_loss, surface_chamfer_loss
+from projects.shape3d.module import Shape3DModule
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "shape3d" / "tiny.yaml")
@@ -23,21 +24,39 @@ CSV = str(ROOT / "configs" / "logger" / "csv.yaml")
 
 
 def tiny_module(**overrides) -> Shape3DModule:
-    args = dict(tiny_d_model=32, tiny_layers=1, latent_dim=32, style_dim=16, channels=[16, 8, 8, 4],
-                grow_resolutions=[48, 64], grow_channels=[4, 4], surface_topk=64, surface_points=128, lr=3e-3,
-                torch_num_threads=1)
+    args = dict(
+        tiny_d_model=32,
+        tiny_layers=1,
+        latent_dim=32,
+        style_dim=16,
+        channels=[16, 8, 8, 4],
+        grow_resolutions=[48, 64],
+        grow_channels=[4, 4],
+        surface_topk=64,
+        surface_points=128,
+        lr=3e-3,
+        torch_num_threads=1,
+    )
     return Shape3DModule(**(args | overrides))
 
 
 def test_decoder_grows_with_exact_sizes_and_fades_in():
     torch.manual_seed(0)
-    decoder = VoxelDecoder(16, 8, channels=(16, 8, 8, 4), grow_resolutions=(48, 64), grow_channels=(4, 4)).eval()
+    decoder = VoxelDecoder(
+        16, 8, channels=(16, 8, 8, 4), grow_resolutions=(48, 64), grow_channels=(4, 4)
+    ).eval()
     # growth heads start at zero (a new stage begins as the resized coarser output) ...
     assert all(float(decoder.heads[r].weight.abs().sum()) == 0 for r in ("48", "64"))
     with torch.no_grad():
-        torch.testing.assert_close(decoder(torch.ones(1, 16), [torch.ones(1, 8)] * 5, 48)[:, ::12, ::12, ::12],
-                                   F.interpolate(decoder(torch.ones(1, 16), [torch.ones(1, 8)] * 5, 32)[:, None], size=(48,) * 3,
-                                                 mode="trilinear", align_corners=False)[:, 0, ::12, ::12, ::12])
+        torch.testing.assert_close(
+            decoder(torch.ones(1, 16), [torch.ones(1, 8)] * 5, 48)[:, ::12, ::12, ::12],
+            F.interpolate(
+                decoder(torch.ones(1, 16), [torch.ones(1, 8)] * 5, 32)[:, None],
+                size=(48,) * 3,
+                mode="trilinear",
+                align_corners=False,
+            )[:, 0, ::12, ::12, ::12],
+        )
     for head in decoder.heads.values():  # ... give them weights, as after some training
         torch.nn.init.normal_(head.weight)
     latent = torch.randn(2, 16)
@@ -64,7 +83,9 @@ def test_adain_sets_channel_statistics_from_the_style():
     out = layer(x, style)
     scale, shift = layer.to_scale_shift(style).chunk(2, dim=1)
     torch.testing.assert_close(out.mean(dim=(2, 3, 4)), shift, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(out.std(dim=(2, 3, 4), unbiased=False), (1 + scale).abs(), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        out.std(dim=(2, 3, 4), unbiased=False), (1 + scale).abs(), atol=1e-3, rtol=1e-3
+    )
 
 
 def test_style_text_changes_the_shape_and_mixing_switches_layers():
@@ -92,7 +113,9 @@ def test_losses_carry_gradients_towards_the_target():
     occupancy_loss(logits, target).backward()
     # occupied voxels get pushed up, empty ones down
     assert (logits.grad[target.bool()] < 0).all() and (logits.grad[~target.bool()] > 0).all()
-    points = torch.from_numpy(trimesh.sample.sample_surface(trimesh.creation.icosphere(2, radius=0.3), 256, seed=0)[0]).float()[None]
+    points = torch.from_numpy(
+        trimesh.sample.sample_surface(trimesh.creation.icosphere(2, radius=0.3), 256, seed=0)[0]
+    ).float()[None]
     from common.geometry import voxel_grid_points
 
     centres = voxel_grid_points(16).reshape(16, 16, 16, 3)
@@ -116,10 +139,15 @@ def test_training_steps_fit_a_batch():
 
     centres = voxel_grid_points(32).reshape(32, 32, 32, 3)
     batch = {
-        "text": ["bir küre", "ince uzun bir prizma"], "style": ["", ""],
-        "voxels": voxels, "eval_voxels": voxels,
-        "points": torch.stack([torch.from_numpy(trimesh.sample.sample_surface(m, 256, seed=0)[0]).float() for m in shapes]),
-        "ref_points": torch.zeros(2, 16, 3), "has_ref": torch.zeros(2),
+        "text": ["bir küre", "ince uzun bir prizma"],
+        "style": ["", ""],
+        "voxels": voxels,
+        "eval_voxels": voxels,
+        "points": torch.stack(
+            [torch.from_numpy(trimesh.sample.sample_surface(m, 256, seed=0)[0]).float() for m in shapes]
+        ),
+        "ref_points": torch.zeros(2, 16, 3),
+        "has_ref": torch.zeros(2),
         "distances": torch.stack([(centres - centres.new_tensor([0.0, 0.0, 0.0])).norm(dim=-1) ** 2] * 2),
     }
     optimizer = model.configure_optimizers()["optimizer"]
@@ -144,13 +172,23 @@ def read_metrics(root: Path) -> list[dict]:
 
 def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    cli = run_cli([
-        "fit", "--config", TINY, "--config", CSV,
-        "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "csv"),
-        "--checkpoint.dirpath", str(tmp_path / "ckpt"),
-        "--trainer.limit_train_batches", "2",
-    ])
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            TINY,
+            "--config",
+            CSV,
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "csv"),
+            "--checkpoint.dirpath",
+            str(tmp_path / "ckpt"),
+            "--trainer.limit_train_batches",
+            "2",
+        ]
+    )
     assert cli.trainer.state.finished
     assert "epoch 1: voxel resolution 32^3 -> 48^3" in caplog.text  # the growth step is visible in the log
     rows = read_metrics(tmp_path / "csv")
@@ -169,12 +207,23 @@ def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, caplog)
     assert list(tmp_path.rglob("media/**/preview.png")) and list(tmp_path.rglob("media/**/*.obj"))
 
     # validate a 48^3 checkpoint in a fresh CLI run (no ProgressiveResolution acts outside fit): the data follows
-    validated = run_cli([
-        "validate", "--config", TINY, "--config", CSV,
-        "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "csv"),
-        "--checkpoint.dirpath", str(tmp_path / "ckpt"), "--ckpt_path", "last",
-    ])
+    validated = run_cli(
+        [
+            "validate",
+            "--config",
+            TINY,
+            "--config",
+            CSV,
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "csv"),
+            "--checkpoint.dirpath",
+            str(tmp_path / "ckpt"),
+            "--ckpt_path",
+            "last",
+        ]
+    )
     assert validated.model.resolution == validated.datamodule.resolution == 48
     assert np.isfinite(float(validated.trainer.callback_metrics["val/iou"]))
 
@@ -184,13 +233,25 @@ def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, caplog)
         "trainer:\n  callbacks:\n    - class_path: projects.shape3d.writer.MeshWriter\n"
         f"      init_args: {{output_dir: '{predict_dir}', formats: [obj, ply, glb], refine_steps: 3}}\n"
     )
-    run_cli([
-        "predict", "--config", TINY, "--config", CSV, "--config", str(writer_config),
-        "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "csv"),
-        "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"),
-        "--data.init_args.predict_texts", '["sekiz köşeli yıldız motifi", "ince uzun bir silindir"]',
-    ])
+    run_cli(
+        [
+            "predict",
+            "--config",
+            TINY,
+            "--config",
+            CSV,
+            "--config",
+            str(writer_config),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "csv"),
+            "--ckpt_path",
+            str(tmp_path / "ckpt" / "last.ckpt"),
+            "--data.init_args.predict_texts",
+            '["sekiz köşeli yıldız motifi", "ince uzun bir silindir"]',
+        ]
+    )
     files = sorted(predict_dir.iterdir())
     assert {f.suffix for f in files} == {".obj", ".ply", ".glb"} and len(files) == 6
     for path in files:
@@ -207,8 +268,11 @@ def test_checkpoint_saved_mid_fade_restores_alpha_and_output(tmp_path):
         torch.nn.init.normal_(head.weight)
     model.set_resolution(48)
     model.set_fade_alpha(0.375)  # mid-fade
-    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                  "pytorch-lightning_version": lightning.__version__}
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
     model.on_save_checkpoint(checkpoint)  # what Trainer.save_checkpoint adds to its dict
     torch.save(checkpoint, tmp_path / "mid_fade.ckpt")
     loaded = Shape3DModule.load_from_checkpoint(tmp_path / "mid_fade.ckpt", map_location="cpu")
@@ -232,20 +296,26 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model.set_resolution(48)
         model.train()
         model(["bir küre"], [""], resolution=48).square().mean().backward()
-    for (name, a), (_, b) in zip(plain.decoder.named_parameters(), checkpointed.decoder.named_parameters(), strict=True):
+    for (name, a), (_, b) in zip(
+        plain.decoder.named_parameters(), checkpointed.decoder.named_parameters(), strict=True
+    ):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
 def test_text_encoder_loads_a_local_directory_and_names_the_key_when_missing(tmp_path):
     from common.hub import PretrainedNotAvailable
-    from projects.shape3d.shapes import all_texts
-    from projects.shape3d.text import TextEncoder
+    from projects.shape3d.generate import all_texts
+    from projects.shape3d.text_encoder import TextEncoder
 
-    tiny = TextEncoder("tiny", corpus=all_texts(), tokenizer_dir=tmp_path / "tok", d_model=16, num_layers=1, num_heads=2)
+    tiny = TextEncoder(
+        "tiny", corpus=all_texts(), tokenizer_dir=tmp_path / "tok", d_model=16, num_layers=1, num_heads=2
+    )
     tiny.encoder.save_pretrained(tmp_path / "t5")
     tiny.tokenizer.save_pretrained(tmp_path / "t5")
     loaded = TextEncoder(str(tmp_path / "t5"))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(["bir küre", "kalın bir simit"]), tiny(["bir küre", "kalın bir simit"]))
+        torch.testing.assert_close(
+            loaded(["bir küre", "kalın bir simit"]), tiny(["bir küre", "kalın bir simit"])
+        )
     with pytest.raises(PretrainedNotAvailable, match="model.init_args.text_encoder"):
         TextEncoder(str(tmp_path / "missing"))
