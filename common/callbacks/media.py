@@ -9,13 +9,19 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from common.loggers import run_dir
-from common.media import to_wandb, write_media
+from common.media import Table, files_of, to_wandb, write_media
+from common.protocols import HasMediaSamples
 
 
 class MediaLogger(pl.Callback):
     """On the first validation of training and then every ``every_n_epochs``-th validation, call ``pl_module.media_samples()`` (a ``dict[str, Media]``,
-    see :mod:`common.media`), write each item under ``<run dir>/media/epoch_<N>/`` and log it to W&B when a
-    :class:`WandbLogger` is active. Modules without ``media_samples`` are skipped; runs on rank zero only.
+    see :mod:`common.media`), write each item under ``<run dir>/media/epoch_<N>/`` and log it to W&B as
+    ``media/<name>`` when a :class:`WandbLogger` is active. Modules without ``media_samples`` are skipped; runs on
+    rank zero only.
+
+    The run folder is self-contained: every picture is a file there (a table's images too, named by its CSV).
+    A table's files are also saved into the W&B run folder, because W&B itself keeps a table's images in a
+    staging folder outside the run until it is uploaded.
     """
 
     def __init__(self, every_n_epochs: int = 1, enabled: bool = True) -> None:
@@ -23,14 +29,15 @@ class MediaLogger(pl.Callback):
             raise ValueError(f"MediaLogger.every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
         self.enabled = enabled
-        self.written: list[Path] = []
+        self.written: list[Path] = []  # one file per media item (a table's CSV; its PNGs sit beside it)
+        self.logged_keys: set[str] = set()  # W&B keys: ``media/<name>``
         # Validations are counted, not epochs, so ``check_val_every_n_epoch`` > 1 still gets media; the count
         # is checkpointed so a resumed run keeps the same cadence.
         self.validations_seen = 0
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.enabled or trainer.sanity_checking or not hasattr(pl_module, "media_samples"):
+        if not self.enabled or trainer.sanity_checking or not isinstance(pl_module, HasMediaSamples):
             return
         self.validations_seen += 1
         if (self.validations_seen - 1) % self.every_n_epochs:
@@ -38,18 +45,25 @@ class MediaLogger(pl.Callback):
         samples = pl_module.media_samples()
         if not samples:
             return
-        out_dir = run_dir(trainer) / "media" / f"epoch_{trainer.current_epoch:04d}"
+        directory = run_dir(trainer)
+        out_dir = directory / "media" / f"epoch_{trainer.current_epoch:04d}"
         wandb_items = {}
         for name, item in samples.items():
             path = write_media(item, out_dir / name.replace("/", "_"))
             self.written.append(path)
             wandb_items[f"media/{name}"] = (item, path)
+        self.logged_keys.update(wandb_items)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.experiment.log(
+                run = logger.experiment
+                run.log(
                     {key: to_wandb(item, path) for key, (item, path) in wandb_items.items()}
                     | {"trainer/global_step": trainer.global_step}
                 )
+                for item, path in wandb_items.values():
+                    if isinstance(item, Table):
+                        for file in files_of(item, path):
+                            run.save(str(file), base_path=str(directory), policy="now")
 
     def state_dict(self) -> dict:
         return {"validations_seen": self.validations_seen}
