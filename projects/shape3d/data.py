@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
+import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,7 @@ from common.geometry import (
     voxel_iou,
     voxelize_mesh,
 )
-from common.io import atomic_path
+from common.io import atomic_path, load_cache, read_lines, read_text
 from projects.shape3d.generate import generate_default_data
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,13 +61,14 @@ class CaptionRow:
 
 def read_captions(path: str | Path, require_mesh: bool = True) -> list[CaptionRow]:
     """Rows of a CSV or JSONL captions file. A row without text, or (when ``require_mesh``) without a mesh path,
-    raises an InputError (a ValueError) naming the file and line. Mesh paths are resolved relative to the file's folder."""
+    raises an InputError (a ValueError) naming the file and line; so does a file that is not UTF-8 (read with
+    :func:`common.io.read_text`, no encoding is guessed). Mesh paths are resolved relative to the file's folder."""
     path = Path(path)
     if not path.exists():
         raise MissingInputError(f"captions file '{path}' does not exist")
     raw: list[tuple[int, dict]] = []
     if path.suffix.lower() == ".jsonl":
-        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for line_number, line in enumerate(read_lines(path), start=1):
             if not line.strip():
                 continue
             try:
@@ -75,14 +79,13 @@ def read_captions(path: str | Path, require_mesh: bool = True) -> list[CaptionRo
                 raise InputError(f"{path}:{line_number}: expected a JSON object with 'mesh' and 'text'")
             raw.append((line_number, record))
     elif path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or "text" not in reader.fieldnames:
-                raise InputError(
-                    f"{path}:1: CSV header must name the columns mesh,text[,style]; got {reader.fieldnames}"
-                )
-            for record in reader:
-                raw.append((reader.line_num, record))
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        if reader.fieldnames is None or "text" not in reader.fieldnames:
+            raise InputError(
+                f"{path}:1: CSV header must name the columns mesh,text[,style]; got {reader.fieldnames}"
+            )
+        for record in reader:
+            raw.append((reader.line_num, record))
     else:
         raise InputError(f"captions file '{path}' must end in .jsonl or .csv")
     rows = []
@@ -105,16 +108,35 @@ def read_captions(path: str | Path, require_mesh: bool = True) -> list[CaptionRo
     return rows
 
 
+OBJ_FACE = re.compile(rb"^[ \t]*f[ \t]", re.MULTILINE)
+OBJ_VERTEX = re.compile(rb"^[ \t]*v[ \t]", re.MULTILINE)
+
+
 def load_mesh(path: Path, where: str) -> trimesh.Trimesh:
-    """Read one mesh (scenes are merged into one mesh); missing, unreadable or empty files raise naming ``where``."""
+    """Read one mesh (scenes are merged into one mesh). Missing, empty, unparsable or face-less files raise an
+    InputError naming ``where``; a file trimesh reads as nothing is "could not be parsed", not "empty": trimesh
+    returns an empty mesh for garbage, so the file's own records decide which it is."""
     if not path.exists():
         raise MissingInputError(f"{where}: mesh file '{path}' does not exist")
+    if path.stat().st_size == 0:
+        raise InputError(f"{where}: mesh '{path}' is an empty file (0 bytes)")
     try:
         mesh = trimesh.load(str(path), force="mesh")
     except Exception as error:  # trimesh raises many types for corrupt files
-        raise InputError(f"{where}: cannot read mesh '{path}' ({type(error).__name__}: {error})") from error
+        raise InputError(
+            f"{where}: mesh '{path}' could not be parsed ({type(error).__name__}: {error})"
+        ) from error
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0 or len(mesh.vertices) == 0:
-        raise InputError(f"{where}: mesh '{path}' is empty (no faces)")
+        if path.suffix.lower() == ".obj":
+            data = path.read_bytes()
+            if OBJ_VERTEX.search(data) and not OBJ_FACE.search(data):
+                raise InputError(f"{where}: mesh '{path}' has no faces (only vertices)")
+            raise InputError(
+                f"{where}: mesh '{path}' could not be parsed as OBJ (no readable 'v' / 'f' records)"
+            )
+        raise InputError(
+            f"{where}: mesh '{path}' could not be parsed, or has no faces (trimesh read no triangles)"
+        )
     if not np.isfinite(mesh.vertices).all():
         raise InputError(f"{where}: mesh '{path}' has non-finite vertex coordinates")
     return mesh
@@ -181,7 +203,7 @@ class ShapeStore:
         if not self.rows:
             raise InputError(f"{self.captions}: no usable rows")
         self.digest = self._digest(num_points, num_ref_points)
-        cached = self._load_cache("points")
+        cached = self._load_cache("points", self._check_points)
         if cached is None:
             cached = self._points_and_distances(num_points, num_ref_points)
             self._save_cache("points", cached)
@@ -192,6 +214,11 @@ class ShapeStore:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def _check_points(self, arrays: dict) -> None:
+        for key in ("points", "ref_points", "distances"):
+            if key not in arrays or len(arrays[key]) != len(self):
+                raise ValueError(f"'{key}' missing or not {len(self)} rows")
 
     def _digest(self, *extra) -> str:
         parts = [CACHE_VERSION, self.extent, self.surface_resolution, *extra]
@@ -207,12 +234,21 @@ class ShapeStore:
             else self.cache_dir / f"{self.captions.stem}_{self.digest}_{what}.npz"
         )
 
-    def _load_cache(self, what: str) -> dict | None:
+    def _load_cache(self, what: str, check: Callable[[dict], None] | None = None) -> dict | None:
+        """The arrays of a cache file, or None (no cache, or a damaged one: removed with one warning by
+        :func:`common.io.load_cache`, then rebuilt by the caller). ``check`` rejects arrays of the wrong shape."""
         path = self._cache_path(what)
-        if path is None or not path.exists():
+        if path is None:
             return None
-        with np.load(path) as data:
-            return {key: data[key] for key in data.files}
+
+        def load(file: Path) -> dict:
+            with np.load(file, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+            if check is not None:
+                check(arrays)
+            return arrays
+
+        return load_cache(path, load, what=f"shape3d {what} cache")
 
     def _save_cache(self, what: str, arrays: dict) -> None:
         """Written atomically (a temporary file in the same folder, then ``os.replace``): another process (a second
@@ -241,11 +277,20 @@ class ShapeStore:
     def voxels(self, resolution: int) -> torch.Tensor:
         """(N, R, R, R) bool occupancy at ``resolution``, voxelised once per resolution (memory + disk cache)."""
         if resolution not in self.voxel_cache:
-            cached = self._load_cache(f"voxels{resolution}")
-            if cached is not None:
-                grids = np.unpackbits(cached["packed"], count=len(self) * resolution**3).reshape(
+            count = len(self) * resolution**3
+
+            def unpack(
+                arrays: dict,
+            ) -> None:  # packed bits -> grids, inside the loader: a short array is damage
+                if arrays["packed"].size * 8 < count:
+                    raise ValueError(f"{arrays['packed'].size * 8} bits, expected {count}")
+                arrays["grids"] = np.unpackbits(arrays["packed"], count=count).reshape(
                     len(self), *(resolution,) * 3
                 )
+
+            cached = self._load_cache(f"voxels{resolution}", unpack)
+            if cached is not None:
+                grids = cached["grids"]
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # non-watertight meshes were reported once when read

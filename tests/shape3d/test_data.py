@@ -287,3 +287,86 @@ def test_datamodule_passes_the_epoch_to_the_training_set(tmp_path):
     )  # a resumed run: train_dataloader() is built before the epoch hook
     assert dm.train_dataloader().dataset.epoch == 7
     assert dm.train_dataloader().persistent_workers is False
+
+
+# ------------------------------------------------------------------ issue 11: every reader, every cache
+
+TURKISH_CP1254 = "bir küre,ılık ışık,şirin üslup".encode("cp1254")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_non_utf8_captions_name_the_file_and_line(tmp_path, fmt):
+    path = write_set(tmp_path, [], fmt)
+    lines = path.read_bytes().splitlines(keepends=True)
+    if fmt == "jsonl":  # the 3rd data line saved as cp1254 (Windows Turkish), as a spreadsheet tool would
+        lines[2] = b'{"mesh": "m/rod.off", "text": "' + "ince uzun ışık".encode("cp1254") + b'"}\n'
+        bad_line = 3
+    else:
+        lines[2] = b"m/ball.ply," + TURKISH_CP1254 + b"\n"
+        bad_line = 3
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(InputError, match=rf"{path.name}:{bad_line}: not UTF-8"):
+        read_captions(path)
+    with pytest.raises(InputError, match=rf"{path.name}:{bad_line}: not UTF-8"):
+        ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8)
+
+
+def test_non_utf8_predict_captions_name_the_file_and_line(tmp_path):
+    predict = tmp_path / "predict.csv"
+    predict.write_bytes(b"text,style\nbir k\xfcre,\n")  # latin-1 / cp1254 "ü"
+    dm = ShapeDataModule(data_dir=str(tmp_path), predict_captions=str(predict))
+    with pytest.raises(InputError, match=r"predict.csv:2: not UTF-8"):
+        dm.setup("predict")
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty"])
+def test_corrupt_array_caches_are_rebuilt_with_one_warning(tmp_path, damage):
+    import warnings
+
+    path = write_set(tmp_path, [])
+    cache = tmp_path / "cache"
+    store = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8, cache_dir=cache)
+    expected_voxels = store.voxels(8).clone()
+    files = sorted(cache.iterdir())
+    assert len(files) == 2  # points + voxels8
+    for file in files:
+        data = file.read_bytes()
+        file.write_bytes(
+            {
+                "random": np.random.default_rng(0).bytes(len(data)),
+                "truncated": data[: len(data) // 2],
+                "empty": b"",
+            }[damage]
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rebuilt = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8, cache_dir=cache)
+        voxels = rebuilt.voxels(8)
+    messages = [str(w.message) for w in caught if "could not be loaded" in str(w.message)]
+    assert len(messages) == 2 and all("rebuilding" in m for m in messages), messages
+    assert any("points" in m for m in messages) and any("voxels8" in m for m in messages)
+    torch.testing.assert_close(rebuilt.points, store.points)
+    torch.testing.assert_close(rebuilt.distances, store.distances)
+    assert torch.equal(voxels, expected_voxels)
+    # the rebuilt caches are good again: a third store loads them silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8, cache_dir=cache)
+        assert torch.equal(again.voxels(8), expected_voxels)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"hello world\nthis is not a mesh\n", "could not be parsed"),
+        (bytes(range(256)) * 8, "could not be parsed"),
+        (b"", r"is an empty file \(0 bytes\)"),
+        (b"v 0 0 0\nv 1 0 0\nv 0 1 0\n", r"has no faces"),
+    ],
+)
+def test_garbage_obj_is_reported_as_unparsable_not_as_empty(tmp_path, content, message):
+    from projects.shape3d.data import load_mesh
+
+    (tmp_path / "bad.obj").write_bytes(content)
+    with pytest.raises(InputError, match=rf"c.jsonl:2: mesh '.*bad.obj' {message}"):
+        load_mesh(tmp_path / "bad.obj", "c.jsonl:2")
