@@ -7,9 +7,12 @@ the ``--config`` files given on the command line are merged on top, in order, th
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 from jsonargparse import set_parsing_settings
@@ -50,9 +53,21 @@ class SaveConfigToRun(SaveConfigCallback):
 
 
 class TGMCLI(LightningCLI):
-    """LightningCLI with this repo's always-on callbacks and hardware-chosen precision."""
+    """LightningCLI with this repo's always-on callbacks, hardware-chosen precision and data -> model links.
+
+    ``links`` maps model init args to datamodule attributes (the model class's ``linked_from_data``); each one
+    becomes ``parser.link_arguments("data", "model.init_args.<arg>", apply_on="instantiate")``.
+    """
+
+    def __init__(self, *args: Any, links: dict[str, str] | None = None, **kwargs: Any) -> None:
+        self.links = links or {}
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for arg, attribute in self.links.items():
+            parser.link_arguments(
+                "data", f"model.init_args.{arg}", compute_fn=data_attribute(attribute), apply_on="instantiate"
+            )
         # Always-on callbacks, configurable under their own keys (``checkpoint.monitor: val/dtw`` ...).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -67,6 +82,18 @@ class TGMCLI(LightningCLI):
         parser.add_lightning_class_args(MediaLogger, "media")
         parser.add_lightning_class_args(MetricSummary, "summary")
         parser.add_lightning_class_args(ResumeRNG, "resume_rng")
+
+    def _parse_ckpt_path(self) -> None:
+        # checked before Lightning merges a checkpoint's hyperparameters (they hold the linked values too)
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        init_args = config.model.get("init_args") or {}
+        for arg, attribute in self.links.items():
+            if init_args.get(arg) is not None:
+                raise InputError(
+                    f"model.init_args.{arg} is set in the config, but {config.model.class_path} takes it from "
+                    f"the datamodule's '{attribute}' (linked_from_data): remove it from the config"
+                )
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -86,6 +113,8 @@ class TGMCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except ValueError as error:
+            if isinstance(error.__cause__, InputError):  # raised inside a link's compute_fn
+                raise error.__cause__ from None
             reasons = construction_errors(str(error))
             if not reasons or os.environ.get("TGM_TRACEBACK"):
                 raise
@@ -99,15 +128,74 @@ class TGMCLI(LightningCLI):
             raise SystemExit(2) from error
 
 
+def data_attribute(attribute: str):
+    """A link's compute_fn: read ``attribute`` from the instantiated datamodule, or one line saying it is not
+    there (the model declares ``linked_from_data`` but the datamodule does not provide it)."""
+
+    def read(datamodule: Any) -> Any:
+        if not hasattr(datamodule, attribute):
+            raise InputError(
+                f"the model takes '{attribute}' from the datamodule (linked_from_data), but "
+                f"{type(datamodule).__name__} has no attribute '{attribute}'"
+            )
+        return getattr(datamodule, attribute)
+
+    return read
+
+
+def model_links(args: Sequence[str]) -> dict[str, str]:
+    """The model class's ``linked_from_data`` (``{model init arg: datamodule attribute}``), found before parsing.
+
+    Links are part of the parser, and in subclass mode the parser is built before the model class is known, so
+    the class is pre-read from the command line: the last ``--model[.class_path] X`` wins over the last
+    ``--config`` file that sets ``model.class_path``. Anything unresolvable gives no links (the parser then
+    reports the real problem).
+    """
+    class_path = None
+    for index, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if not value and index + 1 < len(args):
+            value = args[index + 1]
+        if name in ("--config", "-c"):
+            class_path = config_model_class_path(value) or class_path
+        elif name in ("--model", "--model.class_path"):
+            class_path = value
+    model_class = import_class(class_path) if class_path else None
+    return dict(getattr(model_class, "linked_from_data", None) or {})
+
+
+def config_model_class_path(path: str) -> str | None:
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    model = config.get("model") if isinstance(config, dict) else None
+    if isinstance(model, dict):
+        return model.get("class_path")
+    return model if isinstance(model, str) else None
+
+
+def import_class(class_path: str) -> type | None:
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name, None) if module_name else None
+    except ImportError:
+        return None
+
+
 def best_checkpoint(dirpath: str | None) -> Path:
     """The best checkpoint recorded by ``ModelCheckpoint`` in ``<dirpath>/last.ckpt``."""
     if dirpath is None:
-        raise InputError("--ckpt_path best needs checkpoint.dirpath in the config (where last.ckpt is); "
-                         "or give the checkpoint's path")
+        raise InputError(
+            "--ckpt_path best needs checkpoint.dirpath in the config (where last.ckpt is); "
+            "or give the checkpoint's path"
+        )
     last = Path(dirpath) / "last.ckpt"
     if not last.is_file():
-        raise MissingInputError(f"--ckpt_path best: no {last} to read the best checkpoint from; train first "
-                                "or give the checkpoint's path")
+        raise MissingInputError(
+            f"--ckpt_path best: no {last} to read the best checkpoint from; train first "
+            "or give the checkpoint's path"
+        )
     import torch
 
     # mmap: only the small callback states are read, not the weights and optimiser tensors
@@ -116,7 +204,9 @@ def best_checkpoint(dirpath: str | None) -> Path:
         if key.startswith("ModelCheckpoint") and state.get("best_model_path"):
             best = Path(state["best_model_path"])
             if not best.is_file():
-                raise MissingInputError(f"--ckpt_path best: {last} names {best} as best, but it does not exist")
+                raise MissingInputError(
+                    f"--ckpt_path best: {last} names {best} as best, but it does not exist"
+                )
             return best
     raise InputError(f"--ckpt_path best: {last} records no best checkpoint (is checkpoint.monitor set?)")
 
@@ -150,8 +240,11 @@ def build_parser_kwargs() -> dict:
     shared = {"parser_mode": "omegaconf+", "allow_abbrev": False}
     # a one-line usage: argparse prints it before every error, and the full one is 60+ lines (--help lists all)
     per_subcommand = {
-        name: {**shared, "default_config_files": DEFAULT_CONFIGS,
-               "usage": f"tgm {name} --config FILE [--config FILE ...] [--key value ...]"}
+        name: {
+            **shared,
+            "default_config_files": DEFAULT_CONFIGS,
+            "usage": f"tgm {name} --config FILE [--config FILE ...] [--key value ...]",
+        }
         for name in SUBCOMMANDS
     }
     return {**shared, **per_subcommand}
@@ -163,6 +256,7 @@ def run_cli(args: list[str] | None = None) -> TGMCLI:
     # another; absolute paths like ${data.init_args.batch_size} are read relative to the subcommand's root.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     return TGMCLI(
+        links=model_links(sys.argv[1:] if args is None else args),
         model_class=LightningModule,
         datamodule_class=None,
         subclass_mode_model=True,
@@ -179,7 +273,10 @@ def main() -> None:
     """Entry point of the ``tgm`` console script: bad user input ends in one line and exit code 2."""
     try:
         run_cli()
-    except (InputError, MisconfigurationException) as error:  # bad data / a set-up Lightning refuses (no GPU ...)
+    except (
+        InputError,
+        MisconfigurationException,
+    ) as error:  # bad data / a set-up Lightning refuses (no GPU ...)
         if os.environ.get("TGM_TRACEBACK"):
             raise
         hint = ""

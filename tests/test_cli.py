@@ -25,8 +25,10 @@ def fit(tmp_path: Path, *extra: str, logger: str | None = CSV):
     if logger:
         args += ["--config", logger]
     args += [
-        "--trainer.default_root_dir", str(tmp_path),
-        "--checkpoint.dirpath", str(tmp_path / "ckpt"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--checkpoint.dirpath",
+        str(tmp_path / "ckpt"),
         *extra,
     ]
     if logger == CSV:
@@ -89,25 +91,56 @@ def test_missing_pretrained_weights_give_one_clear_line():
     """A model whose __init__ fails (here: a text-encoder directory that does not exist) is reported by its
     message, not by jsonargparse's dump of every init argument."""
     expected = "model.init_args.text_encoder: local directory '/no/such/t5' does not exist"
-    command = [sys.executable, "-m", "common.cli", "fit", "--config", "configs/shape3d/tiny.yaml",
-               "--config", "configs/logger/csv.yaml", "--model.init_args.text_encoder", "/no/such/t5"]
+    command = [
+        sys.executable,
+        "-m",
+        "common.cli",
+        "fit",
+        "--config",
+        "configs/shape3d/tiny.yaml",
+        "--config",
+        "configs/logger/csv.yaml",
+        "--model.init_args.text_encoder",
+        "/no/such/t5",
+    ]
     stderr = assert_user_error(command, expected)
     assert "Given value" not in stderr
 
 
 def test_bad_data_file_during_the_run_is_one_line(tmp_path):
     """Data errors surface after the objects are built (in setup); they too end in one line, exit 2."""
-    command = [sys.executable, "-m", "common.cli", "fit", "--config", "configs/diffusion/tiny.yaml",
-               "--config", "configs/logger/csv.yaml", "--data.init_args.source", "emnist",
-               "--data.init_args.data_dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "common.cli",
+        "fit",
+        "--config",
+        "configs/diffusion/tiny.yaml",
+        "--config",
+        "configs/logger/csv.yaml",
+        "--data.init_args.source",
+        "emnist",
+        "--data.init_args.data_dir",
+        str(tmp_path),
+    ]
     stderr = assert_user_error(command, str(tmp_path))
     assert any(line.startswith("tgm: ") and str(tmp_path) in line for line in stderr.splitlines()), stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_gpu_config_without_a_gpu_is_one_clear_line():
-    command = [sys.executable, "-m", "common.cli", "fit", "--config", TINY, "--config", CSV,
-               "--config", "configs/trainer/gpu.yaml"]
+    command = [
+        sys.executable,
+        "-m",
+        "common.cli",
+        "fit",
+        "--config",
+        TINY,
+        "--config",
+        CSV,
+        "--config",
+        "configs/trainer/gpu.yaml",
+    ]
     assert_user_error(command, "--trainer.accelerator cpu")
 
 
@@ -115,12 +148,36 @@ def test_ckpt_path_best_is_read_from_last_ckpt(tmp_path):
     fit(tmp_path, "--trainer.max_epochs", "3")
     best = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
     best = next(state["best_model_path"] for key, state in best.items() if key.startswith("ModelCheckpoint"))
-    cli = run_cli(["test", "--config", TINY, "--config", CSV, "--checkpoint.dirpath", str(tmp_path / "ckpt"),
-                   "--trainer.logger.init_args.save_dir", str(tmp_path / "csv"), "--ckpt_path", "best"])
+    cli = run_cli(
+        [
+            "test",
+            "--config",
+            TINY,
+            "--config",
+            CSV,
+            "--checkpoint.dirpath",
+            str(tmp_path / "ckpt"),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "csv"),
+            "--ckpt_path",
+            "best",
+        ]
+    )
     assert cli.trainer.ckpt_path == best
     with pytest.raises(MissingInputError, match="no .*last.ckpt"):
-        run_cli(["test", "--config", TINY, "--config", CSV, "--checkpoint.dirpath", str(tmp_path / "none"),
-                 "--ckpt_path", "best"])
+        run_cli(
+            [
+                "test",
+                "--config",
+                TINY,
+                "--config",
+                CSV,
+                "--checkpoint.dirpath",
+                str(tmp_path / "none"),
+                "--ckpt_path",
+                "best",
+            ]
+        )
 
 
 def assert_user_error(command: list[str], expected: str) -> str:
@@ -136,8 +193,14 @@ def test_wandb_offline_run_has_config_and_group(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_API_KEY", "")
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    cli = fit(tmp_path, "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", str(tmp_path / "wb"),
-              logger=None)
+    cli = fit(
+        tmp_path,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "wb"),
+        logger=None,
+    )
     logger = cli.trainer.logger
     assert logger.mode == "offline"
     assert logger.experiment.group == "tests"  # derived from the model's package
@@ -148,3 +211,80 @@ def test_wandb_offline_run_has_config_and_group(tmp_path, monkeypatch):
     import wandb
 
     wandb.finish()  # close the run so later tests in this process start their own
+
+
+LINKED = {
+    "model": {"class_path": "tests.helpers.tiny.LinkedTinyModule"},
+    "data": {"class_path": "tests.helpers.tiny.LinkedTinyDataModule", "init_args": {"num_features": 7}},
+}
+
+
+def test_linked_from_data_sets_the_model_arg_from_the_datamodule(tmp_path):
+    """LinkedTinyModule.linked_from_data = {"in_features": "num_features"}: the width comes from the data."""
+    config = tmp_path / "linked.yaml"
+    config.write_text(yaml.safe_dump(LINKED))
+    cli = fit(tmp_path, "--config", str(config), "--trainer.max_epochs", "1")
+    assert cli.model.hparams.in_features == 7 and cli.model.encoder.in_features == 7
+    cli = run_cli(
+        [
+            "validate",
+            "--config",
+            TINY,
+            "--config",
+            str(config),
+            "--config",
+            CSV,
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "csv"),
+            "--ckpt_path",
+            str(tmp_path / "ckpt" / "last.ckpt"),
+        ]
+    )
+    assert cli.model.encoder.in_features == 7
+
+
+def test_model_links_are_read_from_the_last_config_or_flag(tmp_path):
+    from common.cli import model_links
+
+    config = tmp_path / "linked.yaml"
+    config.write_text(yaml.safe_dump(LINKED))
+    assert model_links(["fit", "--config", TINY]) == {}
+    assert model_links(["fit", "--config", TINY, "--config", str(config)]) == {"in_features": "num_features"}
+    assert (
+        model_links(["fit", f"--config={config}", "--model.class_path", "tests.helpers.tiny.TinyModule"])
+        == {}
+    )
+    assert model_links(["fit", "-c", TINY, "--model", "tests.helpers.tiny.LinkedTinyModule"]) == {
+        "in_features": "num_features"
+    }
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--model.init_args.in_features", "3"], "model.init_args.in_features is set in the config"),
+        (
+            ["--data.class_path", "tests.helpers.tiny.TinyDataModule"],
+            "TinyDataModule has no attribute 'num_features'",
+        ),
+    ],
+)
+def test_link_mistakes_are_one_line(tmp_path, extra, expected):
+    config = tmp_path / "linked.yaml"
+    config.write_text(yaml.safe_dump(LINKED))
+    command = [
+        sys.executable,
+        "-m",
+        "common.cli",
+        "fit",
+        "--config",
+        TINY,
+        "--config",
+        str(config),
+        "--config",
+        CSV,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        *extra,
+    ]
+    assert_user_error(command, expected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -90,7 +91,9 @@ class TinyModule(pl.LightningModule):
         count = self.val_count.compute()
         self.log("val/count", count)
         if self.hparams.count_file and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            Path(self.hparams.count_file).write_text(json.dumps({"count": float(count), "world": self.trainer.world_size, "pid": os.getpid()}))
+            Path(self.hparams.count_file).write_text(
+                json.dumps({"count": float(count), "world": self.trainer.world_size, "pid": os.getpid()})
+            )
         self.val_count.reset()
 
     def test_step(self, batch, batch_idx):
@@ -110,3 +113,29 @@ class TinyModule(pl.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.SGD(params, lr=self.hparams.lr)
+
+
+class LinkedTinyDataModule(TinyDataModule):
+    """The tiny data with ``num_features`` inputs, known right after ``__init__`` (a linked attribute)."""
+
+    def __init__(self, num_features: int = 4, num_samples: int = 64, batch_size: int = 8) -> None:
+        super().__init__(num_samples=num_samples, batch_size=batch_size)
+        self.num_features = num_features
+
+    def _dataset(self, seed: int) -> TensorDataset:
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(self.num_samples, self.num_features, generator=generator)
+        return TensorDataset(x, x.sum(dim=1, keepdim=True))
+
+
+class LinkedTinyModule(TinyModule):
+    """The tiny model whose input width comes from the datamodule by a CLI link, not from the config."""
+
+    linked_from_data: ClassVar[dict[str, str]] = {"in_features": "num_features"}
+
+    def __init__(
+        self, in_features: int, lr: float = 0.05, hidden: int = 8, count_file: str | None = None
+    ) -> None:
+        super().__init__(lr=lr, hidden=hidden, count_file=count_file)
+        self.save_hyperparameters()
+        self.encoder = nn.Linear(in_features, hidden)
