@@ -1,9 +1,11 @@
-"""3D geometry ops shared by projects: Chamfer distance, voxel IoU, voxelisation, voxels -> mesh, surface
-sampling and mesh regularisers.
+"""3D geometry ops shared by projects: Chamfer distance, a ``Meshes`` batch and the mesh losses with pytorch3d's
+signatures and semantics, voxel IoU, voxelisation, voxels -> mesh and surface sampling.
 
-``pytorch3d`` is used whenever it is importable (same call, same semantics); it cannot be installed here, so every
-op has a plain torch / numpy / scikit-image / trimesh fallback that the tests check against independent
-references (``scipy.spatial.cKDTree`` for Chamfer, trimesh volumes for IoU and voxelisation).
+Code written against ``pytorch3d.loss`` / ``pytorch3d.structures.Meshes`` runs unchanged on these names. When
+pytorch3d imports and works with this torch, its own functions are used (its CUDA nearest-neighbour kernel, its mesh
+losses); on CPU Chamfer keeps scipy's KD-tree (23x faster than pytorch3d's CPU kernel at 10k points, and it takes
+float64). Without pytorch3d every op has a torch / numpy / scikit-image / trimesh fallback that the tests check
+against independent references (cKDTree, loops over vertices and faces, trimesh volumes, analytic shapes).
 
 Conventions: shapes live in the unit cube ``[-0.5, 0.5]^3``; a voxel grid of resolution ``R`` is an array indexed
 ``[x, y, z]`` whose voxel ``i`` has its centre at ``-0.5 + (i + 0.5) / R`` on that axis.
@@ -12,40 +14,125 @@ Conventions: shapes live in the unit cube ``[-0.5, 0.5]^3``; a voxel grid of res
 from __future__ import annotations
 
 import math
+import sys
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import trimesh
 
-try:  # pragma: no cover - pytorch3d is not installable in this environment
-    import pytorch3d.loss as _p3d_loss
-    import pytorch3d.ops as _p3d_ops
 
-    HAS_PYTORCH3D = True
-except ModuleNotFoundError:  # not installed: the torch / scipy / scikit-image code below is used
-    _p3d_loss = _p3d_ops = None
-    HAS_PYTORCH3D = False
-except (ImportError, OSError) as _error:  # installed but built for another torch (undefined symbols ...)
-    import warnings
+def _load_pytorch3d() -> SimpleNamespace | None:
+    """pytorch3d's functions when it is installed and imports with this torch, else None (with a warning when it is
+    installed but broken, e.g. built for another torch)."""
+    try:
+        from pytorch3d.loss import (
+            chamfer_distance,
+            mesh_edge_loss,
+            mesh_laplacian_smoothing,
+            mesh_normal_consistency,
+        )
+        from pytorch3d.ops import cubify, knn_points, sample_points_from_meshes
+        from pytorch3d.structures import Meshes
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] == "pytorch3d":  # not installed: the fallbacks below are used
+            return None
+        warnings.warn(f"pytorch3d does not import ({error}); using the fallback geometry code.", stacklevel=2)
+        return None
+    except (ImportError, OSError) as error:  # installed but built for another torch (undefined symbols ...)
+        warnings.warn(
+            f"pytorch3d is installed but does not import ({error}); using the fallback geometry code. "
+            "Build it against this torch (see environment.yml).",
+            stacklevel=2,
+        )
+        return None
+    return SimpleNamespace(
+        chamfer_distance=chamfer_distance,
+        mesh_edge_loss=mesh_edge_loss,
+        mesh_laplacian_smoothing=mesh_laplacian_smoothing,
+        mesh_normal_consistency=mesh_normal_consistency,
+        cubify=cubify,
+        knn_points=knn_points,
+        sample_points_from_meshes=sample_points_from_meshes,
+        Meshes=Meshes,
+    )
 
-    warnings.warn(f"pytorch3d is installed but does not import ({_error}); using the fallback geometry code. "
-                  "Build it against this torch (see environment.yml).", stacklevel=1)
-    _p3d_loss = _p3d_ops = None
-    HAS_PYTORCH3D = False
+
+# Read at call time (not bound into the functions) so tests can swap in a stub or hide pytorch3d.
+_P3D = _load_pytorch3d()
+HAS_PYTORCH3D = _P3D is not None
 
 # Work budget of one nearest-neighbour chunk (elements of the B x chunk x M distance block): 2^24 floats = 64 MB.
 _CHUNK_ELEMENTS = 1 << 24
+# Candidates per point that the brute-force search re-measures exactly (see _brute_nearest).
+_CANDIDATES = 4
 
 
 # --------------------------------------------------------------------------------------------------- Chamfer
+
+
+def knn_backend(device: torch.device | str, method: str = "auto") -> str:
+    """Which nearest-neighbour search ``method="auto"`` takes on ``device``: scipy's KD-tree on CPU (even with
+    pytorch3d installed: its CPU kernel is brute force and float32-only), pytorch3d's ``knn_points`` on GPUs when it
+    is importable, else the chunked brute-force torch search."""
+    if method not in ("auto", "brute", "kdtree", "pytorch3d"):
+        raise ValueError(f"nearest_neighbors: unknown method {method!r}")
+    if method != "auto":
+        return method
+    if torch.device(device).type == "cpu":
+        return "kdtree"
+    return "pytorch3d" if _P3D is not None else "brute"
 
 
 def _valid_mask(lengths: torch.Tensor | None, batch: int, size: int, device: torch.device) -> torch.Tensor:
     if lengths is None:
         return torch.ones(batch, size, dtype=torch.bool, device=device)
     return torch.arange(size, device=device)[None, :] < lengths.to(device)[:, None]
+
+
+def _distance(diff: torch.Tensor, norm: int) -> torch.Tensor:
+    """pytorch3d's KNN distance of difference vectors: squared L2 (``norm=2``) or L1 (``norm=1``)."""
+    return diff.square().sum(-1) if norm == 2 else diff.abs().sum(-1)
+
+
+def _brute_nearest(
+    x: torch.Tensor, y: torch.Tensor, valid_y: torch.Tensor, norm: int, chunk_elements: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked brute-force search, exact at any offset and scale.
+
+    ``torch.cdist`` (matrix-multiply form |x|^2 + |y|^2 - 2 x.y) loses everything at offsets: at 1000 from the
+    origin float32 keeps ~1e-4 of a squared distance of 1e6, more than the gaps between neighbours. So (1) both
+    clouds are centred on the mean of y (the subtraction is exact where the offset dominates), (2) cdist only
+    shortlists ``_CANDIDATES`` neighbours, and (3) these are re-measured from the original coordinates by direct
+    differences in float64 and the nearest kept.
+    """
+    batch, n, _ = x.shape
+    m = y.shape[1]
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    count = valid_y.sum(1, keepdim=True)  # (B, 1)
+    centre = (y.double() * valid_y[..., None]).sum(1, keepdim=True) / count.clamp(min=1)[..., None]
+    x_c, y_c = (x.double() - centre).to(work), (y.double() - centre).to(work)
+    y_64 = y.double()
+    k = min(_CANDIDATES, m)
+    rows = max(1, chunk_elements // max(batch * m, 1))
+    indices, distances = [], []
+    for start in range(0, n, rows):
+        block = torch.cdist(x_c[:, start : start + rows], y_c, p=float(norm))  # (B, rows, M)
+        block.masked_fill_(~valid_y[:, None, :], float("inf"))
+        candidates = block.topk(k, dim=2, largest=False).indices  # (B, rows, k)
+        gathered = torch.gather(y_64, 1, candidates.flatten(1)[..., None].expand(-1, -1, 3)).view(
+            *candidates.shape, 3
+        )
+        exact = _distance(x[:, start : start + rows, None].double() - gathered, norm)  # (B, rows, k)
+        exact = exact.masked_fill(
+            ~torch.gather(valid_y, 1, candidates.flatten(1)).view_as(exact), float("inf")
+        )
+        dist, best = exact.min(dim=2)
+        indices.append(torch.gather(candidates, 2, best[..., None])[..., 0])
+        distances.append(dist)
+    return torch.cat(indices, dim=1), torch.cat(distances, dim=1)
 
 
 @torch.no_grad()
@@ -55,54 +142,128 @@ def nearest_neighbors(
     y_lengths: torch.Tensor | None = None,
     chunk_elements: int = _CHUNK_ELEMENTS,
     method: str = "auto",
+    norm: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every point of ``x`` (B, N, 3) the index of its nearest point in ``y`` (B, M, 3) and the squared distance.
+    """For every point of ``x`` (B, N, D) the index of its nearest point in ``y`` (B, M, D) and the distance (squared
+    L2 for ``norm=2``, L1 for ``norm=1``, in x's dtype). Rows whose y cloud is empty get index 0 and distance 0,
+    like pytorch3d's ``knn_points``.
 
-    ``method="brute"``: rows of ``x`` are processed in chunks so the B x chunk x M distance block stays under
-    ``chunk_elements`` (10k x 10k or 50k x 50k clouds fit in memory); the path for GPUs. ``method="kdtree"``:
-    scipy's cKDTree per cloud, O(N log M) instead of O(N M): 50-150x faster on CPU for 10k+ points (see
-    ``make bench-3d``). ``"auto"`` takes the KD-tree for CPU tensors. No gradient either way: callers gather the
-    chosen points and recompute the distance with autograd (what pytorch3d's ``knn_points`` does), so backward
-    needs O(N + M) memory only.
+    ``method`` (see :func:`knn_backend`): ``"kdtree"`` is scipy's cKDTree per cloud, O(N log M), exact in float64;
+    ``"brute"`` processes rows of x in chunks so the B x chunk x M block stays under ``chunk_elements`` (the path for
+    GPUs without pytorch3d), exact at any offset (see :func:`_brute_nearest`); ``"pytorch3d"`` is its ``knn_points``.
+    No gradient: callers gather the chosen points and recompute the distance with autograd (what ``knn_points``'s
+    backward does), so backward needs O(N + M) memory only.
     """
     batch, n, _ = x.shape
     m = y.shape[1]
-    if m == 0:
-        raise ValueError("nearest_neighbors: the reference cloud y is empty")
-    if method not in ("auto", "brute", "kdtree"):
-        raise ValueError(f"nearest_neighbors: unknown method {method!r}")
-    if n == 0:
-        return x.new_zeros(batch, 0, dtype=torch.long), x.new_zeros(batch, 0)
-    if method == "kdtree" or (method == "auto" and x.device.type == "cpu"):
+    backend = knn_backend(x.device, method)
+    out_dtype = x.dtype if x.dtype.is_floating_point else torch.float32
+    valid_y = _valid_mask(y_lengths, batch, m, y.device)
+    if n == 0 or m == 0:
+        return x.new_zeros(batch, n, dtype=torch.long), x.new_zeros(batch, n, dtype=out_dtype)
+    if backend == "pytorch3d":
+        lengths = None if y_lengths is None else y_lengths.to(x.device)
+        result = _P3D.knn_points(x, y, lengths2=lengths, norm=norm, K=1)
+        return result.idx[..., 0], result.dists[..., 0].to(out_dtype)
+    if backend == "kdtree":
         from scipy.spatial import cKDTree
 
         x_np, y_np = x.detach().double().cpu().numpy(), y.detach().double().cpu().numpy()
-        sizes = [m] * batch if y_lengths is None else [int(v) for v in y_lengths]
-        indices = torch.empty(batch, n, dtype=torch.long)
-        distances = torch.empty(batch, n)
+        sizes = valid_y.sum(1).tolist()
+        indices = torch.zeros(batch, n, dtype=torch.long)
+        distances = torch.zeros(batch, n, dtype=torch.float64)
         for b in range(batch):
-            dist, idx = cKDTree(y_np[b, : sizes[b]]).query(x_np[b])
-            indices[b] = torch.from_numpy(idx)
-            distances[b] = torch.from_numpy(dist**2)
-        return indices.to(x.device), distances.to(x.device)
-    rows = max(1, chunk_elements // max(batch * m, 1))
-    invalid_y = ~_valid_mask(y_lengths, batch, m, y.device)
-    indices, distances = [], []
-    for start in range(0, n, rows):
-        block = torch.cdist(x[:, start : start + rows].float(), y.float()).square_()
-        if y_lengths is not None:
-            block.masked_fill_(invalid_y[:, None, :], float("inf"))
-        dist, idx = block.min(dim=2)
-        indices.append(idx)
-        distances.append(dist)
-    return torch.cat(indices, dim=1), torch.cat(distances, dim=1)
+            if sizes[b] == 0:
+                continue
+            dist, idx = cKDTree(y_np[b, : sizes[b]]).query(x_np[b], p=norm)
+            indices[b] = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+            distances[b] = torch.from_numpy(dist**2 if norm == 2 else dist)
+        return indices.to(x.device), distances.to(device=x.device, dtype=out_dtype)
+    indices, distances = _brute_nearest(x, y, valid_y, norm, chunk_elements)
+    empty = (valid_y.sum(1) == 0)[:, None]
+    return indices.masked_fill(empty, 0), distances.masked_fill(empty, 0.0).to(out_dtype)
 
 
-def _directed(x: torch.Tensor, y: torch.Tensor, y_lengths: torch.Tensor | None, method: str = "auto") -> torch.Tensor:
-    """Squared distance from every point of x to its nearest point of y, differentiable w.r.t. both clouds."""
-    idx, _ = nearest_neighbors(x, y, y_lengths, method=method)
-    nearest = torch.gather(y, 1, idx[..., None].expand(-1, -1, y.shape[-1]))
-    return (x - nearest).square().sum(-1)
+def _unpack_cloud(
+    points: torch.Tensor, lengths: torch.Tensor | None, normals: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Padded points (B, P, D), lengths (B,) and normals of a tensor or a ``pytorch3d`` ``Pointclouds``."""
+    if hasattr(points, "points_padded"):  # a pytorch3d Pointclouds
+        return points.points_padded(), points.num_points_per_cloud(), points.normals_padded()
+    if not torch.is_tensor(points):
+        raise ValueError("chamfer_distance expects (B, N, D) tensors or Pointclouds")
+    if points.ndim != 3:
+        raise ValueError(f"chamfer_distance expects (B, N, D) clouds, got shape {tuple(points.shape)}")
+    if lengths is not None:
+        if lengths.ndim != 1 or lengths.shape[0] != points.shape[0]:
+            raise ValueError(f"lengths must have shape ({points.shape[0]},), got {tuple(lengths.shape)}")
+        if len(lengths) and (lengths.max() > points.shape[1] or lengths.min() < 0):
+            raise ValueError(
+                f"lengths {lengths.tolist()} do not fit clouds padded to {points.shape[1]} points"
+            )
+    else:
+        lengths = torch.full((points.shape[0],), points.shape[1], dtype=torch.int64, device=points.device)
+    if normals is not None and normals.ndim != 3:
+        raise ValueError(f"normals must have shape (B, N, 3), got {tuple(normals.shape)}")
+    return points, lengths.to(points.device), normals
+
+
+def _chamfer_one_way(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_lengths: torch.Tensor,
+    y_lengths: torch.Tensor,
+    x_normals: torch.Tensor | None,
+    y_normals: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    point_reduction: str | None,
+    norm: int,
+    abs_cosine: bool,
+    method: str,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x -> y term of pytorch3d's ``_chamfer_distance_single_direction``: per point, or reduced per cloud."""
+    batch, size, dim = x.shape
+    if y.shape[0] != batch or y.shape[2] != dim:
+        raise ValueError(f"chamfer_distance: y {tuple(y.shape)} does not match x {tuple(x.shape)}")
+    if weights is not None:
+        if weights.shape[0] != batch:
+            raise ValueError(f"weights must have shape ({batch},), got {tuple(weights.shape)}")
+        if not (weights >= 0).all():
+            raise ValueError("weights cannot be negative")
+        if (
+            weights.sum() == 0
+        ):  # pytorch3d returns zeros that keep the graph (its (N, N) shape here is a broadcast)
+            zeros = (x.sum((1, 2)) * weights) * 0.0
+            return zeros, zeros
+    with_normals = x_normals is not None and y_normals is not None
+    idx, _ = nearest_neighbors(x, y, y_lengths, method=method, norm=norm)
+    gather = idx[..., None].expand(-1, -1, dim)
+    padded = (
+        torch.arange(size, device=x.device)[None] >= x_lengths[:, None]
+    )  # (B, N) points past a cloud's length
+    no_target = (y_lengths == 0)[:, None]  # pytorch3d's KNN returns distance 0 when y is empty
+    cham = _distance(x - torch.gather(y, 1, gather), norm)
+    cham = torch.where(padded | no_target, torch.zeros_like(cham), cham)
+    cham_normals = None
+    if with_normals:
+        near = torch.gather(y_normals, 1, idx[..., None].expand(-1, -1, y_normals.shape[2]))
+        near = torch.where(no_target[..., None], torch.zeros_like(near), near)  # knn_gather pads with zeros
+        cosine = F.cosine_similarity(x_normals, near, dim=2, eps=1e-6)
+        cham_normals = 1 - (cosine.abs() if abs_cosine else cosine)
+        cham_normals = torch.where(padded, torch.zeros_like(cham_normals), cham_normals)
+    if weights is not None:
+        cham = cham * weights.view(batch, 1)
+        cham_normals = cham_normals * weights.view(batch, 1) if with_normals else None
+    if point_reduction == "max":
+        return cham.max(1).values, None
+    if point_reduction is not None:
+        cham = cham.sum(1)
+        cham_normals = cham_normals.sum(1) if with_normals else None
+        if point_reduction == "mean":
+            count = x_lengths.clamp(min=1)
+            cham = cham / count
+            cham_normals = cham_normals / count if with_normals else None
+    return cham, cham_normals
 
 
 def chamfer_distance(
@@ -110,43 +271,393 @@ def chamfer_distance(
     y: torch.Tensor,
     x_lengths: torch.Tensor | None = None,
     y_lengths: torch.Tensor | None = None,
+    x_normals: torch.Tensor | None = None,
+    y_normals: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
     batch_reduction: str | None = "mean",
-    point_reduction: str = "mean",
+    point_reduction: str | None = "mean",
+    norm: int = 2,
     single_directional: bool = False,
+    abs_cosine: bool = True,
+    *,
     method: str = "auto",
-) -> torch.Tensor:
-    """Chamfer distance with ``pytorch3d.loss.chamfer_distance`` semantics (its first return value).
+) -> tuple:
+    """``pytorch3d.loss.chamfer_distance``: returns ``(loss, loss_normals)``.
 
-    Squared L2 to the nearest neighbour, averaged (``point_reduction="mean"``) or summed over the points of each
-    cloud, the two directions summed (only x -> y when ``single_directional``), then averaged / summed over the
-    batch (``batch_reduction``; ``None`` returns one value per cloud). ``x``: (B, N, 3), ``y``: (B, M, 3);
-    ``x_lengths`` / ``y_lengths`` mark the valid points of padded clouds. ``method``: the nearest-neighbour search
-    of the fallback (see :func:`nearest_neighbors`).
+    Per point of x the distance to its nearest point of y (squared L2 for ``norm=2``, L1 for ``norm=1``), and
+    ``1 - |cos|`` (``1 - cos`` without ``abs_cosine``) between its normal and that neighbour's; ``point_reduction``
+    "mean" / "sum" / "max" (Hausdorff; no normals) per cloud or ``None`` (per point: a pair of (B, N) / (B, M)
+    tensors, or one tensor when ``single_directional``); the two directions are summed ("max": the larger one);
+    then ``batch_reduction`` "mean" (weighted by ``weights``) / "sum" / ``None`` (must be ``None`` when
+    ``point_reduction`` is). ``x_lengths`` / ``y_lengths`` mark the valid points of padded clouds; an empty cloud
+    costs 0. ``x`` / ``y`` may be pytorch3d ``Pointclouds``. ``loss_normals`` is None without normals.
+
+    ``method`` (not in pytorch3d) picks the nearest-neighbour search (see :func:`knn_backend`); with ``"auto"`` on a
+    GPU with pytorch3d importable, pytorch3d's own function runs. float64 clouds stay float64.
     """
-    if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
-        raise ValueError(f"chamfer_distance expects (B, N, D) and (B, M, D) clouds, got {tuple(x.shape)}, {tuple(y.shape)}")
-    if batch_reduction not in (None, "mean", "sum") or point_reduction not in ("mean", "sum"):
-        raise ValueError(f"unsupported reductions batch={batch_reduction!r}, point={point_reduction!r}")
-    if HAS_PYTORCH3D:  # pragma: no cover
-        return _p3d_loss.chamfer_distance(
-            x, y, x_lengths=x_lengths, y_lengths=y_lengths, batch_reduction=batch_reduction,
-            point_reduction=point_reduction, single_directional=single_directional,
-        )[0]
-    x, y = x.float(), y.float()
-    batch = x.shape[0]
-    x_mask = _valid_mask(x_lengths, batch, x.shape[1], x.device)
-    y_mask = _valid_mask(y_lengths, batch, y.shape[1], y.device)
-
-    def reduce(distances: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        total = (distances * mask).sum(1)
-        return total / mask.sum(1).clamp(min=1) if point_reduction == "mean" else total
-
-    per_cloud = reduce(_directed(x, y, y_lengths, method), x_mask)
-    if not single_directional:
-        per_cloud = per_cloud + reduce(_directed(y, x, x_lengths, method), y_mask)
+    if batch_reduction not in (None, "mean", "sum"):
+        raise ValueError(f"batch_reduction must be 'mean', 'sum' or None, got {batch_reduction!r}")
+    if point_reduction not in (None, "mean", "sum", "max"):
+        raise ValueError(f"point_reduction must be 'mean', 'sum', 'max' or None, got {point_reduction!r}")
+    if point_reduction is None and batch_reduction is not None:
+        raise ValueError("batch_reduction must be None when point_reduction is None")
+    if norm not in (1, 2):
+        raise ValueError(f"norm must be 1 or 2, got {norm!r}")
+    if point_reduction == "max" and (x_normals is not None or y_normals is not None):
+        raise ValueError('normals must be None when point_reduction is "max"')
+    x, x_lengths, x_normals = _unpack_cloud(x, x_lengths, x_normals)
+    y, y_lengths, y_normals = _unpack_cloud(y, y_lengths, y_normals)
+    if method == "auto" and _P3D is not None and x.device.type != "cpu":
+        return _P3D.chamfer_distance(
+            x, y, x_lengths=x_lengths, y_lengths=y_lengths, x_normals=x_normals, y_normals=y_normals,
+            weights=weights, batch_reduction=batch_reduction, point_reduction=point_reduction, norm=norm,
+            single_directional=single_directional, abs_cosine=abs_cosine,
+        )  # fmt: skip
+    args = (weights, point_reduction, norm, abs_cosine, method)
+    cham_x, normals_x = _chamfer_one_way(x, y, x_lengths, y_lengths, x_normals, y_normals, *args)
+    if single_directional:
+        loss, loss_normals = cham_x, normals_x
+    else:
+        cham_y, normals_y = _chamfer_one_way(y, x, y_lengths, x_lengths, y_normals, x_normals, *args)
+        if point_reduction == "max":
+            loss, loss_normals = torch.maximum(cham_x, cham_y), None
+        elif point_reduction is not None:
+            loss = cham_x + cham_y
+            loss_normals = normals_x + normals_y if normals_x is not None else None
+        else:
+            loss = (cham_x, cham_y)
+            loss_normals = (normals_x, normals_y) if normals_x is not None else None
     if batch_reduction is None:
-        return per_cloud
-    return per_cloud.sum() / batch if batch_reduction == "mean" else per_cloud.sum()
+        return loss, loss_normals
+    loss = loss.sum()
+    loss_normals = loss_normals.sum() if loss_normals is not None else None
+    if batch_reduction == "mean":
+        if weights is None:
+            divisor = max(x.shape[0], 1)
+        else:
+            divisor = 1 if weights.sum() == 0 else weights.sum()
+        loss = loss / divisor
+        loss_normals = loss_normals / divisor if loss_normals is not None else None
+    return loss, loss_normals
+
+
+def chamfer(x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The Chamfer distance alone: ``chamfer_distance(x, y, **kwargs)[0]`` (same arguments)."""
+    return chamfer_distance(x, y, **kwargs)[0]
+
+
+# --------------------------------------------------------------------------------------------------- meshes
+
+
+class Meshes:
+    """A batch of triangle meshes of different sizes, the part of ``pytorch3d.structures.Meshes`` the losses and a
+    Mesh R-CNN refinement step need (same method names and packed-index conventions).
+
+    ``verts`` / ``faces``: lists of (V_i, 3) float / (F_i, 3) long tensors, or padded (B, V, 3) / (B, F, 3) tensors
+    whose padding faces are -1 (every mesh then owns all V vertices, as in pytorch3d). The losses also accept a
+    pytorch3d ``Meshes``.
+    """
+
+    def __init__(
+        self, verts: list[torch.Tensor] | torch.Tensor, faces: list[torch.Tensor] | torch.Tensor
+    ) -> None:
+        if torch.is_tensor(verts) and torch.is_tensor(faces):
+            if verts.ndim != 3 or faces.ndim != 3 or verts.shape[2] != 3 or faces.shape[2] != 3:
+                raise ValueError(f"Meshes: padded verts/faces must be (B, V, 3) / (B, F, 3), got {tuple(verts.shape)}, "
+                                 f"{tuple(faces.shape)}")  # fmt: skip
+            verts, faces = list(verts.unbind(0)), list(faces.unbind(0))
+        if not (isinstance(verts, (list, tuple)) and isinstance(faces, (list, tuple))) or len(verts) != len(
+            faces
+        ):
+            raise ValueError(
+                "Meshes: verts and faces must be two lists of the same length or two padded tensors"
+            )
+        self._verts_list = list(verts)
+        self._faces_list = [f[(f > -1).all(1)].long() if len(f) else f.long().reshape(0, 3) for f in faces]
+        self.device = self._verts_list[0].device if self._verts_list else torch.device("cpu")
+        self.valid = torch.tensor(
+            [len(v) > 0 and len(f) > 0 for v, f in zip(self._verts_list, self._faces_list, strict=True)],
+            dtype=torch.bool,
+            device=self.device,
+        )
+        self._edges = (
+            None  # (edges_packed, edges_packed_to_mesh_idx, faces_packed_to_edges_packed), on demand
+        )
+
+    def __len__(self) -> int:
+        return len(self._verts_list)
+
+    def isempty(self) -> bool:
+        """True when there is no mesh with both vertices and faces (the losses then return 0)."""
+        return len(self) == 0 or not bool(self.valid.any())
+
+    def verts_list(self) -> list[torch.Tensor]:
+        return self._verts_list
+
+    def faces_list(self) -> list[torch.Tensor]:
+        return self._faces_list
+
+    def num_verts_per_mesh(self) -> torch.Tensor:
+        return torch.tensor([len(v) for v in self._verts_list], dtype=torch.int64, device=self.device)
+
+    def num_faces_per_mesh(self) -> torch.Tensor:
+        return torch.tensor([len(f) for f in self._faces_list], dtype=torch.int64, device=self.device)
+
+    def verts_packed(self) -> torch.Tensor:
+        if not self._verts_list:
+            return torch.zeros(0, 3, device=self.device)
+        return torch.cat(self._verts_list, dim=0)
+
+    def verts_padded(self) -> torch.Tensor:
+        return torch.nn.utils.rnn.pad_sequence(self._verts_list, batch_first=True)
+
+    def mesh_to_verts_packed_first_idx(self) -> torch.Tensor:
+        counts = self.num_verts_per_mesh()
+        return torch.cumsum(counts, 0) - counts
+
+    def verts_packed_to_mesh_idx(self) -> torch.Tensor:
+        return torch.repeat_interleave(torch.arange(len(self), device=self.device), self.num_verts_per_mesh())
+
+    def mesh_to_faces_packed_first_idx(self) -> torch.Tensor:
+        counts = self.num_faces_per_mesh()
+        return torch.cumsum(counts, 0) - counts
+
+    def faces_packed_to_mesh_idx(self) -> torch.Tensor:
+        return torch.repeat_interleave(torch.arange(len(self), device=self.device), self.num_faces_per_mesh())
+
+    def faces_packed(self) -> torch.Tensor:
+        """Faces with indices into :meth:`verts_packed`."""
+        if not self._faces_list:
+            return torch.zeros(0, 3, dtype=torch.long, device=self.device)
+        offsets = self.mesh_to_verts_packed_first_idx()
+        return torch.cat([f + offsets[i] for i, f in enumerate(self._faces_list)], dim=0)
+
+    def _compute_edges(self) -> None:
+        """Unique undirected edges (sorted vertex pairs, in pytorch3d's order: by ``V * v0 + v1``) and, per face, its
+        edges opposite vertex 0, 1, 2."""
+        if self._edges is not None:
+            return
+        faces = self.faces_packed()
+        v0, v1, v2 = faces.unbind(1)
+        edges = (
+            torch.cat([torch.stack([v1, v2], 1), torch.stack([v2, v0], 1), torch.stack([v0, v1], 1)])
+            .sort(1)
+            .values
+        )
+        count = len(self.verts_packed())
+        unique, inverse = torch.unique(count * edges[:, 0] + edges[:, 1], return_inverse=True)
+        edge_to_mesh = self.faces_packed_to_mesh_idx().repeat(3)
+        first = torch.full((len(unique),), len(edges), dtype=torch.long, device=self.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(len(edges), device=self.device), "amin")
+        edges_packed = torch.stack([unique // max(count, 1), unique % max(count, 1)], 1)
+        self._edges = (edges_packed, edge_to_mesh[first], inverse.reshape(3, -1).t())
+
+    def edges_packed(self) -> torch.Tensor:
+        self._compute_edges()
+        return self._edges[0]
+
+    def edges_packed_to_mesh_idx(self) -> torch.Tensor:
+        self._compute_edges()
+        return self._edges[1]
+
+    def faces_packed_to_edges_packed(self) -> torch.Tensor:
+        self._compute_edges()
+        return self._edges[2]
+
+    def num_edges_per_mesh(self) -> torch.Tensor:
+        return torch.bincount(self.edges_packed_to_mesh_idx(), minlength=len(self))
+
+    def faces_normals_packed(self) -> torch.Tensor:
+        """Unit normals ``(v1 - v0) x (v2 - v0)`` of the packed faces."""
+        verts = self.verts_packed()[self.faces_packed()]
+        normal = torch.linalg.cross(verts[:, 1] - verts[:, 0], verts[:, 2] - verts[:, 0], dim=1)
+        return normal / normal.norm(dim=1, keepdim=True).clamp(min=1e-6)
+
+    def faces_areas_packed(self) -> torch.Tensor:
+        verts = self.verts_packed()[self.faces_packed()]
+        return 0.5 * torch.linalg.cross(verts[:, 1] - verts[:, 0], verts[:, 2] - verts[:, 0], dim=1).norm(
+            dim=1
+        )
+
+    def offset_verts(self, vert_offsets_packed: torch.Tensor) -> Meshes:
+        """A new batch with every vertex moved by its row of ``vert_offsets_packed`` (sum(V_i), 3) or by one (3,)
+        offset: one refinement step of a deforming network (differentiable)."""
+        moved = self.verts_packed() + vert_offsets_packed
+        return Meshes(list(moved.split(self.num_verts_per_mesh().tolist())), self._faces_list)
+
+    def update_padded(self, new_verts_padded: torch.Tensor) -> Meshes:
+        """A new batch with the same faces and vertices taken from a (B, V, 3) padded tensor."""
+        counts = self.num_verts_per_mesh().tolist()
+        return Meshes([new_verts_padded[i, :n] for i, n in enumerate(counts)], self._faces_list)
+
+    def to(self, device: torch.device | str) -> Meshes:
+        return Meshes([v.to(device) for v in self._verts_list], [f.to(device) for f in self._faces_list])
+
+    def detach(self) -> Meshes:
+        return Meshes([v.detach() for v in self._verts_list], self._faces_list)
+
+
+def _p3d_meshes(meshes):
+    """The batch as a pytorch3d ``Meshes`` (pytorch3d's losses call methods ours lacks, e.g. ``laplacian_packed``)."""
+    if isinstance(meshes, Meshes):
+        return _P3D.Meshes(verts=meshes.verts_list(), faces=meshes.faces_list())
+    return meshes
+
+
+def _empty_loss(meshes) -> torch.Tensor:
+    """pytorch3d's value for a batch without any mesh: a (1,) zero that requires grad."""
+    return torch.tensor([0.0], dtype=torch.float32, device=meshes.device, requires_grad=True)
+
+
+def _per_mesh_mean(values: torch.Tensor, owner: torch.Tensor, batch: int) -> torch.Tensor:
+    """Mean over meshes of each mesh's mean of ``values`` (every mesh counts the same, empty meshes as 0)."""
+    counts = torch.bincount(owner, minlength=batch)
+    return (values / counts[owner].to(values.dtype)).sum() / batch
+
+
+def mesh_edge_loss(meshes, target_length: float = 0.0) -> torch.Tensor:
+    """``pytorch3d.loss.mesh_edge_loss``: mean over meshes of the mean over a mesh's unique edges of
+    (length - ``target_length``)^2 -- keeps a refined mesh's triangles from stretching."""
+    if _P3D is not None:
+        return _P3D.mesh_edge_loss(_p3d_meshes(meshes), target_length)
+    if meshes.isempty():
+        return _empty_loss(meshes)
+    edges = meshes.edges_packed()
+    verts = meshes.verts_packed()
+    loss = ((verts[edges[:, 0]] - verts[edges[:, 1]]).norm(dim=1) - target_length) ** 2
+    return _per_mesh_mean(loss, meshes.edges_packed_to_mesh_idx(), len(meshes))
+
+
+def _cot_weights(verts: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12) -> tuple:
+    """pytorch3d's ``cot_laplacian`` without sparse matrices: for each half edge (i, j) of a face its weight
+    cot(angle opposite), and per vertex the inverse of the summed areas (Heron's formula) of its faces."""
+    v0, v1, v2 = verts[faces].unbind(1)
+    a, b, c = (v1 - v2).norm(dim=1), (v0 - v2).norm(dim=1), (v0 - v1).norm(dim=1)
+    s = 0.5 * (a + b + c)
+    area = (s * (s - a) * (s - b) * (s - c)).clamp(min=eps).sqrt()
+    cot = torch.stack([b * b + c * c - a * a, a * a + c * c - b * b, a * a + b * b - c * c], 1) / (
+        4.0 * area[:, None]
+    )
+    rows, cols = (
+        faces[:, [1, 2, 0]].reshape(-1),
+        faces[:, [2, 0, 1]].reshape(-1),
+    )  # the edge opposite each corner
+    areas = torch.zeros(len(verts), dtype=verts.dtype, device=verts.device).index_add_(
+        0, faces.reshape(-1), area.repeat_interleave(3)
+    )
+    inv_areas = torch.where(
+        areas > 0, 1.0 / areas.clamp(min=torch.finfo(areas.dtype).tiny), torch.zeros_like(areas)
+    )
+    return rows, cols, cot.reshape(-1), inv_areas
+
+
+def mesh_laplacian_smoothing(meshes, method: str = "uniform") -> torch.Tensor:
+    """``pytorch3d.loss.mesh_laplacian_smoothing``: mean over meshes of the mean over vertices of |L v|, with
+
+    - ``"uniform"``: L v_i = mean of the neighbours - v_i (an isolated vertex: -v_i, pytorch3d's -1 diagonal);
+    - ``"cot"``: L v_i = sum_j w_ij v_j / sum_j w_ij - v_i, w_ij = cot a_ij + cot b_ij (a vertex whose weights do not
+      sum to a positive number is scaled by that sum instead, as pytorch3d does);
+    - ``"cotcurv"``: L v_i = sum_j w_ij (v_j - v_i) / (4 A_i), A_i the area of the faces around v_i (mean curvature).
+
+    The weights are constants (no gradient through them), as in pytorch3d.
+    """
+    if method not in ("uniform", "cot", "cotcurv"):
+        raise ValueError(f"mesh_laplacian_smoothing: method must be uniform, cot or cotcurv, got {method!r}")
+    verts = meshes.verts_packed()
+    if _P3D is not None and verts.dtype == torch.float32:  # pytorch3d builds float32 sparse matrices
+        return _P3D.mesh_laplacian_smoothing(_p3d_meshes(meshes), method=method)
+    if meshes.isempty():
+        return _empty_loss(meshes)
+    with torch.no_grad():
+        if method == "uniform":
+            edges = meshes.edges_packed()
+            rows, cols = torch.cat([edges[:, 0], edges[:, 1]]), torch.cat([edges[:, 1], edges[:, 0]])
+            degree = torch.bincount(rows, minlength=len(verts)).to(verts.dtype)
+            weights = 1.0 / degree[rows]
+        else:
+            rows, cols, cot, inv_areas = _cot_weights(verts.detach(), meshes.faces_packed())
+            rows, cols, weights = torch.cat([rows, cols]), torch.cat([cols, rows]), torch.cat([cot, cot])
+            row_sum = torch.zeros(len(verts), dtype=verts.dtype, device=verts.device).index_add_(
+                0, rows, weights
+            )
+    neighbours = torch.zeros_like(verts).index_add_(
+        0, rows, weights[:, None] * verts[cols]
+    )  # L without diagonal
+    if method == "uniform":
+        laplacian = neighbours - verts
+    elif method == "cot":
+        scale = torch.where(row_sum > 0, 1.0 / row_sum.clamp(min=torch.finfo(verts.dtype).tiny), row_sum)
+        laplacian = neighbours * scale[:, None] - verts
+    else:
+        laplacian = (neighbours - row_sum[:, None] * verts) * (0.25 * inv_areas)[:, None]
+    return _per_mesh_mean(laplacian.norm(dim=1), meshes.verts_packed_to_mesh_idx(), len(meshes))
+
+
+def mesh_normal_consistency(meshes) -> torch.Tensor:
+    """``pytorch3d.loss.mesh_normal_consistency``: mean over meshes of the mean over pairs of faces sharing an edge
+    (every pair, also on non-manifold edges) of 1 - cos(n0, n1), where n0 = e x (a - v0) and n1 = (b - v0) x e for
+    the shared edge e = v1 - v0 and the faces' opposite vertices a, b. Independent of the faces' winding."""
+    if _P3D is not None:
+        return _P3D.mesh_normal_consistency(_p3d_meshes(meshes))
+    if meshes.isempty():
+        return _empty_loss(meshes)
+    verts, faces = meshes.verts_packed(), meshes.faces_packed()
+    edges = meshes.edges_packed()
+    with torch.no_grad():
+        edge_of = meshes.faces_packed_to_edges_packed().reshape(
+            -1
+        )  # (3F,): face f, corner k -> edge opposite k
+        opposite = faces.reshape(-1)
+        edge_of, order = edge_of.sort(stable=True)
+        opposite = opposite[order]
+        counts = torch.bincount(edge_of, minlength=len(edges))
+        starts = torch.cumsum(counts, 0) - counts
+        pairs = []
+        for count in counts.unique().tolist():  # every pair (i < j) of the faces around an edge
+            first = starts[counts == count]
+            for j in range(count):
+                for i in range(j):
+                    pairs.append(torch.stack([first + i, first + j], 1))
+        if not pairs:
+            return _empty_loss(meshes)
+        pairs = torch.cat(pairs)
+    v0, v1 = verts[edges[edge_of, 0]], verts[edges[edge_of, 1]]
+    normals = torch.linalg.cross(v1 - v0, verts[opposite] - v0, dim=1)
+    loss = 1 - torch.cosine_similarity(normals[pairs[:, 0]], -normals[pairs[:, 1]], dim=1)
+    owner = meshes.verts_packed_to_mesh_idx()[opposite[pairs[:, 0]]]
+    return _per_mesh_mean(loss, owner, len(meshes))
+
+
+def sample_points_from_meshes(meshes, num_samples: int = 10000, return_normals: bool = False):
+    """``pytorch3d.ops.sample_points_from_meshes``: ``num_samples`` points per mesh, uniform by area, differentiable
+    with respect to the vertices -> (B, S, 3), and the unit normals of their faces when ``return_normals``. Meshes
+    without faces give zeros."""
+    if _P3D is not None:
+        return _P3D.sample_points_from_meshes(_p3d_meshes(meshes), num_samples, return_normals=return_normals)
+    if meshes.isempty():
+        raise ValueError("sample_points_from_meshes: the meshes are empty")
+    verts, faces = meshes.verts_packed(), meshes.faces_packed()
+    batch = len(meshes)
+    points = verts.new_zeros(batch, num_samples, 3)
+    normals = verts.new_zeros(batch, num_samples, 3)
+    face_verts = verts[faces]  # (F, 3, 3)
+    v0, v1, v2 = face_verts.unbind(1)
+    face_normals = torch.linalg.cross(v1 - v0, v2 - v1, dim=1)
+    face_normals = face_normals / face_normals.norm(dim=1, keepdim=True).clamp(min=sys.float_info.epsilon)
+    first, counts = meshes.mesh_to_faces_packed_first_idx(), meshes.num_faces_per_mesh()
+    for i in range(batch):
+        if not meshes.valid[i]:
+            continue
+        index = slice(int(first[i]), int(first[i] + counts[i]))
+        with torch.no_grad():
+            areas = 0.5 * torch.linalg.cross(v1[index] - v0[index], v2[index] - v0[index], dim=1).norm(dim=1)
+            chosen = areas.multinomial(num_samples, replacement=True) + int(first[i])
+        u, v = torch.rand(2, num_samples, dtype=verts.dtype, device=verts.device)
+        root = u.sqrt()  # uniform barycentric coordinates (Osada et al. 2002, as pytorch3d)
+        w0, w1, w2 = 1.0 - root, root * (1.0 - v), root * v
+        points[i] = w0[:, None] * v0[chosen] + w1[:, None] * v1[chosen] + w2[:, None] * v2[chosen]
+        normals[i] = face_normals[chosen]
+    return (points, normals) if return_normals else points
 
 
 # --------------------------------------------------------------------------------------------------- voxels
@@ -173,12 +684,56 @@ def voxel_iou(pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) 
     return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
 
 
+def _column_crossings(tri: np.ndarray, resolution: int) -> tuple[np.ndarray, ...]:
+    """Where the vertical rays through the voxel-centre columns cross the triangles ``tri`` (F, 3, 3): per crossing
+    its triangle, column (ix, iy), how many voxel centres lie below it, and its sign (+1 where the triangle faces
+    up, i.e. the ray leaves a part going up)."""
+    centers = voxel_centers(resolution)
+    # a tiny irrational shift keeps column rays off the shared edges/vertices of axis-aligned shapes (a ray through
+    # an edge would be counted by both triangles)
+    col_x = centers + 1.3e-7 * math.sqrt(2.0)
+    col_y = centers + 1.1e-7 * math.sqrt(3.0)
+    lo, hi = tri[:, :, :2].min(1), tri[:, :, :2].max(1)
+    ix0, ix1 = np.searchsorted(col_x, lo[:, 0], "left"), np.searchsorted(col_x, hi[:, 0], "right")
+    iy0, iy1 = np.searchsorted(col_y, lo[:, 1], "left"), np.searchsorted(col_y, hi[:, 1], "right")
+    nx, ny = np.maximum(ix1 - ix0, 0), np.maximum(iy1 - iy0, 0)
+    count = nx * ny
+    t = np.repeat(np.arange(len(tri)), count)
+    k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    ix = ix0[t] + k // np.maximum(ny[t], 1)
+    iy = iy0[t] + k % np.maximum(ny[t], 1)
+    px, py = col_x[ix], col_y[iy]
+    a, b, c = tri[t, 0], tri[t, 1], tri[t, 2]
+    # 2D barycentric coordinates of the column in the triangle's xy projection; det > 0: counter-clockwise seen from
+    # above, i.e. the outward normal of a correctly wound closed part points up
+    det = (b[:, 1] - c[:, 1]) * (a[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (a[:, 1] - c[:, 1])
+    safe = np.where(np.abs(det) > 1e-15, det, 1.0)
+    w0 = ((b[:, 1] - c[:, 1]) * (px - c[:, 0]) + (c[:, 0] - b[:, 0]) * (py - c[:, 1])) / safe
+    w1 = ((c[:, 1] - a[:, 1]) * (px - c[:, 0]) + (a[:, 0] - c[:, 0]) * (py - c[:, 1])) / safe
+    w2 = 1.0 - w0 - w1
+    hit = (np.abs(det) > 1e-15) & (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+    z = w0 * a[:, 2] + w1 * b[:, 2] + w2 * c[:, 2]
+    level = np.searchsorted(centers, z[hit])  # how many voxel centres lie below the crossing
+    return t[hit], ix[hit], iy[hit], level, np.sign(det[hit]).astype(np.int32)
+
+
+def _fill_columns(ix, iy, level, values, resolution: int) -> np.ndarray:
+    """Per voxel centre the sum of ``values`` of the crossings above it on its column."""
+    counts = np.zeros((resolution, resolution, resolution + 1), dtype=np.int32)
+    np.add.at(counts, (ix, iy, level), values)
+    return np.cumsum(counts[:, :, ::-1], axis=2)[:, :, ::-1][:, :, 1:]
+
+
 def voxelize_mesh(mesh: trimesh.Trimesh, resolution: int, name: str = "mesh") -> np.ndarray:
     """Occupancy grid (R, R, R) bool of a mesh in the unit cube: a voxel is occupied when its centre is inside.
 
-    Watertight meshes are filled by ray parity along z, one ray per (x, y) column of voxel centres.
-    Non-watertight meshes have no inside: they are voxelised by surface (voxels the surface passes through),
-    with a warning naming ``name``.
+    Watertight meshes are filled by winding number, one vertical ray per (x, y) column of voxel centres: a centre is
+    inside a closed part when the signed crossings above it do not cancel. Each connected part counts on its own and
+    the parts are united, so meshes modelled as overlapping closed parts (a mushroom = cap + stem, a table = top +
+    legs) are filled where parts overlap (ray parity would hollow the overlap), self-intersecting parts follow the
+    nonzero rule, and inside-out parts count too. Parts whose faces are not wound consistently fall back to parity.
+    Non-watertight meshes have no inside: they are voxelised by surface (voxels the surface passes through), with a
+    warning naming ``name``.
 
     Hand-written because trimesh's ``contains`` / ``voxelize_ray`` need a ray engine (rtree or embree, not
     installed) and cast one ray per voxel; scan-converting triangles into columns costs O(faces + R^3) in numpy.
@@ -186,40 +741,22 @@ def voxelize_mesh(mesh: trimesh.Trimesh, resolution: int, name: str = "mesh") ->
     if len(mesh.faces) == 0:
         raise ValueError(f"{name}: mesh has no faces, cannot voxelise")
     if not mesh.is_watertight:
-        warnings.warn(f"{name}: mesh is not watertight; voxelising its surface only (no interior)", stacklevel=2)
+        warnings.warn(
+            f"{name}: mesh is not watertight; voxelising its surface only (no interior)", stacklevel=2
+        )
         return voxelize_surface(mesh, resolution)
-    centers = voxel_centers(resolution)
-    # a tiny irrational shift keeps column rays off the shared edges/vertices of axis-aligned shapes (a ray through
-    # an edge would be counted by both triangles and flip the parity)
-    col_x = centers + 1.3e-7 * math.sqrt(2.0)
-    col_y = centers + 1.1e-7 * math.sqrt(3.0)
-    tri = np.asarray(mesh.triangles, dtype=np.float64)  # (F, 3, 3)
-    lo, hi = tri[:, :, :2].min(1), tri[:, :, :2].max(1)
-    ix0, ix1 = np.searchsorted(col_x, lo[:, 0], "left"), np.searchsorted(col_x, hi[:, 0], "right")
-    iy0, iy1 = np.searchsorted(col_y, lo[:, 1], "left"), np.searchsorted(col_y, hi[:, 1], "right")
-    nx, ny = np.maximum(ix1 - ix0, 0), np.maximum(iy1 - iy0, 0)
-    count = nx * ny
-    occupancy_counts = np.zeros((resolution, resolution, resolution + 1), dtype=np.int32)
-    if count.sum() > 0:
-        t = np.repeat(np.arange(len(tri)), count)
-        k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-        ix = ix0[t] + k // ny[t]
-        iy = iy0[t] + k % ny[t]
-        px, py = col_x[ix], col_y[iy]
-        a, b, c = tri[t, 0], tri[t, 1], tri[t, 2]
-        # 2D barycentric coordinates of the column in the triangle's xy projection
-        det = (b[:, 1] - c[:, 1]) * (a[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (a[:, 1] - c[:, 1])
-        safe = np.where(np.abs(det) > 1e-15, det, 1.0)
-        w0 = ((b[:, 1] - c[:, 1]) * (px - c[:, 0]) + (c[:, 0] - b[:, 0]) * (py - c[:, 1])) / safe
-        w1 = ((c[:, 1] - a[:, 1]) * (px - c[:, 0]) + (a[:, 0] - c[:, 0]) * (py - c[:, 1])) / safe
-        w2 = 1.0 - w0 - w1
-        hit = (np.abs(det) > 1e-15) & (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
-        z = w0 * a[:, 2] + w1 * b[:, 2] + w2 * c[:, 2]
-        level = np.searchsorted(centers, z[hit])  # how many voxel centres lie below the crossing
-        np.add.at(occupancy_counts, (ix[hit], iy[hit], level), 1)
-    # crossings strictly above voxel centre k: sum of counts at levels k+1 .. R
-    above = np.cumsum(occupancy_counts[:, :, ::-1], axis=2)[:, :, ::-1][:, :, 1:]
-    return (above % 2).astype(bool)
+    tri = np.asarray(mesh.triangles, dtype=np.float64)
+    face, ix, iy, level, sign = _column_crossings(tri, resolution)
+    parts = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    consistent = mesh.is_winding_consistent
+    grid = np.zeros((resolution,) * 3, dtype=bool)
+    for part in np.unique(parts[face]):
+        on_part = parts[face] == part
+        if consistent:
+            grid |= _fill_columns(ix[on_part], iy[on_part], level[on_part], sign[on_part], resolution) != 0
+        else:
+            grid |= _fill_columns(ix[on_part], iy[on_part], level[on_part], 1, resolution) % 2 == 1
+    return grid
 
 
 def voxelize_surface(mesh: trimesh.Trimesh, resolution: int, seed: int = 0) -> np.ndarray:
@@ -235,21 +772,31 @@ def voxelize_surface(mesh: trimesh.Trimesh, resolution: int, seed: int = 0) -> n
     return grid
 
 
-def voxels_to_mesh(occupancy: np.ndarray | torch.Tensor, level: float = 0.5, method: str = "marching_cubes") -> trimesh.Trimesh:
+def voxels_to_mesh(
+    occupancy: np.ndarray | torch.Tensor, level: float = 0.5, method: str = "marching_cubes"
+) -> trimesh.Trimesh:
     """Triangle mesh of the ``level`` iso-surface of an (R, R, R) occupancy/probability grid, in unit-cube
-    coordinates. ``method="cubify"`` uses ``pytorch3d.ops.cubify`` (blocky, exact voxel faces) when importable.
-    An all-empty or all-full grid gives a mesh with no faces (there is no surface)."""
-    grid = occupancy.detach().float().cpu().numpy() if isinstance(occupancy, torch.Tensor) else np.asarray(occupancy, np.float32)
+    coordinates, faces wound so normals point outwards (positive volume). ``method="cubify"`` uses
+    ``pytorch3d.ops.cubify`` (blocky, exact voxel faces) when importable, marching cubes otherwise.
+
+    An all-empty grid gives a mesh with no faces; the grid is padded with empty voxels, so a full grid (or a shape
+    touching the border) gives a closed surface: for a full grid, a box."""
+    if isinstance(occupancy, torch.Tensor):
+        grid = occupancy.detach().float().cpu().numpy()
+    else:
+        grid = np.asarray(occupancy, np.float32)
     if grid.ndim != 3:
         raise ValueError(f"voxels_to_mesh expects an (R, R, R) grid, got shape {grid.shape}")
-    resolution = grid.shape[0]
-    if method == "cubify" and HAS_PYTORCH3D:  # pragma: no cover
-        meshes = _p3d_ops.cubify(torch.from_numpy(grid)[None], thresh=level, align="center")
-        verts, faces = meshes.verts_list()[0].numpy(), meshes.faces_list()[0].numpy()
-        # cubify's [-1, 1] box with (z, y, x) voxel order -> our [-0.5, 0.5] box with (x, y, z)
-        return trimesh.Trimesh(verts[:, ::-1] * 0.5 * (resolution - 1) / resolution, faces, process=False)
     if method not in ("marching_cubes", "cubify"):
         raise ValueError(f"voxels_to_mesh: unknown method {method!r}")
+    resolution = grid.shape[0]
+    if method == "cubify" and _P3D is not None:
+        meshes = _P3D.cubify(torch.from_numpy(grid)[None], thresh=level, align="center")
+        verts, faces = meshes.verts_list()[0].cpu().numpy(), meshes.faces_list()[0].cpu().numpy()
+        # cubify's [-1, 1] box with (z, y, x) voxel order -> our [-0.5, 0.5] box with (x, y, z): reversing the axes
+        # mirrors the mesh, so the faces are reversed too to keep them facing outwards
+        verts = verts[:, ::-1] * 0.5 * (resolution - 1) / resolution
+        return trimesh.Trimesh(verts, faces[:, ::-1], process=False)
     if not grid.max() > level:
         return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
     from skimage.measure import marching_cubes
@@ -276,9 +823,9 @@ def sample_grid(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     which maps voxel centres exactly like :func:`voxel_centers`.
     """
     grid = (points * 2.0).flip(-1)[:, :, None, None, :]  # (B, N, 1, 1, 3)
-    return F.grid_sample(volume, grid.to(volume.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)[
-        :, :, :, 0, 0
-    ]
+    return F.grid_sample(
+        volume, grid.to(volume.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+    )[:, :, :, 0, 0]
 
 
 def transform_voxels(volume: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -290,35 +837,3 @@ def transform_voxels(volume: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor
     theta = torch.cat([flip @ inverse @ flip, torch.zeros(len(matrix), 3, 1, device=volume.device)], dim=2)
     grid = F.affine_grid(theta, list(volume.shape), align_corners=False)
     return F.grid_sample(volume.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-# --------------------------------------------------------------------------------------------------- mesh losses
-
-
-def mesh_edges(faces: torch.Tensor) -> torch.Tensor:
-    """Unique undirected edges (E, 2) of a triangle mesh's faces (F, 3)."""
-    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], dim=0).sort(dim=1).values
-    return torch.unique(edges, dim=0)
-
-
-def mesh_edge_loss(verts: torch.Tensor, faces: torch.Tensor, target_length: float = 0.0) -> torch.Tensor:
-    """Mean of (edge length - ``target_length``)^2 over unique edges (``pytorch3d.loss.mesh_edge_loss`` for one mesh):
-    keeps a refined mesh's triangles from stretching."""
-    edges = mesh_edges(faces)
-    if len(edges) == 0:
-        return verts.sum() * 0.0
-    lengths = (verts[edges[:, 0]] - verts[edges[:, 1]]).norm(dim=1)
-    return (lengths - target_length).square().mean()
-
-
-def mesh_laplacian_smoothing(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Uniform Laplacian smoothing loss (``pytorch3d.loss.mesh_laplacian_smoothing(method="uniform")`` for one
-    mesh): mean over vertices of || mean of neighbours - vertex ||."""
-    edges = mesh_edges(faces)
-    if len(edges) == 0:
-        return verts.sum() * 0.0
-    both = torch.cat([edges, edges.flip(1)], dim=0)
-    neighbour_sum = torch.zeros_like(verts).index_add_(0, both[:, 0], verts[both[:, 1]])
-    degree = torch.zeros(len(verts), device=verts.device).index_add_(0, both[:, 0], torch.ones(len(both), device=verts.device))
-    laplacian = torch.where(degree[:, None] > 0, neighbour_sum / degree.clamp(min=1)[:, None] - verts, torch.zeros_like(verts))
-    return laplacian.norm(dim=1).mean()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from common.geometry import chamfer_distance, voxel_iou
+from common.geometry import chamfer, voxel_iou
 
 
 class VoxelIoU(Metric):
@@ -23,7 +23,9 @@ class VoxelIoU(Metric):
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         if pred.shape != target.shape:
-            raise ValueError(f"VoxelIoU: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+            raise ValueError(
+                f"VoxelIoU: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ"
+            )
         iou = voxel_iou(pred, target, self.threshold)
         self.iou_sum += iou.double().sum()
         self.count += iou.numel()
@@ -44,11 +46,13 @@ class ChamferDistance(Metric):
         self.add_state("chamfer_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, pred: list[torch.Tensor] | torch.Tensor, target: list[torch.Tensor] | torch.Tensor) -> None:
+    def update(
+        self, pred: list[torch.Tensor] | torch.Tensor, target: list[torch.Tensor] | torch.Tensor
+    ) -> None:
         if len(pred) != len(target):
             raise ValueError(f"ChamferDistance: {len(pred)} predicted clouds but {len(target)} targets")
         for p, t in zip(pred, target, strict=True):
-            value = chamfer_distance(p[None].float(), t[None].float(), batch_reduction="sum")
+            value = chamfer(p[None].float(), t[None].float(), batch_reduction="sum")
             self.chamfer_sum += value.detach().double()
             self.count += 1
 

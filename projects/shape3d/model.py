@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from common.geometry import (
+    Meshes,
     mesh_edge_loss,
     mesh_laplacian_smoothing,
     sample_grid,
@@ -228,10 +229,11 @@ def refine_mesh(
         optimizer = torch.optim.Adam([verts], lr=lr)
         for _ in range(steps):
             level = sample_grid(volume, verts[None])[0, 0]
+            mesh_batch = Meshes([verts], [faces])
             loss = (level - 0.5).square().mean() + edge_weight * mesh_edge_loss(
-                verts, faces, target_edge
+                mesh_batch, target_edge
             ) / target_edge**2
-            loss = loss + laplacian_weight * mesh_laplacian_smoothing(verts, faces) / target_edge
+            loss = loss + laplacian_weight * mesh_laplacian_smoothing(mesh_batch) / target_edge
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

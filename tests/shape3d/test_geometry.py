@@ -11,7 +11,8 @@ from scipy.spatial import cKDTree
 
 from common import geometry
 from common.geometry import (
-    chamfer_distance,
+    Meshes,
+    chamfer,
     mesh_edge_loss,
     mesh_laplacian_smoothing,
     sample_surface_points,
@@ -37,9 +38,9 @@ def test_chamfer_matches_kdtree_batched_and_chunked(method):
     x = rng.normal(size=(3, 700, 3)).astype(np.float32)
     y = rng.normal(size=(3, 500, 3)).astype(np.float32) * 0.5 + 0.3
     expected = [kdtree_chamfer(a, b) for a, b in zip(x, y, strict=True)]
-    per_cloud = chamfer_distance(torch.from_numpy(x), torch.from_numpy(y), batch_reduction=None, method=method)
+    per_cloud = chamfer(torch.from_numpy(x), torch.from_numpy(y), batch_reduction=None, method=method)
     np.testing.assert_allclose(per_cloud.numpy(), expected, rtol=1e-4)
-    mean = chamfer_distance(torch.from_numpy(x), torch.from_numpy(y), method=method)
+    mean = chamfer(torch.from_numpy(x), torch.from_numpy(y), method=method)
     assert mean.item() == pytest.approx(np.mean(expected), rel=1e-4)
     # a tiny chunk budget (many row chunks) must give the same nearest neighbours
     idx_full, d_full = geometry.nearest_neighbors(torch.from_numpy(x), torch.from_numpy(y), method=method)
@@ -56,20 +57,29 @@ def test_chamfer_reductions_lengths_and_gradient(method):
     x = torch.from_numpy(rng.normal(size=(2, 60, 3)).astype(np.float32)).requires_grad_(True)
     y = torch.from_numpy(rng.normal(size=(2, 80, 3)).astype(np.float32))
     d_xy, _ = cKDTree(y[0].numpy()).query(x[0].detach().numpy())
-    one_way = chamfer_distance(x[:1], y[:1], single_directional=True, point_reduction="sum", batch_reduction="sum",
-                               method=method)
+    one_way = chamfer(
+        x[:1], y[:1], single_directional=True, point_reduction="sum", batch_reduction="sum", method=method
+    )
     assert one_way.item() == pytest.approx(float((d_xy**2).sum()), rel=1e-4)
     # padded clouds: only the first 40 / 50 points count
-    lengths = chamfer_distance(x, y, x_lengths=torch.tensor([40, 60]), y_lengths=torch.tensor([50, 80]), batch_reduction=None,
-                               method=method)
-    assert lengths[0].item() == pytest.approx(kdtree_chamfer(x[0, :40].detach().numpy(), y[0, :50].numpy()), rel=1e-4)
+    lengths = chamfer(
+        x,
+        y,
+        x_lengths=torch.tensor([40, 60]),
+        y_lengths=torch.tensor([50, 80]),
+        batch_reduction=None,
+        method=method,
+    )
+    assert lengths[0].item() == pytest.approx(
+        kdtree_chamfer(x[0, :40].detach().numpy(), y[0, :50].numpy()), rel=1e-4
+    )
     assert lengths[1].item() == pytest.approx(kdtree_chamfer(x[1].detach().numpy(), y[1].numpy()), rel=1e-4)
-    chamfer_distance(x, y, method=method).backward()
+    chamfer(x, y, method=method).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     # moving x along -grad lowers the distance: the gradient is the real one
     with torch.no_grad():
-        before = chamfer_distance(x, y, method=method).item()
-        after = chamfer_distance(x - 0.5 * x.grad, y, method=method).item()
+        before = chamfer(x, y, method=method).item()
+        after = chamfer(x - 0.5 * x.grad, y, method=method).item()
     assert after < before
 
 
@@ -78,7 +88,7 @@ def test_chamfer_matches_pytorch3d():  # pragma: no cover - runs only where pyto
     from pytorch3d.loss import chamfer_distance as p3d_chamfer
 
     x, y = torch.rand(2, 100, 3), torch.rand(2, 90, 3)
-    assert chamfer_distance(x, y).item() == pytest.approx(p3d_chamfer(x, y)[0].item(), rel=1e-5)
+    assert chamfer(x, y).item() == pytest.approx(p3d_chamfer(x, y)[0].item(), rel=1e-5)
 
 
 def box(extents, center=(0.0, 0.0, 0.0)) -> trimesh.Trimesh:
@@ -87,7 +97,11 @@ def box(extents, center=(0.0, 0.0, 0.0)) -> trimesh.Trimesh:
 
 def test_voxelize_fills_volume_of_watertight_meshes():
     resolution = 48
-    for mesh in (trimesh.creation.icosphere(3, radius=0.4), box((0.6, 0.3, 0.5)), trimesh.creation.torus(0.3, 0.1)):
+    for mesh in (
+        trimesh.creation.icosphere(3, radius=0.4),
+        box((0.6, 0.3, 0.5)),
+        trimesh.creation.torus(0.3, 0.1),
+    ):
         grid = voxelize_mesh(mesh, resolution)
         volume = grid.sum() / resolution**3
         assert volume == pytest.approx(mesh.volume, rel=0.08)
@@ -128,7 +142,7 @@ def test_voxels_to_mesh_recovers_the_shape():
     # Chamfer between the two surfaces is within about a voxel
     a = torch.from_numpy(sample_surface_points(mesh, 2000))[None]
     b = torch.from_numpy(sample_surface_points(sphere, 2000))[None]
-    assert chamfer_distance(a, b).item() < 2 * (1 / 48) ** 2
+    assert chamfer(a, b).item() < 2 * (1 / 48) ** 2
     assert len(voxels_to_mesh(np.zeros((8, 8, 8))).faces) == 0
 
 
@@ -146,21 +160,32 @@ def test_mesh_edge_and_laplacian_losses_match_loops():
     faces = torch.tensor(mesh.faces, dtype=torch.long)
     edges = mesh.edges_unique
     lengths = np.linalg.norm(verts_np[edges[:, 0]] - verts_np[edges[:, 1]], axis=1)
-    assert mesh_edge_loss(verts, faces, 0.1).item() == pytest.approx(float(((lengths - 0.1) ** 2).mean()), rel=1e-4)
+    assert mesh_edge_loss(Meshes([verts], [faces]), 0.1).item() == pytest.approx(
+        float(((lengths - 0.1) ** 2).mean()), rel=1e-4
+    )
     neighbours = {i: set() for i in range(len(verts_np))}
     for i, j in edges:
         neighbours[i].add(j)
         neighbours[j].add(i)
-    reference = np.mean([np.linalg.norm(verts_np[list(n)].mean(0) - verts_np[i]) for i, n in neighbours.items()])
-    assert mesh_laplacian_smoothing(verts, faces).item() == pytest.approx(reference, rel=1e-4)
+    reference = np.mean(
+        [np.linalg.norm(verts_np[list(n)].mean(0) - verts_np[i]) for i, n in neighbours.items()]
+    )
+    assert mesh_laplacian_smoothing(Meshes([verts], [faces])).item() == pytest.approx(reference, rel=1e-4)
     flat = trimesh.creation.box((1, 1, 1)).subdivide().subdivide()
-    assert mesh_laplacian_smoothing(torch.tensor(flat.vertices).float(), torch.tensor(flat.faces)).item() > 0
+    assert (
+        mesh_laplacian_smoothing(
+            Meshes([torch.tensor(flat.vertices).float()], [torch.tensor(flat.faces)])
+        ).item()
+        > 0
+    )
 
 
 def test_transform_voxels_matches_voxelising_the_transformed_mesh():
     mesh = box((0.5, 0.2, 0.3))
     angle = np.radians(25)
-    matrix = 1.1 * np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    matrix = 1.1 * np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
     moved = mesh.copy()
     transform = np.eye(4)
     transform[:3, :3] = matrix
