@@ -22,20 +22,20 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from common.metrics.bleu import CorpusBLEU
 from projects.caption.data import CaptionDataModule
 from projects.caption.features import cached_features
-from projects.caption.model import CaptionModule
+from projects.caption.module import CaptionModule
+from projects.caption.prepare import build_data, build_model
 
 
 def build(config: Path, use_cache: bool) -> tuple[CaptionModule, CaptionDataModule]:
-    raw = yaml.safe_load(config.read_text())
-    model = CaptionModule(**raw["model"]["init_args"])
-    data = CaptionDataModule(**(raw["data"]["init_args"] | {"use_feature_cache": use_cache}))
+    data = build_data([str(config)], use_feature_cache=use_cache)
+    data.prepare_data()
     data.setup("fit")
-    data.attach_encoder(model.image_encoder)
+    model = build_model([str(config)], data)
+    model.configure_model()
     model.set_tokenizer(data.tokenizer)
     return model, data
 
@@ -103,13 +103,26 @@ def main() -> None:
         raw["cache_build_s"] = time.perf_counter() - start
     uncached_model, uncached_data = build(args.config, use_cache=False)
     raw["cached_step_s"], raw["uncached_step_s"] = interleaved_step_times(
-        Stepper(model, data), Stepper(uncached_model, uncached_data), args.steps)
+        Stepper(model, data), Stepper(uncached_model, uncached_data), args.steps
+    )
     raw["steps_per_epoch"] = steps_per_epoch
-    rows.append(("train epoch, cached CLIP features", f"{raw['cached_step_s'] * steps_per_epoch:.1f} s/epoch",
-                 f"{raw['cached_step_s'] * 1000:.0f} ms/step"))
-    rows.append(("train epoch, CLIP recomputed every step", f"{raw['uncached_step_s'] * steps_per_epoch:.1f} s/epoch",
-                 f"{raw['uncached_step_s'] * 1000:.0f} ms/step"))
-    rows.append(("building the feature cache (once)", f"{raw['cache_build_s']:.1f} s", f"{len(paths)} images"))
+    rows.append(
+        (
+            "train epoch, cached CLIP features",
+            f"{raw['cached_step_s'] * steps_per_epoch:.1f} s/epoch",
+            f"{raw['cached_step_s'] * 1000:.0f} ms/step",
+        )
+    )
+    rows.append(
+        (
+            "train epoch, CLIP recomputed every step",
+            f"{raw['uncached_step_s'] * steps_per_epoch:.1f} s/epoch",
+            f"{raw['uncached_step_s'] * 1000:.0f} ms/step",
+        )
+    )
+    rows.append(
+        ("building the feature cache (once)", f"{raw['cache_build_s']:.1f} s", f"{len(paths)} images")
+    )
 
     if args.ckpt.exists():
         state = torch.load(args.ckpt, map_location="cpu", weights_only=False)

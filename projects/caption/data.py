@@ -1,18 +1,20 @@
-"""Caption data: readers for COCO / Karpathy JSON, CSV and JSONL, the tokenizer, and the LightningDataModule.
+"""Caption data: the tokenizer, the datasets, and the LightningDataModule (readers are in ``readers.py``).
 
-Every file format becomes a list of :class:`CaptionRecord` (one image, all its captions, optional split).
-Bad input never disappears silently: each problem (missing or unreadable image, annotation for an unknown
-image id, empty caption, caption longer than ``max_caption_tokens``, image without captions) is collected
-with the file and the row/key it came from. ``on_bad_input: error`` (default) raises one error listing them;
-``on_bad_input: skip`` drops the offending captions/images and logs how many were skipped and why
-(``CaptionDataModule.skipped`` keeps the counts). Everything is checked in ``setup``, before the first epoch.
+Preparation runs once, in ``prepare_data`` (rank 0; ``python -m projects.caption.prepare`` does the same):
+generate the default set, build the tiny CLIP (``clip_pretrain.py``), train the BPE tokenizer, compute the
+CLIP feature caches. Every artefact is cached by what it depends on and written atomically. ``setup`` only
+reads files and loads those artefacts, on every rank.
+
+What the model must agree on (CLIP, its embedding size, the tokenizer, vocabulary size, the caption length
+limit) is exposed as attributes that ``tgm`` links into the model (``CaptionModule.linked_from_data``); they are
+cheap to read right after ``__init__``.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,210 +24,129 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from PIL import Image
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
-from common.errors import InputError, MissingInputError
-from common.io import atomic_path
-from projects.caption import shapes
-from projects.caption.features import BadImageError, ClipImageEncoder, Preprocess, cached_features, load_rgb
+from common.errors import InputError
+from common.io import atomic_path, load_cache
+from projects.caption import generate
+from projects.caption.clip_pretrain import ClipPretrain, prepare_tiny_clip, tiny_clip_dir
+from projects.caption.features import (
+    BadImageError,
+    ClipImageEncoder,
+    Preprocess,
+    cached_features,
+    load_cached_features,
+    load_rgb,
+)
+from projects.caption.readers import (
+    CaptionRecord,
+    Problems,
+    check_records,
+    predict_records_from_folder,
+    read_caption_file,
+)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
 
 
-@dataclass
-class CaptionRecord:
-    """One image and all of its captions; ``source`` says where it came from (for error messages)."""
+# ---------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class ClipSpec:
+    """The frozen image encoder: a hub name / ``save_pretrained`` directory, or a tiny ``CLIPVisionConfig``
+    (``config``) built once by ``prepare_data``, optionally with the scene-attribute ``pretrain``."""
 
-    image_id: int | str
-    path: Path
-    captions: list[str] = field(default_factory=list)
-    split: str | None = None
-    source: str = ""
-
-
-@dataclass
-class Problems:
-    """Bad-input findings: ``(reason, where)`` pairs, counted by reason."""
-
-    items: list[tuple[str, str]] = field(default_factory=list)
-
-    def add(self, reason: str, where: str) -> None:
-        self.items.append((reason, where))
-
-    def counts(self) -> Counter:
-        return Counter(reason for reason, _ in self.items)
-
-    def handle(self, policy: str, what: str) -> Counter:
-        """Raise (policy ``error``) or log the counted skip (policy ``skip``); return the counts."""
-        if not self.items:
-            return Counter()
-        counts = self.counts()
-        listing = "\n".join(f"  - {reason}: {where}" for reason, where in self.items[:20])
-        more = f"\n  ... and {len(self.items) - 20} more" if len(self.items) > 20 else ""
-        summary = ", ".join(f"{n} x {reason}" for reason, n in counts.items())
-        if policy == "error":
-            raise InputError(
-                f"{what}: bad input ({summary}):\n{listing}{more}\n"
-                "Fix the data, or set data.init_args.on_bad_input: skip to drop these (counted) entries."
-            )
-        rank_zero_warn(f"{what}: skipped bad input ({summary}):\n{listing}{more}")
-        return counts
+    name: str | None = None
+    config: dict | None = None
+    pretrain: ClipPretrain | None = None
 
 
-def _resolve(image_root: Path, name: str) -> Path:
-    path = Path(name)
-    return path if path.is_absolute() else image_root / path
+@dataclass(frozen=True)
+class GeneratedSet:
+    """The shipped default data (used when ``train_file`` is null): where and how many images per split."""
+
+    root: str = str(generate.DEFAULT_ROOT)
+    sizes: dict[str, int] = field(default_factory=lambda: {"train": 2000, "val": 200, "test": 200})
 
 
-def _read_coco(data: dict, file: Path, image_root: Path, problems: Problems) -> list[CaptionRecord]:
-    records: dict[Any, CaptionRecord] = {}
-    for index, image in enumerate(data["images"]):
-        if "id" not in image or "file_name" not in image:
-            raise InputError(f"{file}: images[{index}] needs 'id' and 'file_name', got keys {sorted(image)}")
-        split = image.get("split")
-        records[image["id"]] = CaptionRecord(image["id"], _resolve(image_root, image["file_name"]),
-                                             split=split, source=f"{file} images[{index}]")
-    for index, annotation in enumerate(data["annotations"]):
-        where = f"{file} annotations[{index}] (id {annotation.get('id')})"
-        if "image_id" not in annotation or "caption" not in annotation:
-            raise InputError(f"{where} needs 'image_id' and 'caption', got keys {sorted(annotation)}")
-        record = records.get(annotation["image_id"])
-        if record is None:
-            problems.add("annotation for unknown image id", f"{where}: image_id {annotation['image_id']!r}")
-            continue
-        record.captions.append(str(annotation["caption"]))
-    return list(records.values())
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A pretrained GPT-2 tokenizer (``name``: hub name or directory), or null to train a byte-level BPE of
+    ``vocab_size`` tokens on the training captions."""
 
-
-def _read_karpathy(data: dict, file: Path, image_root: Path) -> list[CaptionRecord]:
-    records = []
-    for index, image in enumerate(data["images"]):
-        name = image.get("filename") or image.get("file_name")
-        if name is None:
-            raise InputError(f"{file}: images[{index}] has no 'filename'")
-        folder = image.get("filepath", "")
-        split = image.get("split")
-        records.append(CaptionRecord(
-            image.get("cocoid", image.get("imgid", index)), _resolve(image_root, str(Path(folder) / name)),
-            [s["raw"] if isinstance(s, dict) else str(s) for s in image.get("sentences", [])],
-            "train" if split == "restval" else split, f"{file} images[{index}]",
-        ))
-    return records
-
-
-def _read_rows(rows: list[tuple[str, dict]], file: Path, image_root: Path) -> list[CaptionRecord]:
-    by_image: dict[str, CaptionRecord] = {}
-    for where, row in rows:
-        if "image" not in row or "caption" not in row:
-            raise InputError(f"{where}: needs 'image' and 'caption' fields, got {sorted(row)}")
-        name = str(row["image"])
-        record = by_image.get(name)
-        if record is None:
-            record = by_image[name] = CaptionRecord(Path(name).stem, _resolve(image_root, name),
-                                                    split=row.get("split") or None, source=where)
-        record.captions.append("" if row["caption"] is None else str(row["caption"]))
-    return list(by_image.values())
-
-
-def read_caption_file(file: str | Path, image_root: str | Path | None = None,
-                      problems: Problems | None = None) -> list[CaptionRecord]:
-    """Read a COCO caption JSON (``images`` + ``annotations``), a Karpathy split JSON (``images`` with
-    ``sentences`` and ``split``), a CSV with ``image,caption[,split]`` columns, or JSONL with those keys.
-    Image paths are relative to ``image_root`` (default: the file's folder)."""
-    file = Path(file)
-    if not file.exists():
-        raise MissingInputError(f"caption file not found: {file}")
-    root = Path(image_root) if image_root is not None else file.parent
-    problems = problems if problems is not None else Problems()
-    suffix = file.suffix.lower()
-    if suffix == ".json":
-        try:
-            data = json.loads(file.read_text("utf-8"))
-        except json.JSONDecodeError as error:
-            raise InputError(f"{file}: not valid JSON ({error})") from error
-        if isinstance(data, dict) and "annotations" in data and "images" in data:
-            return _read_coco(data, file, root, problems)
-        if isinstance(data, dict) and "images" in data:
-            return _read_karpathy(data, file, root)
-        raise InputError(f"{file}: expected COCO ('images' + 'annotations') or Karpathy ('images' with 'sentences')")
-    if suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(file.read_text("utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append((f"{file} line {number}", json.loads(line)))
-                except json.JSONDecodeError as error:
-                    raise InputError(f"{file} line {number}: not valid JSON ({error})") from error
-        return _read_rows(rows, file, root)
-    if suffix in (".csv", ".tsv"):
-        with file.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
-            rows = [(f"{file} row {number}", row) for number, row in enumerate(reader, start=2)]
-        return _read_rows(rows, file, root)
-    raise InputError(f"{file}: unknown caption file type '{suffix}' (use .json, .jsonl, .csv or .tsv)")
-
-
-def check_records(records: list[CaptionRecord], problems: Problems, check_images: bool = True) -> list[CaptionRecord]:
-    """Drop (and report) empty captions, images without captions and missing/unreadable images."""
-    kept = []
-    for record in records:
-        captions = []
-        for number, caption in enumerate(record.captions):
-            if caption.strip():
-                captions.append(caption.strip())
-            else:
-                problems.add("empty caption", f"{record.source} (image {record.image_id!r}), caption #{number}")
-        record.captions = captions
-        if not captions:
-            problems.add("image without captions", f"{record.source} (image {record.image_id!r})")
-            continue
-        if check_images:
-            try:
-                with Image.open(record.path) as image:
-                    image.verify()
-            except FileNotFoundError:
-                problems.add("missing image file", f"{record.source}: {record.path}")
-                continue
-            except Exception as error:  # PIL raises many types for broken files
-                problems.add("unreadable image file", f"{record.source}: {record.path} ({type(error).__name__})")
-                continue
-        kept.append(record)
-    return kept
+    name: str | None = None
+    vocab_size: int = 512
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
-def train_tokenizer(captions: Sequence[str], vocab_size: int, cache_dir: str | Path):
-    """A GPT-2 style byte-level BPE trained on ``captions`` (cached by content hash), wrapped as a
-    ``PreTrainedTokenizerFast`` with ``<|endoftext|>`` (id 0, end of caption) and ``<pad>`` (id 1)."""
-    from tokenizers import ByteLevelBPETokenizer, Tokenizer
+def bpe_tokenizer(captions: Sequence[str], vocab_size: int):
+    """A GPT-2 style byte-level BPE trained on ``captions``: ``<|endoftext|>`` (id 0, end) and ``<pad>`` (id 1)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer(add_prefix_space=True)
+    bpe.train_from_iterator(
+        list(captions),
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        show_progress=False,
+    )
+    return bpe
+
+
+def wrap_tokenizer(backend):
     from transformers import PreTrainedTokenizerFast
 
-    digest = hashlib.sha256(json.dumps([vocab_size, sorted(captions)], ensure_ascii=False).encode()).hexdigest()
-    path = Path(cache_dir) / f"tokenizer-{digest[:16]}.json"
-    if path.exists():
-        backend = Tokenizer.from_file(str(path))
-    else:
-        bpe = ByteLevelBPETokenizer(add_prefix_space=True)
-        bpe.train_from_iterator(list(captions), vocab_size=vocab_size, min_frequency=2,
-                                special_tokens=[EOS_TOKEN, PAD_TOKEN], show_progress=False)
-        with atomic_path(path) as temporary:  # every DDP rank may train it; readers never see half a file
-            bpe.save(str(temporary))
-        backend = Tokenizer.from_file(str(path))
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
-                                   unk_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=EOS_TOKEN,
+        bos_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+    )
+
+
+def load_bpe_file(path: str | Path):
+    """A BPE tokenizer saved by :func:`train_tokenizer`, as ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer
+
+    return wrap_tokenizer(Tokenizer.from_file(str(path)))
+
+
+def train_tokenizer(
+    captions: Sequence[str], vocab_size: int, cache_dir: str | Path, path: str | Path | None = None
+):
+    """The BPE of :func:`bpe_tokenizer`, cached at ``path`` (default: by content hash in ``cache_dir``); a corrupt
+    cache file is rebuilt with one warning."""
+    if path is None:
+        digest = hashlib.sha256(
+            json.dumps([vocab_size, sorted(captions)], ensure_ascii=False).encode()
+        ).hexdigest()
+        path = Path(cache_dir) / f"tokenizer-{digest[:16]}.json"
+    cached = load_cache(path, load_bpe_file, what="caption BPE tokenizer")
+    if cached is not None:
+        return cached
+    bpe = bpe_tokenizer(captions, vocab_size)
+    with atomic_path(path) as temporary:  # readers never see half a file
+        bpe.save(str(temporary))
+    return load_bpe_file(path)
 
 
 def load_tokenizer(name_or_path: str):
-    """The pretrained GPT-2's own tokenizer (e.g. ``redrussianarmy/gpt2-turkish-cased``); pad = eos if unset."""
+    """A tokenizer by hub name / directory (e.g. ``redrussianarmy/gpt2-turkish-cased``; pad = eos if unset), or a
+    BPE tokenizer JSON file written by :func:`train_tokenizer`."""
+    if name_or_path.endswith(".json") and Path(name_or_path).is_file():
+        return load_bpe_file(name_or_path)
     from transformers import AutoTokenizer
 
     from common.hub import load_pretrained
 
-    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what="data.init_args.tokenizer")
+    tokenizer = load_pretrained(
+        AutoTokenizer.from_pretrained, name_or_path, what="data.init_args.tokenizer.name"
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -235,9 +156,19 @@ def load_tokenizer(name_or_path: str):
 class PairDataset(Dataset):
     """Training: one item per (image, caption) pair, so each epoch sees every caption once (as ClipCap)."""
 
-    def __init__(self, records: list[CaptionRecord], token_ids: list[list[list[int]]],
-                 features: torch.Tensor | None, preprocess: Preprocess | None) -> None:
-        self.records, self.token_ids, self.features, self.preprocess = records, token_ids, features, preprocess
+    def __init__(
+        self,
+        records: list[CaptionRecord],
+        token_ids: list[list[list[int]]],
+        features: torch.Tensor | None,
+        preprocess: Preprocess | None,
+    ) -> None:
+        self.records, self.token_ids, self.features, self.preprocess = (
+            records,
+            token_ids,
+            features,
+            preprocess,
+        )
         self.pairs = [(i, j) for i, caps in enumerate(token_ids) for j in range(len(caps))]
 
     def __len__(self) -> int:
@@ -252,9 +183,19 @@ class PairDataset(Dataset):
 class ImageDataset(Dataset):
     """Validation / test / predict: one item per image with all its reference captions (if any)."""
 
-    def __init__(self, records: list[CaptionRecord], token_ids: list[list[list[int]]] | None,
-                 features: torch.Tensor | None, preprocess: Preprocess | None) -> None:
-        self.records, self.token_ids, self.features, self.preprocess = records, token_ids, features, preprocess
+    def __init__(
+        self,
+        records: list[CaptionRecord],
+        token_ids: list[list[list[int]]] | None,
+        features: torch.Tensor | None,
+        preprocess: Preprocess | None,
+    ) -> None:
+        self.records, self.token_ids, self.features, self.preprocess = (
+            records,
+            token_ids,
+            features,
+            preprocess,
+        )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -271,7 +212,7 @@ def image_input(path: Path, index: int, features: torch.Tensor | None, preproces
     if features is not None:
         return {"features": features[index]}
     if preprocess is None:
-        raise RuntimeError("caption data: neither cached features nor a CLIP preprocessing was attached")
+        raise RuntimeError("caption data: neither cached features nor a CLIP preprocessing is set up")
     try:
         return {"pixel_values": preprocess(load_rgb(path))}
     except BadImageError as error:  # checked in setup; reaching this means the file changed since then
@@ -298,16 +239,25 @@ def collate(items: list[dict], pad_id: int) -> dict:
     return batch
 
 
+def _fingerprint(path: str | None) -> list | None:
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return [str(path)]
+    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+
+
 # ---------------------------------------------------------------------------------------------- datamodule
 class CaptionDataModule(pl.LightningDataModule):
-    """Image-caption data for :class:`projects.caption.model.CaptionModule`.
+    """Image-caption data for :class:`projects.caption.module.CaptionModule`.
 
-    With no ``train_file``, the shipped shapes set is generated into ``data/generated/caption`` and used.
-    Splits: each record's own ``split`` (Karpathy JSON, a CSV/JSONL ``split`` column; ``restval`` counts as
-    train) wins; otherwise the file it came from (``train_file`` / ``val_file`` / ``test_file``) decides.
-    ``tokenizer``: a pretrained GPT-2 tokenizer by name/path, or null to train a byte-level BPE on the
-    training captions. The CaptionModule attaches its frozen CLIP encoder in ``setup``; image embeddings are
-    then read from the feature cache (``use_feature_cache``) or computed from pixels on every step.
+    With no ``train_file``, the shipped shapes set (``generated``) is used. Splits: each record's own ``split``
+    (Karpathy JSON, a CSV/JSONL ``split`` column; ``restval`` counts as train) wins; otherwise the file it came
+    from (``train_file`` / ``val_file`` / ``test_file``) decides. Image embeddings come from the feature cache
+    (``use_feature_cache``) or CLIP runs on pixels every step. ``predict_file`` (a caption file, e.g. COCO
+    annotations: its images and ids) or ``predict_dir`` (every image of a folder) is what ``tgm predict`` captions.
     """
 
     def __init__(
@@ -317,11 +267,10 @@ class CaptionDataModule(pl.LightningDataModule):
         test_file: str | None = None,
         image_root: str | None = None,
         predict_dir: str | None = None,
-        predict_output: str = "runs/caption/predictions.json",
-        generated_root: str = str(shapes.DEFAULT_ROOT),
-        generated_sizes: dict[str, int] | None = None,
-        tokenizer: str | None = None,
-        tokenizer_vocab_size: int = 512,
+        predict_file: str | None = None,
+        clip: ClipSpec | None = None,
+        tokenizer: TokenizerSpec | None = None,
+        generated: GeneratedSet | None = None,
         max_caption_tokens: int = 40,
         on_bad_input: str = "error",
         use_feature_cache: bool = True,
@@ -333,158 +282,306 @@ class CaptionDataModule(pl.LightningDataModule):
         super().__init__()
         if on_bad_input not in ("error", "skip"):
             raise InputError(f"data.init_args.on_bad_input must be 'error' or 'skip', got '{on_bad_input}'")
+        self.clip = clip or ClipSpec()
+        if self.clip.name is None and self.clip.config is None:
+            raise InputError("data.init_args.clip: give name (hub name or directory) or config (a tiny CLIP)")
+        if self.clip.name is None and self.clip.pretrain is not None and train_file is not None:
+            raise InputError(
+                "data.init_args.clip.pretrain needs the generated set (train_file: null); set it null"
+            )
+        self.tokenizer_spec = tokenizer or TokenizerSpec()
+        self.generated = generated or GeneratedSet()
+        self.max_caption_tokens = max_caption_tokens
         self.save_hyperparameters()
         self.records: dict[str, list[CaptionRecord]] = {}
         self.token_ids: dict[str, list[list[list[int]]]] = {}
         self.tokenizer = None
-        self.encoder: ClipImageEncoder | None = None
         self.skipped: Counter = Counter()
         self.cache_hits: dict[str, bool] = {}
         self._features: dict[str, torch.Tensor] = {}
+        self._encoder: ClipImageEncoder | None = None
 
-    # -- wiring with the model
-    def attach_encoder(self, encoder: ClipImageEncoder) -> None:
-        """Called by the CaptionModule in ``setup``: the frozen CLIP whose features feed the model."""
-        self.encoder = encoder
-        self._features.clear()
-
+    # -- what the model is linked to (cheap: nothing is built)
     @property
-    def pad_id(self) -> int:
-        return int(self.tokenizer.pad_token_id) if self.tokenizer is not None else 0
+    def uses_generated_set(self) -> bool:
+        return self.hparams.train_file is None
 
     @property
     def cache_root(self) -> Path:
         if self.hparams.cache_dir is not None:
             return Path(self.hparams.cache_dir)
-        if self.hparams.train_file is None:
-            return Path(self.hparams.generated_root) / "cache"
+        if self.uses_generated_set:
+            return Path(self.generated.root) / "cache"
         return Path(self.hparams.train_file).parent / ".caption_cache"
 
-    # -- reading
+    @property
+    def clip_source(self) -> str:
+        """Hub name or directory of the CLIP both the feature cache and the model load."""
+        if self.clip.name is not None:
+            return self.clip.name
+        root = Path(self.generated.root) if self.clip.pretrain is not None else self.cache_root
+        manifest = generate.manifest_for(self.generated.sizes) if self.clip.pretrain is not None else {}
+        return str(tiny_clip_dir(self.clip.config, self.clip.pretrain, root, manifest))
+
+    @property
+    def clip_config(self) -> dict | None:
+        """The tiny CLIP's architecture (null for hub CLIPs): lets a checkpoint be loaded without the prepared data."""
+        return self.clip.config if self.clip.name is None else None
+
+    def _clip_vision_config(self):
+        from transformers import CLIPVisionConfig
+
+        from common.hub import load_pretrained
+
+        if self.clip.name is None:
+            return CLIPVisionConfig(**self.clip.config)
+        return load_pretrained(
+            CLIPVisionConfig.from_pretrained, self.clip.name, what="data.init_args.clip.name"
+        )
+
+    @property
+    def clip_dim(self) -> int:
+        """The CLIP embedding size (the mapper's input)."""
+        return int(self._clip_vision_config().projection_dim)
+
+    @property
+    def tokenizer_source(self) -> str:
+        """Hub name / directory of a pretrained tokenizer, or the path of the BPE file ``prepare_data`` trains."""
+        if self.tokenizer_spec.name is not None:
+            return self.tokenizer_spec.name
+        h = self.hparams
+        sources = (
+            generate.manifest_for(self.generated.sizes)
+            if self.uses_generated_set
+            else [_fingerprint(f) for f in (h.train_file, h.val_file, h.test_file)]
+            + [h.image_root, h.on_bad_input]
+        )
+        key = json.dumps({"vocab_size": self.tokenizer_spec.vocab_size, "sources": sources}, sort_keys=True)
+        return str(self.cache_root / f"tokenizer-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json")
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens the decoder must embed: the BPE's size, or the pretrained tokenizer's length."""
+        if self.tokenizer_spec.name is None:
+            return self.tokenizer_spec.vocab_size
+        return len(load_tokenizer(self.tokenizer_spec.name))
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id) if self.tokenizer is not None else 0
+
+    # -- preparation (rank 0, once)
+    def _predicting(self) -> bool:
+        trainer = self._trainer if hasattr(self, "_trainer") else None
+        return trainer is not None and trainer.state.fn == TrainerFn.PREDICTING
+
+    @override
+    def prepare_data(self) -> None:
+        """Generate the default set, build the tiny CLIP, train the tokenizer and compute the feature caches,
+        each only when its cache is missing. ``predict`` needs none of it (the checkpoint holds CLIP, mapper,
+        GPT-2 and tokenizer)."""
+        if self._predicting():
+            return
+        if self.uses_generated_set:
+            generate.generate(self.generated.root, self.generated.sizes)
+        if self.clip.name is None:
+            root = self.generated.root if self.clip.pretrain is not None else self.cache_root
+            prepare_tiny_clip(self.clip.config, self.clip.pretrain, root)
+        by_split, problems = self._read_splits()
+        if self.tokenizer_spec.name is None:
+            captions = [c for record in by_split["train"] for c in record.captions]
+            train_tokenizer(captions, self.tokenizer_spec.vocab_size, self.cache_root, self.tokenizer_source)
+        tokenizer = self._load_tokenizer()
+        kept = {split: self._tokenize(records, tokenizer, problems)[0] for split, records in by_split.items()}
+        if (
+            self.hparams.on_bad_input == "error"
+        ):  # fail before any CLIP work; "skip" is reported once, by setup
+            problems.handle("error", "caption data")
+        if self.hparams.use_feature_cache:
+            for records in kept.values():
+                if records:
+                    cached_features([r.path for r in records], self.encoder(), self.cache_root)
+
+    # -- loading (every rank)
+    def encoder(self) -> ClipImageEncoder:
+        """The prepared CLIP the feature cache is computed with (the model loads the same ``clip_source``)."""
+        if self._encoder is None:
+            from transformers import CLIPVisionModelWithProjection
+
+            from common.hub import load_pretrained
+
+            source = self.clip_source
+            if self.clip.name is None and not Path(source, "config.json").exists():
+                raise RuntimeError(
+                    f"caption data: the tiny CLIP {source} is not prepared; run prepare_data() "
+                    "(tgm does) or python -m projects.caption.prepare --config ..."
+                )
+            model = load_pretrained(
+                CLIPVisionModelWithProjection.from_pretrained, source, what="data.init_args.clip"
+            )
+            self._encoder = ClipImageEncoder(model, self.clip.name or "tiny-clip")
+        return self._encoder
+
+    def _load_tokenizer(self):
+        source = self.tokenizer_source
+        if self.tokenizer_spec.name is None and not Path(source).is_file():
+            raise RuntimeError(
+                f"caption data: the tokenizer {source} is not prepared; run prepare_data() (tgm "
+                "does) or python -m projects.caption.prepare --config ..."
+            )
+        return load_tokenizer(source)
+
     def _sources(self) -> list[tuple[str, str | None]]:
         h = self.hparams
-        if h.train_file is None:
-            root = shapes.generate(h.generated_root, h.generated_sizes)
-            return [("train", str(root / "train.json")), ("val", str(root / "val.json")),
-                    ("test", str(root / "test.json"))]
+        if self.uses_generated_set:
+            root = Path(self.generated.root)
+            return [(split, str(root / f"{split}.json")) for split in ("train", "val", "test")]
         return [("train", h.train_file), ("val", h.val_file), ("test", h.test_file)]
 
+    def _read_splits(self) -> tuple[dict[str, list[CaptionRecord]], Problems]:
+        """Records per split after the caption and image checks (before the caption-length check)."""
+        problems = Problems()
+        by_split: dict[str, list[CaptionRecord]] = {"train": [], "val": [], "test": []}
+        for default_split, file in self._sources():
+            if file is None:
+                continue
+            image_root = self.hparams.image_root if not self.uses_generated_set else None
+            for record in read_caption_file(file, image_root, problems):
+                split = record.split or default_split
+                if split not in by_split:
+                    raise InputError(
+                        f"{record.source}: unknown split '{split}' (use train, val, test or restval)"
+                    )
+                by_split[split].append(record)
+        listed = sum(len(records) for records in by_split.values())
+        for split in by_split:
+            by_split[split] = check_records(by_split[split], problems)
+        if not by_split["train"]:
+            missing = problems.counts()["missing image file"]
+            if missing:  # typically a wrong image_root: say which files were looked for
+                root = self.hparams.image_root or "null: each caption file's folder"
+                raise InputError(
+                    f"caption data: no training images: {missing} of {listed} listed image files are missing, "
+                    f"first: {'; '.join(problems.first('missing image file', 3))} "
+                    f"(check data.init_args.image_root: {root})"
+                )
+            raise InputError("caption data: no training images (check data.init_args.train_file)")
+        if not by_split["val"]:
+            raise InputError("caption data: no validation images; give val_file or records with split 'val'")
+        return by_split, problems
+
+    def _tokenize(self, records: list[CaptionRecord], tokenizer, problems: Problems):
+        """Token ids (caption + end token) per caption; captions over ``max_caption_tokens`` are bad input."""
+        eos = tokenizer.eos_token_id
+        kept_records, kept_ids = [], []
+        for record in records:
+            ids_per_caption, captions = [], []
+            for caption in record.captions:
+                ids = tokenizer(caption, add_special_tokens=False)["input_ids"] + [eos]
+                if len(ids) > self.max_caption_tokens:
+                    problems.add(
+                        f"caption longer than max_caption_tokens={self.max_caption_tokens}",
+                        f"{record.source} (image {record.image_id!r}): {len(ids)} tokens: {caption[:60]!r}",
+                    )
+                    continue
+                ids_per_caption.append(ids)
+                captions.append(caption)
+            if ids_per_caption:
+                kept_records.append(
+                    CaptionRecord(record.image_id, record.path, captions, record.split, record.source)
+                )
+                kept_ids.append(ids_per_caption)
+        return kept_records, kept_ids
+
+    @override
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
             self._setup_predict()
             return
         if "train" in self.records:  # already set up (fit, then validate or test)
             return
-        problems = Problems()
-        by_split: dict[str, list[CaptionRecord]] = {"train": [], "val": [], "test": []}
-        for default_split, file in self._sources():
-            if file is None:
-                continue
-            image_root = self.hparams.image_root if self.hparams.train_file is not None else None
-            for record in read_caption_file(file, image_root, problems):
-                split = record.split or default_split
-                if split not in by_split:
-                    raise InputError(f"{record.source}: unknown split '{split}' (use train, val, test or restval)")
-                by_split[split].append(record)
-        for split in by_split:
-            by_split[split] = check_records(by_split[split], problems)
-        if not by_split["train"]:
-            raise InputError("caption data: no training images (check data.init_args.train_file)")
-        if not by_split["val"]:
-            raise InputError("caption data: no validation images; give val_file or records with split 'val'")
-        train_captions = [c for r in by_split["train"] for c in r.captions]
-        if self.hparams.tokenizer is None:
-            self.tokenizer = train_tokenizer(train_captions, self.hparams.tokenizer_vocab_size, self.cache_root)
-        else:
-            self.tokenizer = load_tokenizer(self.hparams.tokenizer)
+        by_split, problems = self._read_splits()
+        self.tokenizer = self._load_tokenizer()
         for split, records in by_split.items():
-            self.records[split], self.token_ids[split] = self._tokenize(records, problems)
+            self.records[split], self.token_ids[split] = self._tokenize(records, self.tokenizer, problems)
         self.skipped = problems.handle(self.hparams.on_bad_input, "caption data")
-        rank_zero_info("caption data: " + ", ".join(
-            f"{s}={len(r)} images/{sum(len(x.captions) for x in r)} captions" for s, r in self.records.items()
-        ) + f", vocab={len(self.tokenizer)}" + (f", skipped={dict(self.skipped)}" if self.skipped else ""))
+        if self.hparams.use_feature_cache:
+            for split, records in self.records.items():
+                if records:
+                    self._features[split] = self._load_features(split, [r.path for r in records])
+        rank_zero_info(
+            "caption data: "
+            + ", ".join(
+                f"{s}={len(r)} images/{sum(len(x.captions) for x in r)} captions"
+                for s, r in self.records.items()
+            )
+            + f", vocab={len(self.tokenizer)}"
+            + (f", skipped={dict(self.skipped)}" if self.skipped else "")
+        )
 
-    def _tokenize(self, records: list[CaptionRecord], problems: Problems):
-        """Token ids (caption + end token) per caption; captions over ``max_caption_tokens`` are bad input."""
-        eos = self.tokenizer.eos_token_id
-        kept_records, kept_ids = [], []
-        for record in records:
-            ids_per_caption, captions = [], []
-            for caption in record.captions:
-                ids = self.tokenizer(caption, add_special_tokens=False)["input_ids"] + [eos]
-                if len(ids) > self.hparams.max_caption_tokens:
-                    problems.add(f"caption longer than max_caption_tokens={self.hparams.max_caption_tokens}",
-                                 f"{record.source} (image {record.image_id!r}): {len(ids)} tokens: {caption[:60]!r}")
-                    continue
-                ids_per_caption.append(ids)
-                captions.append(caption)
-            if ids_per_caption:
-                record.captions = captions
-                kept_records.append(record)
-                kept_ids.append(ids_per_caption)
-        return kept_records, kept_ids
+    def _load_features(self, split: str, paths: list[Path]) -> torch.Tensor:
+        features = load_cached_features(paths, self.encoder(), self.cache_root)
+        self.cache_hits[split] = features is not None
+        if features is None:  # not prepared (e.g. images changed since prepare_data): compute it now
+            features, _ = cached_features(paths, self.encoder(), self.cache_root)
+        return features
 
     def _setup_predict(self) -> None:
-        folder = self.hparams.predict_dir
-        if folder is None:
-            raise InputError("caption predict: set data.init_args.predict_dir to a folder of images")
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise MissingInputError(f"caption predict: data.init_args.predict_dir '{folder}' is not a folder")
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise InputError(f"caption predict: no images ({', '.join(IMAGE_SUFFIXES)}) in '{folder}'")
-        records = [CaptionRecord(int(p.stem) if p.stem.isdigit() else p.stem, p, source=str(p)) for p in paths]
-        problems, readable = Problems(), []
-        for record in records:  # no captions in predict: only the image checks apply
-            try:
-                with Image.open(record.path) as image:
-                    image.verify()
-                readable.append(record)
-            except Exception as error:  # PIL raises many types for broken files
-                problems.add("unreadable image file", f"{record.path} ({type(error).__name__})")
-        self.skipped = problems.handle(self.hparams.on_bad_input, "caption predict")
-        self.records["predict"] = readable
+        h = self.hparams
+        if h.predict_file is not None:
+            records = read_caption_file(h.predict_file, h.image_root)
+        elif h.predict_dir is not None:
+            records = predict_records_from_folder(h.predict_dir)
+        else:
+            raise InputError(
+                "caption predict: set data.init_args.predict_dir (a folder of images) or "
+                "data.init_args.predict_file (COCO annotations / a caption file)"
+            )
+        problems = Problems()  # no captions needed in predict: only the image checks apply
+        readable = check_records(
+            [CaptionRecord(r.image_id, r.path, ["-"], None, r.source) for r in records], problems
+        )
+        self.skipped = problems.handle(h.on_bad_input, "caption predict")
+        self.records["predict"] = [CaptionRecord(r.image_id, r.path, [], None, r.source) for r in readable]
 
     # -- loaders
-    def features(self, split: str) -> torch.Tensor | None:
-        """Cached CLIP features for a split (None when the cache is off): computed once, then read from disk."""
-        if not self.hparams.use_feature_cache or split == "predict":
-            return None
-        if split not in self._features:
-            if self.encoder is None:
-                raise RuntimeError("caption data: no CLIP encoder attached; CaptionModule.setup attaches it")
-            paths = [r.path for r in self.records[split]]
-            self._features[split], self.cache_hits[split] = cached_features(paths, self.encoder, self.cache_root)
-        return self._features[split]
-
-    def _preprocess(self) -> Preprocess | None:
-        return self.encoder.preprocess if self.encoder is not None else None
+    def _preprocess(self) -> Preprocess:
+        return Preprocess(image_size=int(self._clip_vision_config().image_size))
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
-                          collate_fn=partial(collate, pad_id=self.pad_id),
-                          persistent_workers=self.hparams.num_workers > 0)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=partial(collate, pad_id=self.pad_id),
+            persistent_workers=self.hparams.num_workers > 0,
+        )
 
+    @override
     def train_dataloader(self) -> DataLoader:
-        dataset = PairDataset(self.records["train"], self.token_ids["train"], self.features("train"),
-                              self._preprocess())
+        dataset = PairDataset(
+            self.records["train"], self.token_ids["train"], self._features.get("train"), self._preprocess()
+        )
         return self._loader(dataset, self.hparams.batch_size, shuffle=True)
 
     def _eval_loader(self, split: str) -> DataLoader:
         if not self.records.get(split):
             raise InputError(f"caption data: the '{split}' split is empty")
-        dataset = ImageDataset(self.records[split], self.token_ids[split], self.features(split), self._preprocess())
+        dataset = ImageDataset(
+            self.records[split], self.token_ids[split], self._features.get(split), self._preprocess()
+        )
         return self._loader(dataset, self.hparams.eval_batch_size, shuffle=False)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
+    @override
     def predict_dataloader(self) -> DataLoader:
-        if self.encoder is None:
-            raise RuntimeError("caption predict: no CLIP encoder attached; CaptionModule.setup attaches it")
         dataset = ImageDataset(self.records["predict"], None, None, self._preprocess())
         return self._loader(dataset, self.hparams.eval_batch_size, shuffle=False)

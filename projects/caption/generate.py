@@ -1,7 +1,8 @@
 """The shipped default data: pictures of two coloured shapes with several Turkish captions each.
 
-Generated deterministically on first use into ``data/generated/caption/`` (COCO caption JSON per split plus the
-PNGs), and reused while ``manifest.json`` says the same version and sizes. Every caption names both objects'
+Generated deterministically once, by ``CaptionDataModule.prepare_data`` (or ``python -m projects.caption.prepare``),
+into ``data/generated/caption/`` (COCO caption JSON per split plus the PNGs), and reused while ``manifest.json``
+says the same version and sizes. Every caption names both objects'
 colour and shape and their relation, in one of four phrasings, e.g. for a red square left of a blue circle:
 
 * ``mavi bir dairenin solunda kırmızı bir kare``   (to the left of a blue circle, a red square)
@@ -21,6 +22,8 @@ import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from common.io import atomic_path
 
 VERSION = 1
 DEFAULT_ROOT = Path("data/generated/caption")
@@ -104,35 +107,52 @@ def random_scene(rng: random.Random) -> dict:
             return {"layout": rng.choice(LAYOUTS), "first": first, "second": second}
 
 
+def manifest_for(sizes: dict[str, int] | None = None, seed: int = 0) -> dict:
+    """What a generated set is keyed by (cheap: nothing is generated)."""
+    sizes = dict(sizes or {"train": 2000, "val": 200, "test": 200})
+    return {"version": VERSION, "sizes": sizes, "seed": seed, "image_size": IMAGE_SIZE}
+
+
+def read_manifest(root: str | Path) -> dict:
+    path = Path(root) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, "utf-8")
+
+
 def generate(root: str | Path = DEFAULT_ROOT, sizes: dict[str, int] | None = None, seed: int = 0) -> Path:
     """Write ``<root>/images/*.png``, ``<root>/{train,val,test}.json`` (COCO captions) and
-    ``<root>/attributes.json``; return ``root``. Does nothing when the manifest already matches."""
+    ``<root>/attributes.json``; return ``root``. Does nothing when the manifest already matches. Every file is
+    written atomically and the manifest last, so an interrupted run is regenerated, never half-read."""
     root = Path(root)
-    sizes = dict(sizes or {"train": 2000, "val": 200, "test": 200})
-    manifest = {"version": VERSION, "sizes": sizes, "seed": seed, "image_size": IMAGE_SIZE}
-    manifest_path = root / "manifest.json"
-    if manifest_path.exists() and json.loads(manifest_path.read_text()) == manifest:
+    manifest = manifest_for(sizes, seed)
+    if read_manifest(root) == manifest:
         return root
     (root / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     attributes: dict[str, dict] = {}
     image_id = 0
-    for split, count in sizes.items():
+    for split, count in manifest["sizes"].items():
         images, annotations = [], []
         for _ in range(count):
             image_id += 1
             scene = random_scene(rng)
             file_name = f"{image_id:06d}.png"
-            render(scene, rng).save(root / "images" / file_name)
+            with atomic_path(root / "images" / file_name) as temporary:
+                render(scene, rng).save(temporary, format="PNG")
             images.append({"id": image_id, "file_name": f"images/{file_name}"})
             for caption in captions_for(scene):
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": caption})
             attributes[str(image_id)] = scene
-        (root / f"{split}.json").write_text(
-            json.dumps({"images": images, "annotations": annotations}, ensure_ascii=False, indent=0), "utf-8"
-        )
-    (root / "attributes.json").write_text(json.dumps(attributes), "utf-8")
-    manifest_path.write_text(json.dumps(manifest))  # written last: a half-written set is regenerated
+        coco = {"images": images, "annotations": annotations}
+        _write_text(root / f"{split}.json", json.dumps(coco, ensure_ascii=False, indent=0))
+    _write_text(root / "attributes.json", json.dumps(attributes))
+    _write_text(
+        root / "manifest.json", json.dumps(manifest)
+    )  # written last: a half-written set is regenerated
     return root
 
 

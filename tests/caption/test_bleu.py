@@ -15,6 +15,7 @@ WORDS = "kırmızı mavi yeşil sarı bir kare daire üçgen solunda sağında �
 
 def random_corpus(seed: int, n: int = 30, refs: int = 3) -> tuple[list[str], list[list[str]]]:
     rng = random.Random(seed)
+
     def sentence() -> list[str]:
         return [rng.choice(WORDS) for _ in range(rng.randint(3, 12))]
 
@@ -28,7 +29,10 @@ def random_corpus(seed: int, n: int = 30, refs: int = 3) -> tuple[list[str], lis
 
 def sacrebleu_scores(preds, target) -> list[float]:
     streams = [list(stream) for stream in zip(*target, strict=True)]
-    return [BLEU(max_ngram_order=k, tokenize="13a", smooth_method="none").corpus_score(preds, streams).score / 100 for k in range(1, 5)]
+    return [
+        BLEU(max_ngram_order=k, tokenize="13a", smooth_method="none").corpus_score(preds, streams).score / 100
+        for k in range(1, 5)
+    ]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -70,7 +74,8 @@ def test_split_updates_summed_like_ddp_equal_the_whole_corpus():
     for name in ("preds_len", "target_len", "numerator", "denominator"):  # what dist_reduce_fx="sum" does
         setattr(rank0, name, getattr(rank0, name) + getattr(rank1, name))
     assert {k: float(v) for k, v in rank0.compute().items()} == pytest.approx(
-        {k: float(v) for k, v in whole.compute().items()})
+        {k: float(v) for k, v in whole.compute().items()}
+    )
     assert all(rank0._reductions[n] is not None for n in ("numerator", "denominator"))
     assert torch.equal(rank0.numerator, whole.numerator)
 

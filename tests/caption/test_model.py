@@ -9,17 +9,33 @@ import random
 import pytest
 import torch
 
-from projects.caption import shapes
+from projects.caption import generate as shapes
 from projects.caption.data import train_tokenizer
-from projects.caption.model import IGNORE_INDEX, CaptionModule, caption_loss
+from projects.caption.model import IGNORE_INDEX, MapperConfig, caption_loss
+from projects.caption.module import CaptionModule, DecodingConfig
 
-TINY_CLIP = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-             "num_hidden_layers": 1, "num_attention_heads": 2, "projection_dim": 16}
+TINY_CLIP = {
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "projection_dim": 16,
+}
 
 
 def tiny_gpt2(vocab_size: int = 300) -> dict:
-    return {"vocab_size": vocab_size, "n_positions": 48, "n_embd": 32, "n_layer": 2, "n_head": 2,
-            "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1}
+    return {
+        "vocab_size": vocab_size,
+        "n_positions": 48,
+        "n_embd": 32,
+        "n_layer": 2,
+        "n_head": 2,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "pad_token_id": 1,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +47,13 @@ def tokenizer(tmp_path_factory):
 
 def module(tokenizer, mapper: str = "mlp", seed: int = 0, **kwargs) -> CaptionModule:
     torch.manual_seed(seed)
-    model = CaptionModule(clip_config=TINY_CLIP, decoder_config=tiny_gpt2(len(tokenizer)), mapper=mapper,
-                          prefix_length=3, mapper_layers=1, mapper_heads=2, clip_length=2, **kwargs)
+    model = CaptionModule(
+        clip_config=TINY_CLIP,
+        decoder_config=tiny_gpt2(len(tokenizer)),
+        mapper=MapperConfig(kind=mapper, prefix_length=3, layers=1, heads=2, clip_length=2),
+        **kwargs,
+    )
+    model.configure_model()
     model.set_tokenizer(tokenizer)
     return model.eval()
 
@@ -52,7 +73,9 @@ def test_loss_is_cross_entropy_on_caption_tokens_only(tokenizer):
     torch.testing.assert_close(loss, torch.stack(terms).mean())
 
     # padding content does not matter; a caption token does
-    torch.testing.assert_close(caption_loss(model.decoder, prefix, ids.masked_fill(mask == 0, 42), mask), loss)
+    torch.testing.assert_close(
+        caption_loss(model.decoder, prefix, ids.masked_fill(mask == 0, 42), mask), loss
+    )
     changed = ids.clone()
     changed[1, 1] = 10
     assert not torch.allclose(caption_loss(model.decoder, prefix, changed, mask), loss)
@@ -82,7 +105,9 @@ def test_greedy_matches_a_hand_written_loop(tokenizer, mapper):
     expected = manual_greedy(model, features, steps=6)
     ids = model.generate_ids(features, num_beams=1, max_new_tokens=6).tolist()
     pad = tokenizer.pad_token_id
-    assert [[t for t in row if t != pad][: len(exp)] for row, exp in zip(ids, expected, strict=True)] == expected
+    assert [
+        [t for t in row if t != pad][: len(exp)] for row, exp in zip(ids, expected, strict=True)
+    ] == expected
     if mapper == "mlp":  # different images get different captions (an untrained transformer mapper need not)
         assert len(set(map(tuple, expected))) > 1
     texts = model.generate(features, num_beams=1, max_new_tokens=6)
@@ -102,8 +127,13 @@ def test_beam_search_finds_the_exhaustive_best_caption(tokenizer):
     for row, prefix in enumerate(model.mapper(features).detach()):
         first = model.decoder(inputs_embeds=prefix[None]).logits[0, -1].log_softmax(-1)
         candidates = {(stop,): float(first[stop])}
-        second_inputs = torch.cat([prefix[None].expand(vocab, -1, -1),
-                                   model.decoder.get_input_embeddings()(torch.arange(vocab))[:, None]], dim=1)
+        second_inputs = torch.cat(
+            [
+                prefix[None].expand(vocab, -1, -1),
+                model.decoder.get_input_embeddings()(torch.arange(vocab))[:, None],
+            ],
+            dim=1,
+        )
         second = model.decoder(inputs_embeds=second_inputs).logits[:, -1].log_softmax(-1)
         for a, b in itertools.product(range(vocab), range(vocab)):
             if a != stop:
@@ -124,7 +154,11 @@ def test_training_steps_lower_the_loss_and_keep_clip_frozen(tokenizer):
     pixels = torch.randn(8, 3, 32, 32)
     captions = [shapes.captions_for(shapes.random_scene(random.Random(k)))[0] for k in range(8)]
     encoded = tokenizer(captions, padding=True, return_tensors="pt")
-    batch = {"pixel_values": pixels, "input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    batch = {
+        "pixel_values": pixels,
+        "input_ids": encoded["input_ids"],
+        "attention_mask": encoded["attention_mask"],
+    }
     params = [p for p in model.parameters() if p.requires_grad]
     assert not any(p.requires_grad for p in model.image_encoder.parameters())
     optimizer = torch.optim.Adam(params, lr=3e-3)
@@ -145,7 +179,9 @@ def test_training_steps_lower_the_loss_and_keep_clip_frozen(tokenizer):
 
 
 def test_tokenizer_larger_than_decoder_vocab_is_rejected(tokenizer):
-    model = CaptionModule(clip_config=TINY_CLIP, decoder_config=tiny_gpt2(100), prefix_length=2)
+    model = CaptionModule(
+        clip_config=TINY_CLIP, decoder_config=tiny_gpt2(100), mapper=MapperConfig(prefix_length=2)
+    )
     with pytest.raises(ValueError, match="vocab_size"):
         model.set_tokenizer(tokenizer)
 
@@ -160,25 +196,36 @@ def test_real_model_path_loads_local_save_pretrained_directories(tmp_path, token
     CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP)).save_pretrained(tmp_path / "clip")
     GPT2LMHeadModel(GPT2Config(**tiny_gpt2(len(tokenizer)))).save_pretrained(tmp_path / "gpt2")
     tokenizer.save_pretrained(tmp_path / "tok")
-    model = CaptionModule(clip=str(tmp_path / "clip"), decoder=str(tmp_path / "gpt2"), prefix_length=2)
+    model = CaptionModule(
+        clip_source=str(tmp_path / "clip"),
+        decoder=str(tmp_path / "gpt2"),
+        mapper=MapperConfig(prefix_length=2),
+    )
+    model.configure_model()
     model.set_tokenizer(load_tokenizer(str(tmp_path / "tok")))
     assert model.image_encoder.name == str(tmp_path / "clip") and model.image_encoder.embed_dim == 16
     assert model.mapper.net[0].in_features == 16 and model.mapper.net[-1].out_features == 2 * 32
     assert len(model.generate(torch.randn(2, 16), max_new_tokens=3)) == 2
-    with pytest.raises(PretrainedNotAvailable, match="model.init_args.clip"):
-        CaptionModule(clip=str(tmp_path / "missing_dir/"), decoder=str(tmp_path / "gpt2"))
+    with pytest.raises(PretrainedNotAvailable, match="model.init_args.clip_source"):
+        CaptionModule(clip_source=str(tmp_path / "missing_dir/"), decoder=str(tmp_path / "gpt2"))
 
 
 def test_prefix_plus_caption_longer_than_gpt2_positions_is_rejected_up_front():
     with pytest.raises(ValueError, match="n_positions"):
-        CaptionModule(clip_config=TINY_CLIP, decoder_config=tiny_gpt2() | {"n_positions": 16}, prefix_length=10,
-                      max_new_tokens=8)
+        CaptionModule(
+            clip_config=TINY_CLIP,
+            decoder_config=tiny_gpt2() | {"n_positions": 16},
+            mapper=MapperConfig(prefix_length=10),
+            decoding=DecodingConfig(max_new_tokens=8),
+        )
 
 
 def test_mlp_mapper_has_the_original_projects_sizes():
     from projects.caption.model import MLPMapper
 
     mapper = MLPMapper(clip_dim=512, embed_dim=768, prefix_length=10)  # ViT-B/32 -> GPT-2 (768-d), 10 tokens
-    assert [(m.in_features, m.out_features) for m in mapper.net if hasattr(m, "in_features")] == [(512, 3840),
-                                                                                                 (3840, 7680)]
+    assert [(m.in_features, m.out_features) for m in mapper.net if hasattr(m, "in_features")] == [
+        (512, 3840),
+        (3840, 7680),
+    ]
     assert mapper(torch.randn(2, 512)).shape == (2, 10, 768)
