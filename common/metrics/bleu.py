@@ -9,6 +9,9 @@ agree on that tie-break; torchmetrics' own ``_bleu_score_update`` takes the firs
 
 Tokenisation: sacrebleu's ``13a`` tokenizer (the WMT ``mteval-v13a`` rules: punctuation split off, otherwise
 whitespace), case-sensitive by default, so Turkish dotted/dotless ``i/ı/İ/I`` are never folded wrongly.
+``turkish_lowercase=True`` compares lowercased text with Turkish rules (``İ -> i``, ``I -> ı``, then
+``str.lower``); plain ``lowercase=True`` (sacrebleu's and coco-caption's ``str.lower``) turns ``İçinde`` into
+``i̇çinde`` (i + combining dot above, U+0307) and ``IRMAK`` into ``irmak``, so it never matches Turkish text.
 The n-gram counts for n = 1..4 are sum-reduced states, so one pass gives all four scores and DDP sums counts
 across processes before the ratio is taken (not an average of per-process scores).
 """
@@ -23,13 +26,28 @@ from torchmetrics.functional.text.bleu import _bleu_score_compute, _count_ngram
 from torchmetrics.text import SacreBLEUScore
 
 
+def turkish_lower(text: str) -> str:
+    """Lowercase by Turkish rules: dotted capital ``İ`` -> ``i``, dotless capital ``I`` -> ``ı``, then the rest."""
+    return text.replace("İ", "i").replace("I", "ı").lower()
+
+
 class CorpusBLEU(SacreBLEUScore):
     """``compute()`` returns ``{"bleu1": ..., ..., "bleu{max_n}": ...}`` in [0, 1] (sacrebleu reports x100)."""
 
-    def __init__(self, max_n: int = 4, tokenize: str = "13a", lowercase: bool = False, smooth: bool = False,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        max_n: int = 4,
+        tokenize: str = "13a",
+        lowercase: bool = False,
+        smooth: bool = False,
+        turkish_lowercase: bool = False,
+        **kwargs,
+    ) -> None:
+        if lowercase and turkish_lowercase:
+            raise ValueError("CorpusBLEU: choose lowercase (str.lower) or turkish_lowercase, not both")
         super().__init__(n_gram=max_n, smooth=smooth, tokenize=tokenize, lowercase=lowercase, **kwargs)
         self.max_n = max_n
+        self.turkish_lowercase = turkish_lowercase
 
     def update(self, preds: Sequence[str], target: Sequence[Sequence[str]]) -> None:
         if len(preds) != len(target):
@@ -37,6 +55,8 @@ class CorpusBLEU(SacreBLEUScore):
         if any(len(refs) == 0 for refs in target):
             raise ValueError("CorpusBLEU: every prediction needs at least one reference")
         for pred, refs in zip(preds, target, strict=True):
+            if self.turkish_lowercase:
+                pred, refs = turkish_lower(pred), [turkish_lower(ref) for ref in refs]
             pred_tokens = self.tokenizer(pred) if pred else []
             ref_tokens = [self.tokenizer(ref) if ref else [] for ref in refs]
             self.preds_len += len(pred_tokens)
@@ -55,7 +75,12 @@ class CorpusBLEU(SacreBLEUScore):
         scores = {}
         for k in range(1, self.max_n + 1):
             scores[f"bleu{k}"] = _bleu_score_compute(
-                self.preds_len, self.target_len, self.numerator[:k], self.denominator[:k], k, [1.0 / k] * k,
+                self.preds_len,
+                self.target_len,
+                self.numerator[:k],
+                self.denominator[:k],
+                k,
+                [1.0 / k] * k,
                 self.smooth,
             )
         return scores

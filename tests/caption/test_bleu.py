@@ -118,3 +118,54 @@ def test_real_ddp_sync_over_gloo_equals_the_whole_corpus(tmp_path):
     whole.update(preds, target)
     expected = {k: float(v) for k, v in whole.compute().items()}
     assert json.loads((tmp_path / "scores.json").read_text()) == pytest.approx(expected)
+
+
+TURKISH = (
+    "İçinde IRMAK ırmak Işık ışık İstanbul istanbul ŞEHİR şehir ÇİÇEK çiçek ĞÜÖ ğüö kedi KEDİ bir Bir".split()
+)
+
+
+def turkish_corpus(seed: int, n: int = 25) -> tuple[list[str], list[list[str]]]:
+    rng = random.Random(seed)
+    refs = [
+        [" ".join(rng.choice(TURKISH) for _ in range(rng.randint(4, 10))) for _ in range(2)] for _ in range(n)
+    ]
+    preds = [
+        " ".join(w if rng.random() < 0.8 else rng.choice(TURKISH) for w in rng.choice(r).split())
+        for r in refs
+    ]
+    return preds, refs
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_turkish_lowercase_matches_sacrebleu_on_pre_lowercased_text(seed):
+    preds, target = turkish_corpus(seed)
+
+    def lower(text: str) -> str:  # the Turkish rule written out: İ -> i, I -> ı, then everything else
+        return "".join({"İ": "i", "I": "ı"}.get(c, c) for c in text).lower()
+
+    metric = CorpusBLEU(turkish_lowercase=True)
+    metric.update(preds, target)
+    ours = [float(metric.compute()[f"bleu{k}"]) for k in range(1, 5)]
+    expected = sacrebleu_scores([lower(p) for p in preds], [[lower(r) for r in refs] for refs in target])
+    assert ours == pytest.approx(expected, abs=1e-6)
+    case_sensitive = CorpusBLEU()  # the default stays case-sensitive 13a
+    case_sensitive.update(preds, target)
+    assert float(case_sensitive.compute()["bleu1"]) == pytest.approx(
+        sacrebleu_scores(preds, target)[0], abs=1e-6
+    )
+    assert float(case_sensitive.compute()["bleu1"]) < ours[0]
+
+
+def test_coco_style_lowercasing_mangles_turkish_and_the_turkish_option_does_not():
+    from common.metrics.bleu import turkish_lower
+
+    assert "İçinde".lower() == "i\u0307çinde" != "içinde"  # what str.lower (sacrebleu, coco-caption) does
+    assert "IRMAK".lower() == "irmak" and turkish_lower("IRMAK") == "ırmak"
+    assert turkish_lower("İçinde Işık") == "içinde ışık"
+    pred, refs = ["İçinde bir kedi var"], [["içinde bir kedi var"]]
+    plain, turkish = CorpusBLEU(lowercase=True), CorpusBLEU(turkish_lowercase=True)
+    plain.update(pred, refs)
+    turkish.update(pred, refs)
+    assert float(turkish.compute()["bleu1"]) == pytest.approx(1.0)
+    assert float(plain.compute()["bleu1"]) == pytest.approx(0.75)  # "i̇çinde" != "içinde": 3 of 4 words match
