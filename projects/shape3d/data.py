@@ -18,7 +18,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -27,7 +27,7 @@ import torch
 import trimesh
 from lightning.pytorch.utilities import rank_zero_info
 from scipy.spatial import cKDTree
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from common.errors import InputError, MissingInputError
 from common.geometry import (
@@ -38,7 +38,8 @@ from common.geometry import (
     voxelize_mesh,
 )
 from common.io import atomic_path, load_cache, read_lines, read_text
-from projects.shape3d.generate import generate_default_data
+from projects.shape3d.generate import all_texts, generate_default_data
+from projects.shape3d.text_encoder import TURKISH_ALPHABET, prepare_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "generated" / "shape3d"
@@ -343,14 +344,45 @@ def augment_mesh(mesh: trimesh.Trimesh, matrix: torch.Tensor) -> trimesh.Trimesh
     return mesh.copy().apply_transform(transform)
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """Random similarity maps of training samples (``data.init_args.augmentation``): rotation about the vertical
+    axis within +-``rotation_degrees``, uniform scale in ``scale_range``, Gaussian ``jitter_std`` on the reference
+    cloud, each sample with probability ``prob``. With ``only_with_ref`` only samples that carry the (equally
+    transformed) reference cloud are augmented: a text alone cannot tell which pose the target was given."""
+
+    enabled: bool = False
+    prob: float = 0.5
+    rotation_degrees: float = 30.0
+    scale_range: tuple[float, float] = (0.8, 1.2)
+    jitter_std: float = 0.01
+    only_with_ref: bool = True
+
+
+@dataclass(frozen=True)
+class ReferencePoints:
+    """The optional conditioning cloud (``data.init_args.reference``): ``num_points`` surface points per shape; a
+    training sample carries it with probability ``train_prob``, a validation sample when ``in_validation``."""
+
+    num_points: int = 512
+    train_prob: float = 0.0
+    in_validation: bool = False
+
+
+def as_config(value, cls):
+    """A config dataclass from itself or from a dict (checkpoints store plain dicts, the CLI gives dataclasses)."""
+    return cls(**value) if isinstance(value, dict) else (value if value is not None else cls())
+
+
 class ShapeDataset(Dataset):
     """Samples of a :class:`ShapeStore` at the resolution currently set (read at ``__getitem__`` time).
 
     The random choices of a sample (reference cloud or not, augmentation, jitter) come from a generator seeded by
     ``(seed, epoch, index)`` alone: deterministic for a seed, different every epoch, and the same whichever process
     (main or DataLoader worker) makes the sample. ``epoch`` is set with :meth:`set_epoch` before each epoch's
-    iterator is created (:class:`ShapeDataModule` does it); workers receive a copy of the dataset when the iterator is
-    created, so they must not be persistent (they would keep the epoch they started with).
+    iterator is created (by :class:`EpochSampler`, which Lightning gives the epoch); workers receive a copy of the
+    dataset when the iterator is created, so they must not be persistent (they would keep the epoch they started
+    with). ``baseline`` (validation): the mean-shape baseline's grid, passed along in every sample.
     """
 
     def __init__(
@@ -358,26 +390,18 @@ class ShapeDataset(Dataset):
         store: ShapeStore,
         resolution: int,
         eval_resolution: int,
-        augment: bool = False,
-        augment_prob: float = 0.5,
-        rotation_degrees: float = 30.0,
-        scale_range: tuple[float, float] = (0.8, 1.2),
-        jitter_std: float = 0.01,
+        augmentation: Augmentation | None = None,
         ref_points_prob: float = 0.0,
-        augment_only_with_ref: bool = True,
         seed: int = 0,
+        baseline: torch.Tensor | None = None,
     ) -> None:
         self.store = store
-        self.augment_only_with_ref = augment_only_with_ref
         self.resolution = resolution
         self.eval_resolution = eval_resolution
-        self.augment = augment
-        self.augment_prob = augment_prob
-        self.rotation_degrees = rotation_degrees
-        self.scale_range = tuple(scale_range)
-        self.jitter_std = jitter_std
+        self.augmentation = augmentation or Augmentation()
         self.ref_points_prob = ref_points_prob
         self.seed = seed
+        self.baseline = baseline
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -389,11 +413,8 @@ class ShapeDataset(Dataset):
 
     def sample_seed(self, index: int) -> int:
         """The seed of sample ``index`` in the current epoch: a hash of ``(seed, epoch, index)``."""
-        entropy = [
-            self.seed & 0xFFFF_FFFF_FFFF_FFFF,
-            self.epoch,
-            int(index),
-        ]  # SeedSequence takes non-negative ints
+        # SeedSequence takes non-negative ints
+        entropy = [self.seed & 0xFFFF_FFFF_FFFF_FFFF, self.epoch, int(index)]
         return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
     def __getitem__(self, index: int) -> dict:
@@ -414,12 +435,31 @@ class ShapeDataset(Dataset):
         has_ref = torch.rand(1, generator=generator).item() < self.ref_points_prob
         # A text alone cannot tell which random rotation / scale the target got, so by default only samples that
         # carry the (equally transformed) reference cloud are augmented: the target stays predictable.
-        wants = self.augment and (has_ref or not self.augment_only_with_ref)
-        if wants and torch.rand(1, generator=generator).item() < self.augment_prob:
-            matrix = random_similarity(generator, self.rotation_degrees, self.scale_range)
-            sample = augment_sample(sample, matrix, self.jitter_std, generator)
+        augmentation = self.augmentation
+        wants = augmentation.enabled and (has_ref or not augmentation.only_with_ref)
+        if wants and torch.rand(1, generator=generator).item() < augmentation.prob:
+            matrix = random_similarity(
+                generator, augmentation.rotation_degrees, tuple(augmentation.scale_range)
+            )
+            sample = augment_sample(sample, matrix, augmentation.jitter_std, generator)
         sample["has_ref"] = float(has_ref)
+        if self.baseline is not None:
+            sample["baseline"] = self.baseline
         return sample
+
+
+class EpochSampler(DistributedSampler):
+    """A ``DistributedSampler`` (one replica outside DDP) that hands the epoch on to its dataset.
+
+    Lightning calls ``set_epoch`` on a loader's sampler before every training epoch's iterator is made, with the
+    restored epoch after a resume; passing it to :meth:`ShapeDataset.set_epoch` gives every epoch new augmentations
+    without the model reaching into the datamodule. Being a ``DistributedSampler`` already, Lightning does not wrap
+    it under DDP (a wrapper would keep the epoch to itself). The order is shuffled by ``(seed, epoch)``.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
 
 
 class PredictDataset(Dataset):
@@ -452,18 +492,24 @@ class PredictDataset(Dataset):
 
 # ----------------------------------------------------------------------------------------------- datamodule
 
+TOKENIZER_VOCAB_SIZE = 300  # the Unigram trainer's target; a small corpus gives fewer pieces
+
 
 class ShapeDataModule(pl.LightningDataModule):
     """Text (+ style, + optional reference point cloud) -> voxel / point targets, with progressive resolution.
 
-    ``data_dir: null`` uses the generated motif set (in ``generated_dir``, default ``data/generated/shape3d``). ``set_resolution`` is called by
-    :class:`common.callbacks.ProgressiveResolution`; targets are re-made (voxelised) at each new resolution.
-    Metrics are taken at the fixed ``eval_resolution`` so numbers stay comparable while the resolution grows.
+    ``data_dir: null`` uses the generated motif set (in ``generated_dir``, default ``data/generated/shape3d``).
+    ``prepare_data`` (rank 0, once; or ``python -m projects.shape3d.prepare``) writes the generated set and the tiny
+    text encoder's tokenizer (``<root>/tokenizer``); ``setup`` only reads. The model takes ``tokenizer_dir`` and
+    ``text_vocab_size`` from here (``Shape3DModule.linked_from_data``).
 
-    Augmentations are seeded by ``(seed, epoch, index)``: ``set_epoch`` is called by
-    :meth:`projects.shape3d.module.Shape3DModule.on_train_epoch_start` (and ``train_dataloader`` takes the trainer's
-    epoch, which covers the first epoch and a resumed one). DataLoader workers are never persistent, so each epoch's
-    workers get the dataset with that epoch.
+    ``set_resolution`` is called by :class:`common.callbacks.ProgressiveResolution` (and by the model outside fit,
+    :class:`common.protocols.HasResolution`); targets are re-made (voxelised) at each new resolution. Metrics are
+    taken at the fixed ``eval_resolution`` so numbers stay comparable while the resolution grows.
+
+    Augmentations are seeded by ``(seed, epoch, index)``: the training loader's :class:`EpochSampler` receives the
+    epoch from Lightning. DataLoader workers are never persistent, so each epoch's workers get the dataset with that
+    epoch. Validation samples carry the mean-shape baseline (``baseline``) when the training split is loaded.
     """
 
     def __init__(
@@ -477,18 +523,11 @@ class ShapeDataModule(pl.LightningDataModule):
         resolution: int = 32,
         eval_resolution: int = 32,
         num_points: int = 2048,
-        num_ref_points: int = 512,
         normalize_extent: float = 0.8,
         batch_size: int = 16,
         num_workers: int = 0,
-        augment: bool = False,
-        augment_prob: float = 0.5,
-        rotation_degrees: float = 30.0,
-        scale_range: tuple[float, float] = (0.8, 1.2),
-        jitter_std: float = 0.01,
-        ref_points_prob: float = 0.0,
-        augment_only_with_ref: bool = True,
-        val_ref_points: bool = False,
+        augmentation: Augmentation = Augmentation(),
+        reference: ReferencePoints = ReferencePoints(),
         on_bad_row: str = "error",
         cache: bool = True,
         generated_dir: str | None = None,
@@ -496,8 +535,15 @@ class ShapeDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.augmentation = as_config(augmentation, Augmentation)
+        self.reference = as_config(reference, ReferencePoints)
+        # checkpoints and loggers get plain values (a checkpoint must load with weights_only=True)
+        self.save_hyperparameters(ignore=["augmentation", "reference"])
+        self.save_hyperparameters(
+            {"augmentation": asdict(self.augmentation), "reference": asdict(self.reference)}
+        )
         self.resolution = resolution
+        self.eval_resolution = eval_resolution
         self.train_store: ShapeStore | None = None
         self.val_store: ShapeStore | None = None
         self.train_set: ShapeDataset | None = None
@@ -510,16 +556,48 @@ class ShapeDataModule(pl.LightningDataModule):
             return Path(self.hparams.data_dir)
         return Path(self.hparams.generated_dir) if self.hparams.generated_dir else DEFAULT_DATA_DIR
 
+    # ------------------------------------------------------------------ preparation (once) and the model's links
+
+    @property
+    def tokenizer_dir(self) -> str:
+        """Where ``prepare_data`` writes the tiny text encoder's tokenizer (linked to the model)."""
+        return str(self.root / "tokenizer")
+
+    def tokenizer_corpus(self) -> list[str]:
+        """The texts the tiny tokenizer learns from: the generator's every phrasing for the generated set, the
+        training captions and styles for a user's data; plus the alphabet, so no Turkish letter is unknown."""
+        if self.hparams.data_dir:
+            rows = read_captions(self.root / self.hparams.train_captions)
+            texts = [row.text for row in rows] + [row.style for row in rows if row.style]
+        else:
+            texts = all_texts()
+        return texts + [TURKISH_ALPHABET, TURKISH_ALPHABET.upper()]
+
+    def prepare_tokenizer(self):
+        return prepare_tokenizer(self.tokenizer_corpus(), self.tokenizer_dir, TOKENIZER_VOCAB_SIZE)
+
+    @property
+    def text_vocab_size(self) -> int:
+        """The prepared tokenizer's size (linked to the model, whose tiny T5 needs it to be built). The CLI reads
+        it right after instantiating the datamodule, before ``prepare_data`` runs, so the first read of a fresh
+        clone prepares the tokenizer (seconds; atomic, so concurrent ranks are safe)."""
+        return len(self.prepare_tokenizer())
+
     def prepare_data(self) -> None:
+        """Once per machine, before ``setup``: the generated data set (unless ``data_dir`` is given) and the tiny
+        text encoder's tokenizer. Both are reused while unchanged and written atomically."""
         if not self.hparams.data_dir:
             generate_default_data(self.root, copies_train=self.hparams.generated_copies_train)
+        self.prepare_tokenizer()
+
+    # ------------------------------------------------------------------ setup (reads only)
 
     def _store(self, captions: str) -> ShapeStore:
         h = self.hparams
         return ShapeStore(
             self.root / captions,
             num_points=h.num_points,
-            num_ref_points=h.num_ref_points,
+            num_ref_points=self.reference.num_points,
             extent=h.normalize_extent,
             surface_resolution=h.eval_resolution,
             on_bad_row=h.on_bad_row,
@@ -529,36 +607,37 @@ class ShapeDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         h = self.hparams
         if stage in ("fit", "validate", "test") and self.val_store is None:
-            self.prepare_data()
+            baseline = None
             if stage == "fit":
                 self.train_store = self._store(h.train_captions)
                 self.train_set = ShapeDataset(
                     self.train_store,
                     self.resolution,
                     h.eval_resolution,
-                    augment=h.augment,
-                    augment_prob=h.augment_prob,
-                    rotation_degrees=h.rotation_degrees,
-                    scale_range=h.scale_range,
-                    jitter_std=h.jitter_std,
-                    ref_points_prob=h.ref_points_prob,
-                    augment_only_with_ref=h.augment_only_with_ref,
+                    augmentation=self.augmentation,
+                    ref_points_prob=self.reference.train_prob,
                     seed=h.seed,
                 )
+                mean, threshold = self.mean_shape()
+                # shifted so the chosen threshold is the 0.5 level: the model thresholds and meshes it like its own
+                baseline = (mean - threshold + 0.5).clamp(0, 1)
             self.val_store = self._store(h.val_captions)
             self.val_set = ShapeDataset(
                 self.val_store,
                 self.resolution,
                 h.eval_resolution,
-                ref_points_prob=float(h.val_ref_points),
+                ref_points_prob=float(self.reference.in_validation),
                 seed=h.seed + 1,
+                baseline=baseline,
             )
             rank_zero_info(
-                f"[shape3d] data: {len(self.train_store) if self.train_store else 0} train / {len(self.val_store)} val shapes "
-                f"from {self.root}"
+                f"[shape3d] data: {len(self.train_store) if self.train_store else 0} train / "
+                f"{len(self.val_store)} val shapes from {self.root}"
             )
         if stage == "predict":
-            self.predict_set = PredictDataset(self._predict_rows(), h.num_ref_points, h.normalize_extent)
+            self.predict_set = PredictDataset(
+                self._predict_rows(), self.reference.num_points, h.normalize_extent
+            )
 
     def _predict_rows(self) -> list[CaptionRow]:
         h = self.hparams
@@ -573,14 +652,9 @@ class ShapeDataModule(pl.LightningDataModule):
             "predict needs data.init_args.predict_texts (a list of descriptions) or data.init_args.predict_captions"
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        """The training epoch about to start: the training set's augmentations differ every epoch. Validation
-        samples keep epoch 0, so every validation pass sees the same data."""
-        if self.train_set is not None:
-            self.train_set.set_epoch(epoch)
-
     def set_resolution(self, resolution: int) -> None:
-        """Called by ProgressiveResolution: every dataset voxelises (or loads from cache) its targets at ``resolution``."""
+        """Called by ProgressiveResolution: every dataset voxelises (or loads from cache) its targets at
+        ``resolution``."""
         self.resolution = resolution
         for dataset in (self.train_set, self.val_set):
             if dataset is not None:
@@ -602,25 +676,28 @@ class ShapeDataModule(pl.LightningDataModule):
             self._mean_shape = (mean, best[1])
         return self._mean_shape
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: DistributedSampler | None = None) -> DataLoader:
         # never persistent: workers copy the dataset when an epoch's iterator is created, which is how they learn the
         # epoch (augmentation seeds) and the resolution set in the main process at the start of the epoch
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
+            shuffle=False,
             num_workers=self.hparams.num_workers,
             persistent_workers=False,
         )
 
     def train_dataloader(self) -> DataLoader:
-        # the first epoch's iterator (and a resumed run's) is created before on_train_epoch_start: take the epoch here
         trainer = getattr(self, "trainer", None)
-        self.set_epoch(trainer.current_epoch if trainer is not None else 0)
-        return self._loader(self.train_set, shuffle=True)
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSampler(
+            self.train_set, num_replicas=replicas, rank=rank, shuffle=True, seed=self.hparams.seed
+        )
+        return self._loader(self.train_set, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, shuffle=False)
+        return self._loader(self.predict_set)

@@ -5,6 +5,8 @@ training and validation steps, metrics, media and the optimiser. The networks ar
 from __future__ import annotations
 
 import random
+from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -16,7 +18,8 @@ from torch import nn
 from common.geometry import voxels_to_mesh
 from common.media import Image, Mesh
 from common.metrics.geometry import ChamferDistance, VoxelIoU
-from projects.shape3d.generate import all_texts
+from common.protocols import HasResolution
+from projects.shape3d.data import as_config
 from projects.shape3d.model import (
     PointEncoder,
     VoxelDecoder,
@@ -27,7 +30,71 @@ from projects.shape3d.model import (
 from projects.shape3d.render import preview_grid
 from projects.shape3d.text_encoder import TINY, TextEncoder
 
-TURKISH_ALPHABET = "abcçdefgğhıijklmnoöprsştuüvyzqwx0123456789 .,"
+
+@dataclass(frozen=True)
+class TinyText:
+    """The random T5 of ``text_encoder: tiny`` (``model.init_args.tiny_text``)."""
+
+    d_model: int = 64
+    layers: int = 2
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Latent sizes and the growing decoder (``model.init_args.architecture``): base pyramid ``channels`` 4^3 ->
+    8^3 -> 16^3 -> 32^3, growth stages ``grow_resolutions`` with ``grow_channels``; the PointNet reference-cloud
+    encoder (``use_points``, optionally initialised from ``point_encoder_checkpoint``)."""
+
+    latent_dim: int = 128
+    style_dim: int = 64
+    channels: tuple[int, ...] = (64, 32, 16, 8)
+    grow_resolutions: tuple[int, ...] = (48, 64)
+    grow_channels: tuple[int, ...] = (8, 8)
+    use_points: bool = True
+    point_encoder_checkpoint: str | None = None
+    gradient_checkpointing: bool = False
+    channels_last: bool = True
+
+
+@dataclass(frozen=True)
+class Losses:
+    """The voxel losses (``model.init_args.losses``): BCE (focal when ``focal_gamma > 0``) + ``dice_weight`` x Dice,
+    plus ``surface_weight`` x the soft surface Chamfer over ``surface_points`` target points and the
+    ``surface_topk`` likeliest surface voxels; ``style_mixing_prob`` of the batches mix two styles."""
+
+    dice_weight: float = 1.0
+    focal_gamma: float = 0.0
+    surface_weight: float = 5.0
+    surface_topk: int = 512
+    surface_points: int = 1024
+    style_mixing_prob: float = 0.1
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """AdamW (``lr``, ``weight_decay``) and ReduceLROnPlateau on ``val/chamfer`` (``model.init_args.optimisation``)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Validation (``model.init_args.evaluation``): points sampled per mesh for Chamfer, media samples."""
+
+    chamfer_points: int = 2048
+    num_media_samples: int = 3
+
+
+GROUPS = {
+    "tiny_text": TinyText,
+    "architecture": Architecture,
+    "losses": Losses,
+    "optimisation": Optimisation,
+    "evaluation": Evaluation,
+}
 
 
 class Shape3DModule(pl.LightningModule):
@@ -37,73 +104,62 @@ class Shape3DModule(pl.LightningModule):
     given) forms the shared latent, the style code drives every AdaIN-3D layer of the decoder.
     """
 
+    # model init arg -> datamodule attribute (common.cli links them; a linked key cannot be set in YAML)
+    linked_from_data: ClassVar[dict[str, str]] = {
+        "tokenizer_dir": "tokenizer_dir",
+        "text_vocab_size": "text_vocab_size",
+    }
+
     def __init__(
         self,
         text_encoder: str = TINY,
-        text_corpus: list[str] | None = None,
         tokenizer_dir: str | None = None,
-        tiny_d_model: int = 64,
-        tiny_layers: int = 2,
-        latent_dim: int = 128,
-        style_dim: int = 64,
-        channels: list[int] = (64, 32, 16, 8),
-        grow_resolutions: list[int] = (48, 64),
-        grow_channels: list[int] = (8, 8),
-        use_points: bool = True,
-        point_encoder_checkpoint: str | None = None,
-        gradient_checkpointing: bool = False,
-        channels_last: bool = True,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-5,
-        plateau_factor: float = 0.5,
-        plateau_patience: int = 2,
-        dice_weight: float = 1.0,
-        focal_gamma: float = 0.0,
-        surface_weight: float = 5.0,
-        surface_topk: int = 512,
-        surface_points: int = 1024,
-        style_mixing_prob: float = 0.1,
-        eval_resolution: int = 32,
-        chamfer_points: int = 2048,
-        num_media_samples: int = 3,
+        text_vocab_size: int | None = None,
+        tiny_text: TinyText = TinyText(),
+        architecture: Architecture = Architecture(),
+        losses: Losses = Losses(),
+        optimisation: Optimisation = Optimisation(),
+        evaluation: Evaluation = Evaluation(),
         torch_num_threads: int | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        given = {"tiny_text": tiny_text, "architecture": architecture, "losses": losses}
+        given |= {"optimisation": optimisation, "evaluation": evaluation}
+        for name, cls in GROUPS.items():
+            setattr(self, name, as_config(given[name], cls))
+        # checkpoints and loggers get plain values (a checkpoint must load with weights_only=True)
+        self.save_hyperparameters(ignore=list(GROUPS))
+        self.save_hyperparameters({name: asdict(getattr(self, name)) for name in GROUPS})
         if torch_num_threads:
             # on a shared CPU, 3D conv backward with >1 OpenMP thread can be 10-30x slower than with one
             torch.set_num_threads(torch_num_threads)
-        from projects.shape3d.data import DEFAULT_DATA_DIR  # data module imports nothing from here
-
-        corpus = (
-            list(text_corpus) if text_corpus else all_texts() + [TURKISH_ALPHABET, TURKISH_ALPHABET.upper()]
-        )
+        arch = self.architecture
         self.text_encoder = TextEncoder(
             text_encoder,
-            corpus=corpus,
-            tokenizer_dir=tokenizer_dir or DEFAULT_DATA_DIR / "tokenizer",
-            d_model=tiny_d_model,
-            num_layers=tiny_layers,
+            tokenizer_dir=tokenizer_dir,
+            vocab_size=text_vocab_size,
+            d_model=self.tiny_text.d_model,
+            num_layers=self.tiny_text.layers,
         )
         text_dim = self.text_encoder.dim
         self.text_proj = nn.Sequential(
-            nn.Linear(text_dim, latent_dim), nn.GELU(), nn.Linear(latent_dim, latent_dim)
+            nn.Linear(text_dim, arch.latent_dim), nn.GELU(), nn.Linear(arch.latent_dim, arch.latent_dim)
         )
-        self.point_encoder = PointEncoder(latent_dim) if use_points else None
-        if self.point_encoder is not None and point_encoder_checkpoint:
-            state = torch.load(point_encoder_checkpoint, map_location="cpu", weights_only=True)
+        self.point_encoder = PointEncoder(arch.latent_dim) if arch.use_points else None
+        if self.point_encoder is not None and arch.point_encoder_checkpoint:
+            state = torch.load(arch.point_encoder_checkpoint, map_location="cpu", weights_only=True)
             self.point_encoder.load_state_dict(state)
         self.style_mapping = nn.Sequential(
-            nn.Linear(text_dim, style_dim), nn.GELU(), nn.Linear(style_dim, style_dim)
+            nn.Linear(text_dim, arch.style_dim), nn.GELU(), nn.Linear(arch.style_dim, arch.style_dim)
         )
         self.decoder = VoxelDecoder(
-            latent_dim,
-            style_dim,
-            tuple(channels),
-            tuple(grow_resolutions),
-            tuple(grow_channels),
-            gradient_checkpointing=gradient_checkpointing,
-            channels_last=channels_last,
+            arch.latent_dim,
+            arch.style_dim,
+            tuple(arch.channels),
+            tuple(arch.grow_resolutions),
+            tuple(arch.grow_channels),
+            gradient_checkpointing=arch.gradient_checkpointing,
+            channels_last=arch.channels_last,
         )
         self.resolution = self.decoder.base_resolution
         self.fade_alpha = 1.0
@@ -143,18 +199,11 @@ class Shape3DModule(pl.LightningModule):
 
     def _data_follows_model(self) -> None:
         """Outside ``fit`` no ProgressiveResolution callback runs, so ``tgm validate --ckpt_path`` would feed 32^3
-        targets to a checkpoint restored at 48^3 or 64^3: the datamodule takes the model's resolution instead."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None and getattr(datamodule, "resolution", self.resolution) != self.resolution:
+        targets to a checkpoint restored at 48^3 or 64^3: the datamodule takes the model's resolution instead,
+        through the same declared hook the callback uses (:class:`common.protocols.HasResolution`)."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if isinstance(datamodule, HasResolution):
             datamodule.set_resolution(self.resolution)
-
-    # ------------------------------------------------------------------ data hooks
-
-    def on_train_epoch_start(self) -> None:
-        # new augmentations every epoch: runs before the epoch's DataLoader iterator (and its workers) is created
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "set_epoch"):
-            datamodule.set_epoch(self.current_epoch)
 
     # ------------------------------------------------------------------ forward
 
@@ -198,9 +247,7 @@ class Shape3DModule(pl.LightningModule):
 
     def _losses(self, batch: dict, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = logits.float()
-        occupancy = occupancy_loss(
-            logits, batch["voxels"], self.hparams.focal_gamma, self.hparams.dice_weight
-        )
+        occupancy = occupancy_loss(logits, batch["voxels"], self.losses.focal_gamma, self.losses.dice_weight)
         surface_res = batch["distances"].shape[-1]
         low = (
             logits
@@ -212,21 +259,21 @@ class Shape3DModule(pl.LightningModule):
         surface = surface_chamfer_loss(
             torch.sigmoid(low),
             batch["distances"],
-            batch["points"][:, : self.hparams.surface_points],
-            self.hparams.surface_topk,
+            batch["points"][:, : self.losses.surface_points],
+            self.losses.surface_topk,
         )
         return {
             "occupancy": occupancy,
             "surface": surface,
-            "loss": occupancy + self.hparams.surface_weight * surface,
+            "loss": occupancy + self.losses.surface_weight * surface,
         }
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         styles = list(batch["style"])
         codes = None
         if (
-            self.hparams.style_mixing_prob > 0
-            and random.random() < self.hparams.style_mixing_prob
+            self.losses.style_mixing_prob > 0
+            and random.random() < self.losses.style_mixing_prob
             and len(styles) > 1
         ):
             # style mixing: coarse layers keep the sample's style, fine layers take another sample's (StyleGAN)
@@ -248,16 +295,6 @@ class Shape3DModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._media = []
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if (
-            self._baseline_points is None
-            and datamodule is not None
-            and getattr(datamodule, "train_store", None) is not None
-        ):
-            mean, threshold = datamodule.mean_shape()
-            self._baseline = (mean, threshold)
-            # shift the mean grid so the chosen threshold becomes the 0.5 iso-level of the mesh
-            self._baseline_points = mesh_points(mean - threshold + 0.5, self.hparams.chamfer_points)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(list(batch["text"]), list(batch["style"]), batch["ref_points"], batch["has_ref"])
@@ -276,21 +313,23 @@ class Shape3DModule(pl.LightningModule):
         )
         prob = torch.sigmoid(eval_logits.float())
         self.val_iou(prob, batch["eval_voxels"])
-        predicted = [mesh_points(p.cpu(), self.hparams.chamfer_points, seed=i) for i, p in enumerate(prob)]
+        predicted = [mesh_points(p.cpu(), self.evaluation.chamfer_points, seed=i) for i, p in enumerate(prob)]
         self.val_chamfer(predicted, [t.cpu() for t in batch["points"]])
         self.log("val/iou", self.val_iou, prog_bar=True, batch_size=size)
         self.log("val/chamfer", self.val_chamfer, prog_bar=True, batch_size=size)
-        if self._baseline_points is not None:
-            mean, threshold = self._baseline
-            self.baseline_iou(
-                (mean > threshold).float().expand_as(prob).to(prob.device), batch["eval_voxels"]
-            )
+        if (
+            "baseline" in batch
+        ):  # the mean-shape baseline, sent along by the datamodule when it has a train split
+            baseline = batch["baseline"].float()
+            if self._baseline_points is None:  # one shape for the whole run: mesh it once
+                self._baseline_points = mesh_points(baseline[0].cpu(), self.evaluation.chamfer_points)
+            self.baseline_iou(baseline, batch["eval_voxels"])
             self.baseline_chamfer([self._baseline_points] * size, [t.cpu() for t in batch["points"]])
             self.log("val/baseline_mean_shape_iou", self.baseline_iou, batch_size=size)
             self.log("val/baseline_mean_shape_chamfer", self.baseline_chamfer, batch_size=size)
         if batch_idx == 0:
             full = torch.sigmoid(logits.float()).cpu()
-            for i in range(min(self.hparams.num_media_samples, size)):
+            for i in range(min(self.evaluation.num_media_samples, size)):
                 self._media.append(
                     {
                         "text": batch["text"][i],
@@ -343,9 +382,14 @@ class Shape3DModule(pl.LightningModule):
         """AdamW over the trainable parameters (frozen ones join when FreezeUnfreeze releases them) and
         ReduceLROnPlateau on the validation Chamfer distance."""
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(
+            params, lr=self.optimisation.lr, weight_decay=self.optimisation.weight_decay
+        )
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=self.hparams.plateau_factor, patience=self.hparams.plateau_patience
+            optimizer,
+            mode="min",
+            factor=self.optimisation.plateau_factor,
+            patience=self.optimisation.plateau_patience,
         )
         return {
             "optimizer": optimizer,

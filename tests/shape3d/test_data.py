@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader
 from common.errors import InputError, MissingInputError
 from common.geometry import voxel_iou, voxelize_mesh
 from projects.shape3d.data import (
+    Augmentation,
+    ReferencePoints,
     ShapeDataModule,
     ShapeDataset,
     ShapeStore,
@@ -159,7 +161,7 @@ def test_datamodule_targets_follow_the_resolution(tmp_path):
     dm = ShapeDataModule(
         data_dir=str(tmp_path),
         num_points=64,
-        num_ref_points=16,
+        reference=ReferencePoints(num_points=16),
         batch_size=2,
         eval_resolution=16,
         resolution=16,
@@ -174,12 +176,18 @@ def test_datamodule_targets_follow_the_resolution(tmp_path):
     assert len(list((tmp_path / "cache").glob("*voxels*.npz"))) == 6  # cached per split and resolution
     mean, threshold = dm.mean_shape()
     assert mean.shape == (16, 16, 16) and 0 < threshold < 1
+    # validation samples carry the baseline shape (the model reads it from the batch, not from the datamodule):
+    # the mean grid shifted so that its 0.5 level is the chosen threshold
+    batch = next(iter(dm.val_dataloader()))
+    assert torch.equal(batch["baseline"][0] > 0.5, mean > threshold)
 
 
 def test_dataset_reads_resolution_at_getitem_time(tmp_path):
     path = write_set(tmp_path, [])
     store = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8)
-    dataset = ShapeDataset(store, resolution=8, eval_resolution=8, augment=True, ref_points_prob=1.0)
+    dataset = ShapeDataset(
+        store, resolution=8, eval_resolution=8, augmentation=Augmentation(enabled=True), ref_points_prob=1.0
+    )
     assert dataset[0]["voxels"].shape == (8, 8, 8)
     dataset.resolution = 12
     sample = dataset[0]
@@ -244,7 +252,12 @@ def test_augmentations_depend_on_seed_epoch_and_index_not_on_workers(tmp_path):
     path = write_set(tmp_path, [])
     store = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8)
     dataset = ShapeDataset(
-        store, resolution=8, eval_resolution=8, augment=True, augment_prob=1.0, ref_points_prob=1.0, seed=5
+        store,
+        resolution=8,
+        eval_resolution=8,
+        augmentation=Augmentation(enabled=True, prob=1.0),
+        ref_points_prob=1.0,
+        seed=5,
     )
     epoch0 = augmented_points(dataset, num_workers=0)
     assert all(
@@ -260,33 +273,86 @@ def test_augmentations_depend_on_seed_epoch_and_index_not_on_workers(tmp_path):
         not torch.allclose(a, b) for a, b in zip(epoch0, epoch1, strict=True)
     )  # a new draw every epoch
     other_seed = ShapeDataset(
-        store, resolution=8, eval_resolution=8, augment=True, augment_prob=1.0, ref_points_prob=1.0, seed=6
+        store,
+        resolution=8,
+        eval_resolution=8,
+        augmentation=Augmentation(enabled=True, prob=1.0),
+        ref_points_prob=1.0,
+        seed=6,
     )
     assert not torch.allclose(other_seed[0]["points"], epoch0[0])
 
 
 def test_datamodule_passes_the_epoch_to_the_training_set(tmp_path):
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DistributedSampler
+
     for name in ("train", "val"):
         write_set(tmp_path, [])
         (tmp_path / "captions.jsonl").rename(tmp_path / f"{name}.jsonl")
     dm = ShapeDataModule(
         data_dir=str(tmp_path),
         num_points=32,
-        num_ref_points=8,
+        reference=ReferencePoints(num_points=8),
         batch_size=2,
         eval_resolution=8,
         resolution=8,
         cache=False,
-        augment=True,
+        augmentation=Augmentation(enabled=True),
     )
     dm.setup("fit")
-    dm.set_epoch(3)
+    loader = dm.train_dataloader()
+    # what Lightning's fit loop does before every epoch's iterator (with the restored epoch after a resume)
+    _set_sampler_epoch(loader, 3)
     assert dm.train_set.epoch == 3 and dm.val_set.epoch == 0  # validation data stays the same every epoch
-    dm.trainer = SimpleNamespace(
-        current_epoch=7
-    )  # a resumed run: train_dataloader() is built before the epoch hook
-    assert dm.train_dataloader().dataset.epoch == 7
-    assert dm.train_dataloader().persistent_workers is False
+    _set_sampler_epoch(loader, 7)
+    assert loader.dataset.epoch == 7
+    assert loader.persistent_workers is False
+    # under DDP each rank draws its share; a DistributedSampler is left as it is by Lightning (not wrapped)
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1)
+    sampler = dm.train_dataloader().sampler
+    assert isinstance(sampler, DistributedSampler) and (sampler.num_replicas, sampler.rank) == (2, 1)
+
+
+def test_tokenizer_is_prepared_once_atomically_and_setup_only_reads(tmp_path, monkeypatch):
+    from projects.shape3d.text_encoder import load_tokenizer
+
+    for name in ("train", "val"):
+        write_set(tmp_path, [])
+        (tmp_path / "captions.jsonl").rename(tmp_path / f"{name}.jsonl")
+    dm = ShapeDataModule(
+        data_dir=str(tmp_path), num_points=32, reference=ReferencePoints(num_points=8), cache=False
+    )
+    tokenizer_dir = Path(dm.tokenizer_dir)
+    dm.setup("fit")  # setup reads the data; it prepares nothing
+    assert not tokenizer_dir.exists()
+    dm.prepare_data()
+    tokenizer = load_tokenizer(tokenizer_dir)
+    # the user's captions (and styles) are the corpus: their words are pieces, not <unk>
+    assert tokenizer.unk_token_id not in tokenizer("ince uzun bir silindir dolgun üslup")["input_ids"]
+    assert dm.text_vocab_size == len(tokenizer)  # the scalar linked to the model
+    stamp = (tokenizer_dir / "tokenizer.json").stat().st_mtime_ns
+    dm.prepare_data()  # same corpus: reused, not retrained
+    assert (tokenizer_dir / "tokenizer.json").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tokenizer")] == []  # no temporary left
+    (tokenizer_dir / "tokenizer.json").write_bytes(
+        b"\x00garbage"
+    )  # a damaged tokenizer is rebuilt, with a warning
+    with pytest.warns(UserWarning, match="shape3d tokenizer .* could not be loaded"):
+        dm.prepare_data()
+    assert len(load_tokenizer(tokenizer_dir)) == len(tokenizer)
+
+    def crash(*args, **kwargs):  # a writer killed half way through leaves the old tokenizer or none
+        raise KeyboardInterrupt
+
+    (tmp_path / "train.jsonl").write_text(json.dumps({"mesh": "m/box.obj", "text": "yeni bir kutu"}) + "\n")
+    import transformers
+
+    monkeypatch.setattr(transformers.PreTrainedTokenizerFast, "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        dm.prepare_data()
+    assert len(load_tokenizer(tokenizer_dir)) == len(tokenizer)  # untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tokenizer")] == []
 
 
 # ------------------------------------------------------------------ issue 11: every reader, every cache

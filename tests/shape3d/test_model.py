@@ -15,29 +15,42 @@ import trimesh
 
 from common.cli import run_cli
 from common.geometry import voxelize_mesh
+from projects.shape3d.generate import all_texts
 from projects.shape3d.model import AdaIN3d, VoxelDecoder, occupancy_loss, surface_chamfer_loss
-from projects.shape3d.module import Shape3DModule
+from projects.shape3d.module import Architecture, Losses, Optimisation, Shape3DModule, TinyText
+from projects.shape3d.text_encoder import TURKISH_ALPHABET, prepare_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "shape3d" / "tiny.yaml")
 CSV = str(ROOT / "configs" / "logger" / "csv.yaml")
 
 
-def tiny_module(**overrides) -> Shape3DModule:
-    args = dict(
-        tiny_d_model=32,
-        tiny_layers=1,
-        latent_dim=32,
-        style_dim=16,
-        channels=[16, 8, 8, 4],
-        grow_resolutions=[48, 64],
-        grow_channels=[4, 4],
-        surface_topk=64,
-        surface_points=128,
-        lr=3e-3,
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> str:
+    """The tiny tokenizer, prepared once as the datamodule's prepare_data does (never by the model)."""
+    directory = tmp_path_factory.mktemp("tokenizer") / "tokenizer"
+    prepare_tokenizer(all_texts() + [TURKISH_ALPHABET, TURKISH_ALPHABET.upper()], directory)
+    return str(directory)
+
+
+def tiny_module(tokenizer_dir: str, **architecture) -> Shape3DModule:
+    from transformers import AutoTokenizer
+
+    return Shape3DModule(
+        tokenizer_dir=tokenizer_dir,
+        text_vocab_size=len(AutoTokenizer.from_pretrained(tokenizer_dir)),
+        tiny_text=TinyText(d_model=32, layers=1),
+        architecture=Architecture(
+            **(
+                dict(latent_dim=32, style_dim=16, channels=(16, 8, 8, 4), grow_resolutions=(48, 64))
+                | dict(grow_channels=(4, 4))
+                | architecture
+            )
+        ),
+        losses=Losses(surface_topk=64, surface_points=128),
+        optimisation=Optimisation(lr=3e-3),
         torch_num_threads=1,
     )
-    return Shape3DModule(**(args | overrides))
 
 
 def test_decoder_grows_with_exact_sizes_and_fades_in():
@@ -88,9 +101,9 @@ def test_adain_sets_channel_statistics_from_the_style():
     )
 
 
-def test_style_text_changes_the_shape_and_mixing_switches_layers():
+def test_style_text_changes_the_shape_and_mixing_switches_layers(tokenizer_dir):
     torch.manual_seed(0)
-    model = tiny_module().eval()
+    model = tiny_module(tokenizer_dir).eval()
     texts = ["bir silindir"] * 2
     with torch.no_grad():
         plain = model(texts, ["", ""], resolution=32)
@@ -129,9 +142,9 @@ def test_losses_carry_gradients_towards_the_target():
     assert good < shifted  # the right shape scores better than a displaced one
 
 
-def test_training_steps_fit_a_batch():
+def test_training_steps_fit_a_batch(tokenizer_dir):
     torch.manual_seed(0)
-    model = tiny_module()
+    model = tiny_module(tokenizer_dir)
     model.set_resolution(32)
     shapes = [trimesh.creation.icosphere(2, radius=0.35), trimesh.creation.box((0.7, 0.2, 0.2))]
     voxels = torch.from_numpy(np.stack([voxelize_mesh(m, 32) for m in shapes])).float()
@@ -198,7 +211,10 @@ def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, caplog)
         values = [float(r[key]) for r in rows if r.get(key)]
         assert values and all(np.isfinite(values)), key
     assert cli.model.resolution == 48
-    assert cli.datamodule.train_set.epoch == 1  # on_train_epoch_start passed the epoch on (new augmentations)
+    assert cli.datamodule.train_set.epoch == 1  # the sampler passed Lightning's epoch on (new augmentations)
+    # shared scalars came by link from the datamodule, which prepared the tokenizer
+    assert cli.model.hparams.tokenizer_dir == cli.datamodule.tokenizer_dir
+    assert cli.model.text_encoder.encoder.config.vocab_size == len(cli.model.text_encoder.tokenizer)
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["shape3d_resolution"] == 48 and saved["shape3d_fade_alpha"] == cli.model.fade_alpha
     # the text encoder was frozen in epoch 0 and unfrozen at epoch 1
@@ -259,11 +275,11 @@ def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, caplog)
         assert isinstance(loaded, trimesh.Trimesh)
 
 
-def test_checkpoint_saved_mid_fade_restores_alpha_and_output(tmp_path):
+def test_checkpoint_saved_mid_fade_restores_alpha_and_output(tmp_path, tokenizer_dir):
     import lightning
 
     torch.manual_seed(0)
-    model = tiny_module()
+    model = tiny_module(tokenizer_dir)
     for head in model.decoder.heads.values():  # as after some training, so alpha changes the output
         torch.nn.init.normal_(head.weight)
     model.set_resolution(48)
@@ -287,10 +303,10 @@ def test_checkpoint_saved_mid_fade_restores_alpha_and_output(tmp_path):
 
 
 @pytest.mark.slow
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_gradient_checkpointing_gives_the_same_gradients(tokenizer_dir):
     torch.manual_seed(0)
-    plain = tiny_module()
-    checkpointed = tiny_module(gradient_checkpointing=True)
+    plain = tiny_module(tokenizer_dir)
+    checkpointed = tiny_module(tokenizer_dir, gradient_checkpointing=True)
     checkpointed.load_state_dict(plain.state_dict())
     for model in (plain, checkpointed):
         model.set_resolution(48)
@@ -302,14 +318,12 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
-def test_text_encoder_loads_a_local_directory_and_names_the_key_when_missing(tmp_path):
+def test_text_encoder_loads_a_local_directory_and_names_the_key_when_missing(tmp_path, tokenizer_dir):
     from common.hub import PretrainedNotAvailable
-    from projects.shape3d.generate import all_texts
-    from projects.shape3d.text_encoder import TextEncoder
+    from projects.shape3d.text_encoder import TextEncoder, load_tokenizer
 
-    tiny = TextEncoder(
-        "tiny", corpus=all_texts(), tokenizer_dir=tmp_path / "tok", d_model=16, num_layers=1, num_heads=2
-    )
+    vocab_size = len(load_tokenizer(tokenizer_dir))
+    tiny = TextEncoder("tiny", tokenizer_dir, vocab_size, d_model=16, num_layers=1, num_heads=2)
     tiny.encoder.save_pretrained(tmp_path / "t5")
     tiny.tokenizer.save_pretrained(tmp_path / "t5")
     loaded = TextEncoder(str(tmp_path / "t5"))
@@ -319,3 +333,31 @@ def test_text_encoder_loads_a_local_directory_and_names_the_key_when_missing(tmp
         )
     with pytest.raises(PretrainedNotAvailable, match="model.init_args.text_encoder"):
         TextEncoder(str(tmp_path / "missing"))
+
+
+def test_model_construction_prepares_nothing_and_names_the_missing_step(tmp_path):
+    """The tiny T5 is built from the linked vocabulary size alone; the tokenizer is the data's preparation."""
+    from common.errors import InputError
+
+    model = Shape3DModule(tokenizer_dir=str(tmp_path / "tokenizer"), text_vocab_size=117)
+    assert not (tmp_path / "tokenizer").exists()
+    with pytest.raises(InputError, match=r"no prepared tokenizer .*projects\.shape3d\.prepare"):
+        model(["bir küre"], [""])
+    with pytest.raises(InputError, match="text_vocab_size"):
+        Shape3DModule(tokenizer_dir=str(tmp_path / "tokenizer"))
+
+
+def test_prepare_step_writes_what_fit_needs(tmp_path):
+    from projects.shape3d.prepare import main
+
+    config = tmp_path / "data.yaml"
+    config.write_text(
+        f"data:\n  class_path: projects.shape3d.data.ShapeDataModule\n  init_args:\n"
+        f"    generated_dir: {tmp_path / 'gen'}\n    generated_copies_train: 1\n"
+    )
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("data:\n  init_args:\n    augmentation: {enabled: true}\n")
+    main(["--config", str(config), "--config", str(overlay)])
+    assert (tmp_path / "gen" / "train.jsonl").exists() and (
+        tmp_path / "gen" / "tokenizer" / "tokenizer.json"
+    ).exists()
