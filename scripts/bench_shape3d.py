@@ -1,7 +1,9 @@
 """Benchmark for projects/shape3d (`make bench-3d`).
 
 1. Chamfer distance (pytorch3d semantics) at 2k / 10k / 50k points per cloud: this repo's chunked torch op vs
-   scipy's cKDTree vs a naive full ``torch.cdist`` matrix -- wall time and peak extra memory (resident set).
+   scipy's cKDTree vs a naive full ``torch.cdist`` matrix -- wall time and peak extra memory (resident set); and the
+   brute-force (GPU) path's relative error away from the origin (offsets up to 1e4, scales 1e-3 .. 1e3) next to its
+   time, against a float64 KD-tree, with the naive float32 ``cdist`` for comparison.
 2. Voxelisation and marching cubes time per shape at 32^3 / 48^3 / 64^3 on the generated motif set.
 3. Training step time (forward + backward + AdamW) of the default model at 32^3 / 48^3 / 64^3.
 
@@ -26,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common.geometry import HAS_PYTORCH3D, chamfer_distance, voxelize_mesh, voxels_to_mesh  # noqa: E402
+from common.geometry import HAS_PYTORCH3D, chamfer, voxelize_mesh, voxels_to_mesh  # noqa: E402
 
 
 def _status(key: str) -> int:
@@ -73,24 +75,99 @@ def bench_chamfer(sizes: list[int], naive_limit: int) -> list[dict]:
         y_np = rng.random((n, 3), dtype=np.float32) - 0.5
         x, y = torch.from_numpy(x_np)[None], torch.from_numpy(y_np)[None]
         repeats = 3 if n <= 10_000 else 1
-        for method, label in (("kdtree", "ours, CPU default (KD-tree search + torch distances)"),
-                              ("brute", "ours, GPU path (chunked brute-force torch)")):
-            seconds, mib = measure(lambda x=x, y=y, method=method: chamfer_distance(x, y, method=method), repeats)
-            value = float(chamfer_distance(x, y, method=method))
-            rows.append({"op": "chamfer", "method": label + (" [pytorch3d]" if HAS_PYTORCH3D else ""),
-                         "points": n, "seconds": seconds, "peak_mib": mib, "value": value})
+        for method, label in (
+            ("kdtree", "ours, CPU default (KD-tree search + torch distances)"),
+            ("brute", "ours, GPU path without pytorch3d (chunked brute-force torch)"),
+        ):
+            seconds, mib = measure(lambda x=x, y=y, method=method: chamfer(x, y, method=method), repeats)
+            value = float(chamfer(x, y, method=method))
+            rows.append(
+                {
+                    "op": "chamfer",
+                    "method": label,
+                    "points": n,
+                    "seconds": seconds,
+                    "peak_mib": mib,
+                    "value": value,
+                }
+            )
         seconds, mib = measure(lambda x_np=x_np, y_np=y_np: kdtree_chamfer(x_np, y_np), repeats)
-        rows.append({"op": "chamfer", "method": "scipy cKDTree", "points": n, "seconds": seconds, "peak_mib": mib,
-                     "value": kdtree_chamfer(x_np, y_np)})
+        rows.append(
+            {
+                "op": "chamfer",
+                "method": "scipy cKDTree",
+                "points": n,
+                "seconds": seconds,
+                "peak_mib": mib,
+                "value": kdtree_chamfer(x_np, y_np),
+            }
+        )
         if n <= naive_limit:
             seconds, mib = measure(lambda x=x, y=y: naive_chamfer(x, y), repeats)
-            rows.append({"op": "chamfer", "method": "naive cdist", "points": n, "seconds": seconds, "peak_mib": mib,
-                         "value": float(naive_chamfer(x, y))})
+            rows.append(
+                {
+                    "op": "chamfer",
+                    "method": "naive cdist",
+                    "points": n,
+                    "seconds": seconds,
+                    "peak_mib": mib,
+                    "value": float(naive_chamfer(x, y)),
+                }
+            )
         else:
             need = n * n * 4 / 2**30
-            rows.append({"op": "chamfer", "method": "naive cdist", "points": n, "seconds": None, "peak_mib": None,
-                         "value": None, "note": f"skipped: the {n}x{n} matrix alone needs {need:.1f} GiB"})
+            rows.append(
+                {
+                    "op": "chamfer",
+                    "method": "naive cdist",
+                    "points": n,
+                    "seconds": None,
+                    "peak_mib": None,
+                    "value": None,
+                    "note": f"skipped: the {n}x{n} matrix alone needs {need:.1f} GiB",
+                }
+            )
         print(f"chamfer {n}: done", flush=True)
+    return rows
+
+
+OFFSETS = [
+    (0.0, 1.0),
+    (100.0, 1.0),
+    (1000.0, 1.0),
+    (5000.0, 10.0),
+    (1e4, 1.0),
+    (1e4, 1e-3),
+    (1e4, 1e3),
+    (0.0, 1e-3),
+]
+
+
+def bench_offsets(n: int) -> list[dict]:
+    """Relative error of the brute-force path (and of a naive float32 cdist) on clouds of ``n`` float32 points in a
+    cube of side ``scale`` centred at ``offset`` on every axis, against a float64 KD-tree on the same points."""
+    rows = []
+    rng = np.random.default_rng(1)
+    for offset, scale in OFFSETS:
+        x_np = ((rng.random((n, 3)) - 0.5) * scale + offset).astype(np.float32)
+        y_np = ((rng.random((n, 3)) - 0.5) * scale + offset).astype(np.float32)
+        x, y = torch.from_numpy(x_np)[None], torch.from_numpy(y_np)[None]
+        reference = kdtree_chamfer(x_np.astype(np.float64), y_np.astype(np.float64))
+        seconds, _ = measure(lambda x=x, y=y: chamfer(x, y, method="brute"))
+        brute = float(chamfer(x, y, method="brute"))
+        naive = float(naive_chamfer(x, y))
+        rows.append(
+            {
+                "op": "chamfer at offset",
+                "points": n,
+                "offset": offset,
+                "scale": scale,
+                "seconds": seconds,
+                "brute_rel_error": abs(brute - reference) / reference,
+                "naive_cdist_rel_error": abs(naive - reference) / reference,
+            }
+        )
+    print("chamfer offsets: done", flush=True)
     return rows
 
 
@@ -103,10 +180,24 @@ def bench_voxels(resolutions: list[int], shapes: int) -> list[dict]:
     rows = []
     for resolution in resolutions:
         seconds, mib = measure(lambda r=resolution: [voxelize_mesh(m, r) for m in meshes])
-        rows.append({"op": "voxelise (ray parity)", "resolution": resolution, "seconds_per_shape": seconds / len(meshes), "peak_mib": mib})
+        rows.append(
+            {
+                "op": "voxelise (ray parity)",
+                "resolution": resolution,
+                "seconds_per_shape": seconds / len(meshes),
+                "peak_mib": mib,
+            }
+        )
         grids = [voxelize_mesh(m, resolution).astype(np.float32) for m in meshes]
         seconds, mib = measure(lambda grids=grids: [voxels_to_mesh(g) for g in grids])
-        rows.append({"op": "marching cubes (skimage)", "resolution": resolution, "seconds_per_shape": seconds / len(meshes), "peak_mib": mib})
+        rows.append(
+            {
+                "op": "marching cubes (skimage)",
+                "resolution": resolution,
+                "seconds_per_shape": seconds / len(meshes),
+                "peak_mib": mib,
+            }
+        )
     print("voxels: done", flush=True)
     return rows
 
@@ -114,10 +205,13 @@ def bench_voxels(resolutions: list[int], shapes: int) -> list[dict]:
 def bench_train_step(resolutions: list[int], batch_size: int, steps: int) -> list[dict]:
     import yaml
 
+    from projects.shape3d.data import ShapeDataModule
     from projects.shape3d.module import Shape3DModule
 
     config = yaml.safe_load((ROOT / "configs" / "shape3d" / "default.yaml").read_text())["model"]["init_args"]
-    model = Shape3DModule(**config)  # sets torch threads from the config (1)
+    data = ShapeDataModule()  # the linked values, as the CLI gives them (prepares the default tokenizer once)
+    # sets torch threads from the config (1)
+    model = Shape3DModule(**config, tokenizer_dir=data.tokenizer_dir, text_vocab_size=data.text_vocab_size)
     model.train()
     optimizer = model.configure_optimizers()["optimizer"]
     texts = ["ince uzun bir silindir", "sekiz köşeli yıldız motifi"] * (batch_size // 2)
@@ -140,33 +234,77 @@ def bench_train_step(resolutions: list[int], batch_size: int, steps: int) -> lis
 
         step()  # warm-up
         seconds, mib = measure(step, steps)
-        rows.append({"op": "train step", "resolution": resolution, "batch": batch_size, "seconds": seconds, "peak_mib": mib})
+        rows.append(
+            {
+                "op": "train step",
+                "resolution": resolution,
+                "batch": batch_size,
+                "seconds": seconds,
+                "peak_mib": mib,
+            }
+        )
         print(f"train step {resolution}: done", flush=True)
     return rows
 
 
-def markdown(chamfer: list[dict], voxels: list[dict], train: list[dict], threads: int) -> str:
+def markdown(
+    chamfer: list[dict], offsets: list[dict], voxels: list[dict], train: list[dict], threads: int
+) -> str:
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
-    lines = [f"CPU, torch {torch.__version__}, {threads} thread(s); pytorch3d importable: {HAS_PYTORCH3D}", "",
-             "| Chamfer | points per cloud | time (s) | peak extra memory (MiB) | value |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"CPU, torch {torch.__version__}, {threads} thread(s); pytorch3d importable: {HAS_PYTORCH3D}",
+        "",
+        "| Chamfer | points per cloud | time (s) | peak extra memory (MiB) | value |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in chamfer:
-        lines.append(f"| {r['method']} | {r['points']:,} | {fmt(r['seconds'], '.3f')} | {fmt(r['peak_mib'], '.0f')} | "
-                     f"{fmt(r['value'], '.6f') if r['value'] is not None else r.get('note', '-')} |")
-    lines += ["", "| geometry op | resolution | time per shape (ms) | peak extra memory (MiB) |", "|---|---:|---:|---:|"]
+        lines.append(
+            f"| {r['method']} | {r['points']:,} | {fmt(r['seconds'], '.3f')} | {fmt(r['peak_mib'], '.0f')} | "
+            f"{fmt(r['value'], '.6f') if r['value'] is not None else r.get('note', '-')} |"
+        )
+    lines += [
+        "",
+        "| brute-force path, points in a cube of side *scale* at *offset* | points | time (s) | "
+        "relative error vs float64 KD-tree | naive float32 cdist error |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in offsets:
+        lines.append(
+            f"| offset {r['offset']:g}, scale {r['scale']:g} | {r['points']:,} | {r['seconds']:.3f} | "
+            f"{r['brute_rel_error']:.1e} | {r['naive_cdist_rel_error']:.1e} |"
+        )
+    lines += [
+        "",
+        "| geometry op | resolution | time per shape (ms) | peak extra memory (MiB) |",
+        "|---|---:|---:|---:|",
+    ]
     for r in voxels:
-        lines.append(f"| {r['op']} | {r['resolution']}³ | {1000 * r['seconds_per_shape']:.1f} | {r['peak_mib']:.0f} |")
-    lines += ["", "| training step (default model) | resolution | batch | time (s) | peak extra memory (MiB) |", "|---|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['op']} | {r['resolution']}³ | {1000 * r['seconds_per_shape']:.1f} | {r['peak_mib']:.0f} |"
+        )
+    lines += [
+        "",
+        "| training step (default model) | resolution | batch | time (s) | peak extra memory (MiB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in train:
-        lines.append(f"| fwd + bwd + AdamW | {r['resolution']}³ | {r['batch']} | {r['seconds']:.2f} | {r['peak_mib']:.0f} |")
+        lines.append(
+            f"| fwd + bwd + AdamW | {r['resolution']}³ | {r['batch']} | {r['seconds']:.2f} | {r['peak_mib']:.0f} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2_000, 10_000, 50_000])
-    parser.add_argument("--naive-limit", type=int, default=10_000, help="largest cloud for the full cdist matrix")
+    parser.add_argument(
+        "--naive-limit", type=int, default=10_000, help="largest cloud for the full cdist matrix"
+    )
+    parser.add_argument(
+        "--offset-points", type=int, default=10_000, help="points per cloud of the offset rows"
+    )
     parser.add_argument("--resolutions", type=int, nargs="+", default=[32, 48, 64])
     parser.add_argument("--shapes", type=int, default=8, help="motif shapes for the voxel timings")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -176,15 +314,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     chamfer = bench_chamfer(args.sizes, args.naive_limit)
+    offsets = bench_offsets(args.offset_points)
     voxels = bench_voxels(args.resolutions, args.shapes)
     train = bench_train_step(args.resolutions, args.batch_size, args.steps)
     torch.set_num_threads(args.threads)
-    table = markdown(chamfer, voxels, train, args.threads)
+    table = markdown(chamfer, offsets, voxels, train, args.threads)
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"chamfer": chamfer, "voxels": voxels, "train": train}, indent=2))
+    out.with_suffix(".json").write_text(
+        json.dumps({"chamfer": chamfer, "offsets": offsets, "voxels": voxels, "train": train}, indent=2)
+    )
 
 
 if __name__ == "__main__":
