@@ -435,7 +435,11 @@ class CaptionDataModule(pl.LightningDataModule):
         h = self.hparams
         if self.uses_generated_set:
             root = Path(self.generated.root)
-            return [(split, str(root / f"{split}.json")) for split in ("train", "val", "test")]
+            return [
+                (split, str(root / f"{split}.json"))
+                for split in ("train", "val", "test")
+                if split in self.generated.sizes
+            ]
         return [("train", h.train_file), ("val", h.val_file), ("test", h.test_file)]
 
     def _read_splits(self) -> tuple[dict[str, list[CaptionRecord]], Problems]:
