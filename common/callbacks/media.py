@@ -34,6 +34,7 @@ class MediaLogger(pl.Callback):
         # Validations are counted, not epochs, so ``check_val_every_n_epoch`` > 1 still gets media; the count
         # is checkpointed so a resumed run keeps the same cadence.
         self.validations_seen = 0
+        self.checkpoint_epoch: int | None = None
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -46,7 +47,11 @@ class MediaLogger(pl.Callback):
         if not samples:
             return
         directory = run_dir(trainer)
-        out_dir = directory / "media" / f"epoch_{trainer.current_epoch:04d}"
+        # `tgm validate`: the checkpoint's epoch (Lightning's loops start at 0 outside fit)
+        epoch = trainer.current_epoch
+        if trainer.state.fn != "fit" and self.checkpoint_epoch is not None:
+            epoch = self.checkpoint_epoch
+        out_dir = directory / "media" / f"epoch_{epoch:04d}"
         wandb_items = {}
         for name, item in samples.items():
             path = write_media(item, out_dir / name.replace("/", "_"))
@@ -64,6 +69,11 @@ class MediaLogger(pl.Callback):
                     if isinstance(item, Table):
                         for file in files_of(item, path):
                             run.save(str(file), base_path=str(directory), policy="now")
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        self.checkpoint_epoch = checkpoint.get("epoch")
 
     def state_dict(self) -> dict:
         return {"validations_seen": self.validations_seen}

@@ -1,18 +1,28 @@
-"""EMNIST (or the generated stand-in) as a LightningDataModule: ``(image in [-1, 1], label)`` batches."""
+"""EMNIST (or the generated stand-in) as a LightningDataModule: ``(image in [-1, 1], label)`` batches.
+
+``prepare_data`` (rank 0, once) renders the generated set when it is the source and trains the FID/IS/accuracy
+judge (cached, atomic, see ``judge.py``); ``setup`` only reads. ``num_classes``, ``class_names`` and
+``judge_path`` are cheap properties the CLI links into the model (``DiffusionModule.linked_from_data``).
+"""
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
 
 from common.errors import InputError
-from projects.diffusion.glyphs import ensure_generated
-from projects.diffusion.idx import read_emnist, read_mapping
+from projects.diffusion.generate import BALANCED_CLASSES, VERSION, ensure_generated
+from projects.diffusion.idx import emnist_paths, read_emnist, read_mapping
+from projects.diffusion.judge import JudgeConfig, ensure_judge, judge_cache_path
 
 
 def prepare_images(images: np.ndarray, image_size: int) -> torch.Tensor:
@@ -25,26 +35,46 @@ def prepare_images(images: np.ndarray, image_size: int) -> torch.Tensor:
     x = torch.from_numpy(images).float().div(255.0).unsqueeze(1)
     x = F.pad(x, (2, 2, 2, 2))
     if image_size != 32:
-        if 32 % image_size:
-            raise InputError(f"data.init_args.image_size must divide 32 (8, 16 or 32), got {image_size}")
         x = F.avg_pool2d(x, 32 // image_size)
     return x * 2.0 - 1.0
+
+
+@dataclass
+class GeneratedData:
+    """The generated stand-in (``source: generated``): images per class and the seed of the renderer."""
+
+    train_per_class: int = 400
+    test_per_class: int = 60
+    seed: int = 0
+
+
+def as_dataclass(kind: type, value: Any) -> Any:
+    """``None`` -> the defaults, a dict (Python callers) -> the dataclass, a dataclass -> itself."""
+    if value is None:
+        return kind()
+    return kind(**value) if isinstance(value, dict) else value
 
 
 class CharacterDataModule(pl.LightningDataModule):
     """Reads ``emnist-<split>-{train,test}-{images,labels}`` from ``data_dir``.
 
     Args:
-        data_dir: folder with the EMNIST gzip IDX files and ``emnist-<split>-mapping.txt``.
+        data_dir: folder with the EMNIST gzip IDX files and ``emnist-<split>-mapping.txt`` (optional for the
+            ``digits`` and ``mnist`` splits, whose mapping is fixed).
         source: ``emnist`` (read what is there, clear error if missing) or ``generated`` (render the glyph
             stand-in into ``data_dir`` first if it is not there yet; only the ``balanced`` split exists).
         split: balanced, byclass, bymerge, letters, digits or mnist.
         classes: keep only these characters (e.g. ``"0123456789"``), relabelled 0..K-1 in the given order;
             ``null`` keeps every class of the split.
-        image_size: 32 (28 padded) or 16 (padded then halved).
+        image_size: 32 (28 padded), 16 or 8 (padded then averaged down).
         train_per_class / val_per_class: cap the number of images per class (``null``: all). Validation
-            uses the official test subset, the first ``val_per_class`` images of each class.
+            uses the official test subset, the first ``val_per_class`` images of each class; the test loader
+            (final evaluation, judge accuracy, FID floor) uses every test image of the chosen classes.
         predict_per_class: images per class that ``tgm predict`` generates.
+        generated: settings of the generated stand-in.
+        judge: how the FID/IS/accuracy judge is trained (``judge.py``); ``judge_cache_dir`` holds it.
+        judge_ckpt: use this judge instead (a ``tgm fit --config configs/diffusion/classifier.yaml`` checkpoint).
+        prepare_judge: ``false`` skips the judge (the judge's own training config, the Inception extractor).
     """
 
     def __init__(
@@ -60,15 +90,19 @@ class CharacterDataModule(pl.LightningDataModule):
         val_per_class: int | None = None,
         predict_per_class: int = 8,
         num_workers: int = 0,
-        generated_train_per_class: int = 400,
-        generated_test_per_class: int = 60,
-        seed: int = 0,
+        generated: GeneratedData | None = None,
+        judge: JudgeConfig | None = None,
+        judge_cache_dir: str = "data/generated/diffusion",
+        judge_ckpt: str | None = None,
+        prepare_judge: bool = True,
     ) -> None:
         super().__init__()
         if source not in ("emnist", "generated"):
             raise InputError(f"data.init_args.source must be 'emnist' or 'generated', got '{source}'")
         if source == "generated" and split != "balanced":
             raise InputError(f"data.init_args.split: the generated set only has 'balanced', got '{split}'")
+        if image_size not in (8, 16, 32):
+            raise InputError(f"data.init_args.image_size must divide 32 (8, 16 or 32), got {image_size}")
         self.data_dir = Path(data_dir)
         self.source = source
         self.split = split
@@ -80,74 +114,174 @@ class CharacterDataModule(pl.LightningDataModule):
         self.val_per_class = val_per_class
         self.predict_per_class = predict_per_class
         self.num_workers = num_workers
-        self.generated = (generated_train_per_class, generated_test_per_class, seed)
-        self.class_names: list[str] = []
+        self.generated = as_dataclass(GeneratedData, generated)
+        self.judge = as_dataclass(JudgeConfig, judge)
+        self.judge_cache_dir = judge_cache_dir
+        self.judge_ckpt = judge_ckpt
+        self.prepare_judge = prepare_judge
+        self._mapping: dict[int, str] | None = None
+        self._identity: dict[str, Any] | None = None
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
+        self.heldout_set: TensorDataset | None = None
 
-    def prepare_data(self) -> None:
-        if self.source == "generated":
-            ensure_generated(self.data_dir, *self.generated)
+    # ------------------------------------------------------------ what the model is linked to (cheap)
+    def _label_mapping(self) -> dict[int, str]:
+        if self._mapping is None:
+            if self.source == "generated":
+                self._mapping = dict(enumerate(BALANCED_CLASSES))
+            else:
+                self._mapping = read_mapping(self.data_dir, self.split)
+        return self._mapping
 
-    def _select(self, images: np.ndarray, labels: np.ndarray, keep: list[int], per_class: int | None, subset: str):
-        """Keep the chosen classes (relabelled 0..K-1), at most ``per_class`` each, in file order."""
-        chosen = []
-        for new_label, old_label in enumerate(keep):
-            where = np.flatnonzero(labels == old_label)
-            if len(where) == 0:
-                raise InputError(f"class '{self.class_names[new_label]}' (label {old_label}) has no images in "
-                                 f"the {subset} subset of {self.data_dir}")
-            chosen.append(where[:per_class] if per_class else where)
-        index = np.sort(np.concatenate(chosen))
-        relabel = np.full(int(labels.max()) + 1, -1, dtype=np.int64)
-        relabel[keep] = np.arange(len(keep))
-        return TensorDataset(prepare_images(images[index], self.image_size), torch.from_numpy(relabel[labels[index]]))
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        if self.source == "generated":  # setup without prepare_data (Python callers): generate here
-            ensure_generated(self.data_dir, *self.generated)
-        mapping = read_mapping(self.data_dir, self.split)
-        chars = [mapping[k] for k in sorted(mapping)]
+    def _kept_labels(self) -> list[int]:
+        mapping = self._label_mapping()
+        labels = sorted(mapping)
         if self.classes is None:
-            keep = sorted(mapping)
-        else:
-            unknown = [c for c in self.classes if c not in chars]
-            if unknown or len(set(self.classes)) != len(self.classes):
-                raise InputError(f"data.init_args.classes '{self.classes}': characters {unknown or 'repeated'} "
-                                 f"are not (unique) classes of EMNIST-{self.split} ({''.join(chars)})")
-            keep = [sorted(mapping)[chars.index(c)] for c in self.classes]
-        self.class_names = [mapping[k] for k in keep]
-        train_images, train_labels = read_emnist(self.data_dir, self.split, "train")
-        test_images, test_labels = read_emnist(self.data_dir, self.split, "test")
-        for name, labels in (("train", train_labels), ("test", test_labels)):
-            bad = labels[~np.isin(labels, list(mapping))]
-            if len(bad):
-                raise InputError(f"EMNIST-{self.split} {name} labels contain {int(bad[0])}, which "
-                                 f"emnist-{self.split}-mapping.txt in {self.data_dir} does not list")
-        self.train_set = self._select(train_images, train_labels, keep, self.train_per_class, "train")
-        self.val_set = self._select(test_images, test_labels, keep, self.val_per_class, "test")
+            return labels
+        chars = [mapping[k] for k in labels]
+        unknown = [c for c in self.classes if c not in chars]
+        if unknown or len(set(self.classes)) != len(self.classes):
+            raise InputError(
+                f"data.init_args.classes '{self.classes}': characters {unknown or 'repeated'} "
+                f"are not (unique) classes of EMNIST-{self.split} ({''.join(chars)})"
+            )
+        return [labels[chars.index(c)] for c in self.classes]
+
+    @property
+    def class_names(self) -> list[str]:
+        mapping = self._label_mapping()
+        return [mapping[k] for k in self._kept_labels()]
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def data_identity(self) -> dict[str, Any]:
+        """What the judge's cache key needs to know about the data: the generator's settings (deterministic), or
+        a SHA-1 of the IDX files; plus classes, image size and the training cap."""
+        if self._identity is None:
+            if self.source == "generated":
+                files = {"generated": asdict(self.generated), "version": VERSION}
+            else:
+                digest = hashlib.sha1()
+                for subset in ("train", "test"):
+                    for path in emnist_paths(self.data_dir, self.split, subset):
+                        digest.update(path.read_bytes() if path.is_file() else b"missing")
+                files = {"sha1": digest.hexdigest()}
+            self._identity = {
+                **files,
+                "classes": "".join(self.class_names),
+                "image_size": self.image_size,
+                "train_per_class": self.train_per_class,
+            }
+        return self._identity
 
+    @property
+    def judge_path(self) -> str | None:
+        """The judge checkpoint the model loads: ``judge_ckpt``, or the cache file for this data and settings."""
+        if self.judge_ckpt is not None:
+            return self.judge_ckpt
+        if not self.prepare_judge:
+            return None
+        return str(judge_cache_path(self.judge_cache_dir, self.data_identity(), self.judge))
+
+    # ------------------------------------------------------------ preparation (rank 0, once) and loading
+    @override
+    def prepare_data(self) -> None:
+        if self.source == "generated":
+            ensure_generated(self.data_dir, **asdict(self.generated))
+        if self.prepare_judge and self.judge_ckpt is None:
+            self._load()
+            ensure_judge(self.judge_path, self.train_set, self.heldout_set, self.class_names, self.judge)
+
+    def _select(
+        self, images: np.ndarray, labels: np.ndarray, keep: list[int], per_class: int | None, subset: str
+    ):
+        """Keep the chosen classes (relabelled 0..K-1), at most ``per_class`` each, in file order."""
+        chosen = []
+        for new_label, old_label in enumerate(keep):
+            where = np.flatnonzero(labels == old_label)
+            if len(where) == 0:
+                raise InputError(
+                    f"class '{self.class_names[new_label]}' (label {old_label}) has no images in "
+                    f"the {subset} subset of {self.data_dir}"
+                )
+            chosen.append(where[:per_class] if per_class else where)
+        index = np.sort(np.concatenate(chosen))
+        relabel = np.full(int(labels.max()) + 1, -1, dtype=np.int64)
+        relabel[keep] = np.arange(len(keep))
+        images = prepare_images(images[index], self.image_size)
+        return TensorDataset(images, torch.from_numpy(relabel[labels[index]]))
+
+    def _load(self) -> None:
+        if self.train_set is not None:
+            return
+        mapping = self._label_mapping()
+        keep = self._kept_labels()
+        train_images, train_labels = read_emnist(self.data_dir, self.split, "train")
+        test_images, test_labels = read_emnist(self.data_dir, self.split, "test")
+        for name, labels in (("train", train_labels), ("test", test_labels)):
+            bad = labels[~np.isin(labels, list(mapping))]
+            if len(bad):
+                raise InputError(
+                    f"EMNIST-{self.split} {name} labels contain {int(bad[0])}, which "
+                    f"emnist-{self.split}-mapping.txt in {self.data_dir} does not list"
+                )
+        self.train_set = self._select(train_images, train_labels, keep, self.train_per_class, "train")
+        self.val_set = self._select(test_images, test_labels, keep, self.val_per_class, "test")
+        self.heldout_set = self._select(test_images, test_labels, keep, None, "test")
+
+    @override
+    def setup(self, stage: str | None = None) -> None:
+        if (
+            self.source == "generated"
+        ):  # setup without prepare_data (Python callers): generating is idempotent
+            ensure_generated(self.data_dir, **asdict(self.generated))
+        self._load()
+
+    # ------------------------------------------------------------ loaders
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    @override
     def val_dataloader(self) -> DataLoader:
         # A private generator: creating a DataLoader iterator draws a base seed, and from the global RNG that
         # draw (in the sanity check of a resumed run) would shift training's random stream -> inexact resume.
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers,
-                          generator=torch.Generator().manual_seed(0))
+        return DataLoader(
+            self.val_set,
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(0),
+        )
 
+    @override
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        """Every test image of the chosen classes: the reference of the final evaluation."""
+        return DataLoader(
+            self.heldout_set,
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(0),
+        )
 
+    @override
     def predict_dataloader(self) -> DataLoader:
         """Labels only: ``predict_per_class`` of each class, class by class (the model draws the images)."""
         labels = torch.arange(self.num_classes).repeat_interleave(self.predict_per_class)
-        return DataLoader(TensorDataset(labels), batch_size=self.val_batch_size, shuffle=False,
-                          generator=torch.Generator().manual_seed(0))
+        return DataLoader(
+            TensorDataset(labels),
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            generator=torch.Generator().manual_seed(0),
+        )

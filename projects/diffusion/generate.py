@@ -22,10 +22,21 @@ VERSION = 1
 # look like their capitals.
 BALANCED_CLASSES = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghnqrt"
 FONTS = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono.ttf",
-    "DejaVuSansMono-Bold.ttf", "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf",
-    "cmr10.ttf", "cmss10.ttf", "cmtt10.ttf",
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "cmr10.ttf",
+    "cmss10.ttf",
+    "cmtt10.ttf",
 )
 
 
@@ -49,14 +60,15 @@ def render_glyph(char: str, font_path: Path, size: int = 112) -> np.ndarray:
         raise ValueError(f"font {font_path.name} renders no ink for '{char}'")
     glyph = canvas.crop(box)
     scale = 20 / max(glyph.size)
-    glyph = glyph.resize((max(1, round(glyph.size[0] * scale)), max(1, round(glyph.size[1] * scale))),
-                         Image.Resampling.LANCZOS)
+    glyph = glyph.resize(
+        (max(1, round(glyph.size[0] * scale)), max(1, round(glyph.size[1] * scale))), Image.Resampling.LANCZOS
+    )
     array = np.asarray(glyph, dtype=np.float32) / 255.0
     out = np.zeros((28, 28), dtype=np.float32)
     cy, cx = ndimage.center_of_mass(array)
     top, left = int(round(14 - cy)), int(round(14 - cx))
     top, left = min(max(top, 0), 28 - array.shape[0]), min(max(left, 0), 28 - array.shape[1])
-    out[top:top + array.shape[0], left:left + array.shape[1]] = array
+    out[top : top + array.shape[0], left : left + array.shape[1]] = array
     return np.clip(out, 0.0, 1.0)
 
 
@@ -76,12 +88,18 @@ def distort(glyph: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     coords = np.einsum("ij,jhw->ihw", matrix, np.stack([yy, xx])) + 13.5
     coords += rng.normal(0, 1.0, size=(2, 1, 1))  # shift
     alpha, sigma = rng.uniform(1.5, 3.0), 3.5
-    coords += alpha * np.stack([ndimage.gaussian_filter(rng.uniform(-1, 1, (28, 28)), sigma) for _ in range(2)]) * sigma
+    coords += (
+        alpha
+        * np.stack([ndimage.gaussian_filter(rng.uniform(-1, 1, (28, 28)), sigma) for _ in range(2)])
+        * sigma
+    )
     out = ndimage.map_coordinates(glyph, coords, order=1, mode="constant", cval=0.0)
     return np.clip(out, 0.0, 1.0)
 
 
-def generate(out_dir: str | Path, train_per_class: int = 400, test_per_class: int = 60, seed: int = 0) -> Path:
+def generate(
+    out_dir: str | Path, train_per_class: int = 400, test_per_class: int = 60, seed: int = 0
+) -> Path:
     """Write ``emnist-balanced-{train,test}-{images,labels}`` and the mapping file into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +110,9 @@ def generate(out_dir: str | Path, train_per_class: int = 400, test_per_class: in
         labels = np.repeat(np.arange(len(BALANCED_CLASSES)), per_class)
         rng.shuffle(labels)
         fonts_used = rng.integers(0, len(fonts), size=len(labels))
-        images = np.stack([distort(bases[label][font], rng) for label, font in zip(labels, fonts_used, strict=True)])
+        images = np.stack(
+            [distort(bases[label][font], rng) for label, font in zip(labels, fonts_used, strict=True)]
+        )
         images = (images * 255).round().astype(np.uint8).transpose(0, 2, 1)  # EMNIST's transposed layout
         images_path, labels_path = emnist_paths(out_dir, "balanced", subset)
         write_idx(images_path, images)
@@ -102,16 +122,27 @@ def generate(out_dir: str | Path, train_per_class: int = 400, test_per_class: in
     return out_dir
 
 
-def ensure_generated(out_dir: str | Path, train_per_class: int = 400, test_per_class: int = 60, seed: int = 0) -> Path:
+def ensure_generated(
+    out_dir: str | Path, train_per_class: int = 400, test_per_class: int = 60, seed: int = 0
+) -> Path:
     """Generate once; reuse when ``manifest.json`` says the same version and settings were used."""
     out_dir = Path(out_dir)
-    settings = {"version": VERSION, "train_per_class": train_per_class, "test_per_class": test_per_class,
-                "seed": seed, "fonts": list(FONTS), "classes": BALANCED_CLASSES}
+    settings = {
+        "version": VERSION,
+        "train_per_class": train_per_class,
+        "test_per_class": test_per_class,
+        "seed": seed,
+        "fonts": list(FONTS),
+        "classes": BALANCED_CLASSES,
+    }
     manifest = out_dir / "manifest.json"
     if manifest.is_file() and json.loads(manifest.read_text()) == settings:
         return out_dir
-    print(f"[diffusion] generating glyph data set into {out_dir} (one time, {settings['train_per_class']} + "
-          f"{settings['test_per_class']} images per class) ...", flush=True)
+    print(
+        f"[diffusion] generating glyph data set into {out_dir} (one time, {settings['train_per_class']} + "
+        f"{settings['test_per_class']} images per class) ...",
+        flush=True,
+    )
     generate(out_dir, train_per_class, test_per_class, seed)
     manifest.write_text(json.dumps(settings, indent=2))
     return out_dir

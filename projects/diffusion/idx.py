@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import InputError
+from common.io import read_lines
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned byte, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned byte, 1 dimension
 SPLITS = ("balanced", "byclass", "bymerge", "letters", "digits", "mnist")
+# The splits whose mapping is fixed (0-9 -> ASCII 48-57): their mapping file may be absent.
+BUILTIN_MAPPINGS = {split: {label: str(label) for label in range(10)} for split in ("digits", "mnist")}
 
 
 class IDXError(InputError):
@@ -52,8 +55,10 @@ def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
     expected = int(np.prod(shape))
     payload = len(raw) - header_len
     if payload != expected:
-        raise IDXError(f"{path}: header says shape {shape} ({expected} bytes) but the file holds {payload} bytes "
-                       f"({'truncated' if payload < expected else 'trailing data'})")
+        raise IDXError(
+            f"{path}: header says shape {shape} ({expected} bytes) but the file holds {payload} bytes "
+            f"({'truncated' if payload < expected else 'trailing data'})"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(shape)
 
 
@@ -62,7 +67,10 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     array = np.ascontiguousarray(array, dtype=np.uint8)
     magic = {1: LABELS_MAGIC, 3: IMAGES_MAGIC}[array.ndim]
     header = struct.pack(f">i{array.ndim}i", magic, *array.shape)
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:  # byte-identical reruns
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle,
+    ):  # byte-identical reruns
         handle.write(header + array.tobytes())
 
 
@@ -73,8 +81,10 @@ def emnist_paths(data_dir: str | Path, split: str, subset: str) -> tuple[Path, P
     if subset not in ("train", "test"):
         raise IDXError(f"unknown EMNIST subset '{subset}', expected train or test")
     root = Path(data_dir)
-    return (root / f"emnist-{split}-{subset}-images-idx3-ubyte.gz",
-            root / f"emnist-{split}-{subset}-labels-idx1-ubyte.gz")
+    return (
+        root / f"emnist-{split}-{subset}-images-idx3-ubyte.gz",
+        root / f"emnist-{split}-{subset}-labels-idx1-ubyte.gz",
+    )
 
 
 def read_emnist(data_dir: str | Path, split: str, subset: str) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +96,9 @@ def read_emnist(data_dir: str | Path, split: str, subset: str) -> tuple[np.ndarr
     images = read_idx(images_path, IMAGES_MAGIC)
     labels = read_idx(labels_path, LABELS_MAGIC)
     if len(images) != len(labels):
-        raise IDXError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
+        raise IDXError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
+        )
     if images.shape[1:] != (28, 28):
         raise IDXError(f"{images_path}: images are {images.shape[1:]}, expected 28 x 28")
     return np.ascontiguousarray(images.transpose(0, 2, 1)), labels.astype(np.int64)
@@ -96,12 +108,18 @@ def read_mapping(data_dir: str | Path, split: str) -> dict[int, str]:
     """``emnist-<split>-mapping.txt``: ``label ascii_code [ascii_code2]`` a line -> ``{label: character}``.
 
     The ``letters`` split lists upper and lower case per label; the first (upper case) names the class.
+    ``digits`` and ``mnist`` fall back to their fixed mapping when the file is absent (said in one line).
     """
     path = Path(data_dir) / f"emnist-{split}-mapping.txt"
     if not path.is_file():
+        if split in BUILTIN_MAPPINGS:
+            print(
+                f"[diffusion] {path} not found: using the fixed EMNIST-{split} mapping (labels 0-9 -> '0'-'9')"
+            )
+            return dict(BUILTIN_MAPPINGS[split])
         raise IDXError(f"{path}: file not found (EMNIST ships it next to the IDX files)")
     mapping = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         parts = line.split()

@@ -1,25 +1,29 @@
-"""DDPM on characters: ``diffusers.UNet2DModel`` + ``DDPMScheduler`` (epsilon prediction, MSE) in Lightning.
+"""DDPM on characters in Lightning: the UNet of ``model.py`` + ``DDPMScheduler`` (epsilon prediction, MSE).
 
-Read top to bottom: construction, training step (noise, optional label dropout), EMA, validation (loss, SSIM
-of one-step reconstructions, FID / IS / conditional accuracy of generated samples), media, predict, optimiser.
+Read top to bottom: settings, construction, set-up (the judge), training step (noise, optional label dropout),
+EMA, sampling (through ``pipeline.CharacterDiffusionPipeline``, the one sampling loop), validation (loss, SSIM of
+one-step reconstructions, FID / IS / conditional accuracy of generated samples, the judge's accuracy), the final
+evaluation with enough samples, media, predict, optimiser. ``JudgeModule`` at the end trains the judge with
+``tgm fit`` (optional: the data module trains and caches it by itself).
 """
 
 from __future__ import annotations
 
 import csv
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image as PILImage
 from PIL import ImageDraw
 from torch import Tensor
+from typing_extensions import override
 
 from common.errors import InputError
 from common.loggers import run_dir
@@ -32,20 +36,42 @@ from common.metrics.image_quality import (
     ReconstructionSSIM,
     metric_names,
 )
-from projects.diffusion.classifier import classifier_path, ensure_classifier, load_classifier
-from projects.diffusion.sampling import SAMPLERS, make_sampler, sample
+from projects.diffusion.data import as_dataclass
+from projects.diffusion.judge import JudgeConfig, JudgeReport, augment, load_judge, unreliable_warning
+from projects.diffusion.model import CharClassifier, build_unet
+from projects.diffusion.pipeline import SAMPLERS, CharacterDiffusionPipeline, make_scheduler
 
-# A tiny UNet for CPU runs; configs/diffusion/original.yaml holds the original project's large one.
-DEFAULT_UNET: dict[str, Any] = {
-    "sample_size": 32,
-    "in_channels": 1,
-    "out_channels": 1,
-    "layers_per_block": 1,
-    "block_out_channels": [32, 64, 64],
-    "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "UpBlock2D", "UpBlock2D"],
-    "norm_num_groups": 8,
-}
+
+@dataclass
+class Optimisation:
+    """AdamW with linear warm-up, then constant; diffusers ``EMAModel`` with warm-up (decay grows as
+    ``1 - (1 + step)^-power`` up to ``ema_decay``). The EMA weights are used for all sampling and export."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    ema_power: float = 2 / 3
+
+
+@dataclass
+class Sampling:
+    """A sampler (``ddpm``, ``ddim``, ``dpmsolver++``) and its number of steps."""
+
+    sampler: str = "ddim"
+    steps: int = 25
+
+
+@dataclass
+class FinalEvaluation:
+    """After ``fit``: FID / IS / conditional accuracy of ``num_samples`` generated images against every
+    held-out image (the data module's test loader), printed with the counts and written to
+    ``evaluation_metrics_final.csv``. ``num_samples: 0`` skips it."""
+
+    num_samples: int = 1000
+    sampler: str = "ddim"
+    steps: int = 25
+    batch_size: int = 250
 
 
 class DiffusionModule(pl.LightningModule):
@@ -53,109 +79,143 @@ class DiffusionModule(pl.LightningModule):
 
     Args:
         unet: ``UNet2DModel`` keyword arguments (``num_class_embeds`` is set from ``num_classes``).
-        num_classes: number of character classes for conditioning; ``null`` trains an unconditional model.
-            Index ``num_classes`` is the "no label" token used for label dropout and guidance.
+        num_classes / class_names: linked from the data module (``linked_from_data``). ``num_classes: null``
+            (Python callers) or ``conditional: false`` trains an unconditional model. Index ``num_classes`` is
+            the "no label" token used for label dropout and guidance.
         label_dropout: probability of replacing a label with the null label during training.
         guidance_scale: classifier-free guidance weight at sampling (1 = plain conditional).
         num_train_timesteps / beta_schedule: the DDPM noise schedule (epsilon prediction).
-        lr / weight_decay / warmup_steps: AdamW with linear warm-up, then constant.
-        ema_decay / ema_power: diffusers ``EMAModel`` (with warm-up: decay grows as 1 - (1 + step)^-power up to
-            ``ema_decay``); the EMA weights are used for all sampling, validation and export.
-        val_sampler / val_steps: fast sampler for validation samples and the media grid.
+        optim: optimiser, warm-up and EMA settings.
+        validation: sampler for validation samples and the media grid.
+        final_eval: the end-of-training evaluation (enough samples for FID to mean something).
         ssim_timestep: noise level t at which validation images are noised and reconstructed for SSIM.
         grid_per_class: columns of the label-aligned sample grid (one row per class).
-        extractor: ``charclf`` (a small classifier trained on the same data, the default) or ``inception``
-            (standard FID network, needs ``inception_weights`` and torch-fidelity).
-        classifier_ckpt: the classifier checkpoint; ``null`` = cached under ``classifier_cache_dir``, trained on
-            first use if missing.
-        predict_sampler / predict_steps / predict_dir: what ``tgm predict`` uses and where it writes PNGs. Not
-            saved as hyperparameters: with ``--ckpt_path`` LightningCLI overrides the command line's model
-            arguments with the checkpoint's, and these must stay settable at predict time.
+        extractor: ``charclf`` (the judge the data module trains on the same data, the default) or
+            ``inception`` (standard FID network, needs ``inception_weights`` and torch-fidelity).
+        judge_path: the judge checkpoint, linked from the data module.
+        predict: what ``tgm predict`` samples with. Not saved as a hyperparameter: with ``--ckpt_path``
+            LightningCLI overrides the command line's model arguments with the checkpoint's, and it must stay
+            settable at predict time. ``projects.diffusion.writer.DiffusionImageWriter`` writes the PNGs.
         seed: seed of the fixed noise used for validation samples, grids and predictions.
     """
+
+    linked_from_data: ClassVar[dict[str, str]] = {
+        "num_classes": "num_classes",
+        "class_names": "class_names",
+        "judge_path": "judge_path",
+    }
 
     def __init__(
         self,
         unet: dict[str, Any] | None = None,
         num_classes: int | None = None,
+        class_names: list[str] | None = None,
+        conditional: bool = True,
         label_dropout: float = 0.1,
         guidance_scale: float = 2.0,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
-        ema_decay: float = 0.999,
-        ema_power: float = 2 / 3,
-        val_sampler: str = "ddim",
-        val_steps: int = 20,
+        optim: Optimisation | None = None,
+        validation: Sampling | None = None,
+        final_eval: FinalEvaluation | None = None,
         ssim_timestep: int = 200,
         grid_per_class: int = 8,
         extractor: str = "charclf",
         inception_weights: str | None = None,
-        classifier_ckpt: str | None = None,
-        classifier_cache_dir: str = "data/generated/diffusion",
-        classifier_epochs: int = 4,
-        predict_sampler: str = "ddpm",
-        predict_steps: int = 1000,
-        predict_dir: str | None = None,
+        judge_path: str | None = None,
+        predict: Sampling | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["predict_sampler", "predict_steps", "predict_dir"])
-        self.predict_sampler, self.predict_steps, self.predict_dir = predict_sampler, predict_steps, predict_dir
-        for key, value in (("val_sampler", val_sampler), ("predict_sampler", predict_sampler)):
+        # Plain dicts in the hyperparameters (readable hparams.yaml, weights-only checkpoints), dataclasses here.
+        optim = asdict(as_dataclass(Optimisation, optim))
+        validation = asdict(as_dataclass(Sampling, validation))
+        final_eval = asdict(as_dataclass(FinalEvaluation, final_eval))
+        if not conditional:
+            num_classes, class_names = None, None
+        self.save_hyperparameters(ignore=["predict"])
+        self.optim = Optimisation(**optim)
+        self.validation = Sampling(**validation)
+        self.final_eval = FinalEvaluation(**final_eval)
+        self.predict = as_dataclass(Sampling, predict) if predict is not None else Sampling("ddpm", 1000)
+        for key, value in (
+            ("validation.sampler", self.validation.sampler),
+            ("final_eval.sampler", self.final_eval.sampler),
+            ("predict.sampler", self.predict.sampler),
+        ):
             if value not in SAMPLERS:
                 raise InputError(f"model.init_args.{key} must be one of {SAMPLERS}, got '{value}'")
         if extractor not in ("charclf", "inception"):
             raise InputError(f"model.init_args.extractor must be 'charclf' or 'inception', got '{extractor}'")
         if num_classes is not None and num_classes < 1:
             raise InputError(f"model.init_args.num_classes must be >= 1 or null, got {num_classes}")
-        config = {**DEFAULT_UNET, **(unet or {})}
-        config["num_class_embeds"] = None if num_classes is None else num_classes + 1  # + the null label
-        self.unet = UNet2DModel(**config)
-        self.noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                                             prediction_type="epsilon", clip_sample=True)
-        self.ema = EMAModel(self.unet.parameters(), decay=ema_decay, use_ema_warmup=True, power=ema_power)
+        self.unet = build_unet(unet, num_classes)
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps,
+            beta_schedule=beta_schedule,
+            prediction_type="epsilon",
+            clip_sample=True,
+        )
+        self.ema = EMAModel(
+            self.unet.parameters(),
+            decay=self.optim.ema_decay,
+            use_ema_warmup=True,
+            power=self.optim.ema_power,
+        )
         self.num_classes = num_classes
         self.null_label = num_classes  # None when unconditional
-        self.class_names: list[str] = [str(i) for i in range(num_classes or 0)]
+        self.class_names: list[str] = list(class_names or [str(i) for i in range(num_classes or 0)])
+        if num_classes is not None and len(self.class_names) != num_classes:
+            raise InputError(
+                f"model.init_args.num_classes={num_classes} but class_names has {len(self.class_names)} names"
+            )
         self.extractor_net = None  # set in setup; kept out of the module tree (not in the checkpoint)
+        self.judge_report: JudgeReport | None = None
+        self.checkpoint_epoch: int | None = None  # of a loaded checkpoint: `tgm validate` names files by it
 
-    # ---------------------------------------------------------------- setup
+    # ---------------------------------------------------------------- setup: the judge (prepared by the data)
+    @override
     def setup(self, stage: str) -> None:
-        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if data is not None and getattr(data, "class_names", None):
-            if self.num_classes is not None and data.num_classes != self.num_classes:
-                raise InputError(f"model.init_args.num_classes={self.num_classes} but the data has "
-                                 f"{data.num_classes} classes ('{''.join(data.class_names)}'); set them equal")
-            self.class_names = list(data.class_names)
-        if stage in ("fit", "validate", "test") and data is not None:
-            self._build_metrics(data)
+        if stage in ("fit", "validate", "test"):
+            self._build_metrics()
 
-    def _build_metrics(self, data) -> None:
+    def _build_metrics(self) -> None:
         hp = self.hparams
         if hp.extractor == "inception":
             extractor = InceptionExtractor(hp.inception_weights or "")
         else:
-            path = hp.classifier_ckpt or classifier_path(hp.classifier_cache_dir, data.data_dir, data.class_names,
-                                                         data.image_size)
-            if self.trainer.is_global_zero and not Path(path).is_file():
-                ensure_classifier(path, data.train_set, data.val_set, data.class_names, hp.classifier_epochs)
-            self.trainer.strategy.barrier()
-            extractor = load_classifier(path, data.class_names)
+            if hp.judge_path is None:
+                raise InputError(
+                    "model.init_args.judge_path is not set: the data module prepares the judge and the CLI links "
+                    "its path (data.init_args.prepare_judge: true), or give data.init_args.judge_ckpt"
+                )
+            extractor, self.judge_report = load_judge(
+                hp.judge_path, self.class_names if self.num_classes else None
+            )
+        self.use_extractor(extractor, self.judge_report)
+
+    def use_extractor(self, extractor, report: JudgeReport | None = None) -> None:
+        """Judge samples with ``extractor`` (the benchmark calls this directly, without a trainer)."""
         object.__setattr__(self, "extractor_net", extractor)  # not a submodule: stays out of the checkpoint
+        self.judge_report = report
         self.metric_keys = metric_names(extractor)
         self.val_fid = ExtractorFID(extractor)
         self.val_is = ExtractorIS(extractor)
         self.val_ssim = ReconstructionSSIM()
         self.val_acc = ConditionalAccuracy(extractor) if self.num_classes is not None else None
 
+    @property
+    def judge_reliable(self) -> bool:
+        report = self.judge_report
+        return report is None or report.val_acc >= report.min_accuracy
+
     # ---------------------------------------------------------------- training
     def _check_labels(self, labels: Tensor) -> None:
         if self.num_classes is not None and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = labels[(labels < 0) | (labels >= self.num_classes)][0]
-            raise InputError(f"label {int(bad)} is out of range for model.init_args.num_classes={self.num_classes}")
+            raise InputError(
+                f"label {int(bad)} is out of range for model.init_args.num_classes={self.num_classes}"
+            )
 
     def _class_labels(self, labels: Tensor) -> Tensor | None:
         return labels if self.num_classes is not None else None
@@ -165,7 +225,9 @@ class DiffusionModule(pl.LightningModule):
         label with probability ``label_dropout`` so the same net also learns the unconditional model."""
         self._check_labels(labels)
         noise = torch.randn_like(images)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(images),), device=images.device)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (len(images),), device=images.device
+        )
         noisy = self.noise_scheduler.add_noise(images, noise, timesteps)
         class_labels = self._class_labels(labels)
         if class_labels is not None and self.hparams.label_dropout > 0:
@@ -173,27 +235,37 @@ class DiffusionModule(pl.LightningModule):
             class_labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
         return F.mse_loss(self.unet(noisy, timesteps, class_labels=class_labels).sample, noise)
 
+    @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
         loss = self.diffusion_loss(images, labels)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.ema.step(self.unet.parameters())
 
+    @override
+    def on_train_start(self) -> None:
+        self.checkpoint_epoch = None  # fit names files by its own epochs, also when it resumed
+
+    @override
     def on_fit_start(self) -> None:
         self.ema.to(self.device)
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ema"] = self.ema.state_dict()
         checkpoint["class_names"] = list(self.class_names)
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "ema" not in checkpoint:
             raise KeyError("checkpoint has no 'ema' entry: it was not written by DiffusionModule")
         self.ema.load_state_dict(checkpoint["ema"])
         self.class_names = list(checkpoint.get("class_names", self.class_names))
+        self.checkpoint_epoch = checkpoint.get("epoch")
 
     @contextmanager
     def ema_weights(self):
@@ -206,18 +278,36 @@ class DiffusionModule(pl.LightningModule):
         finally:
             self.ema.restore(self.unet.parameters())
 
-    # ---------------------------------------------------------------- sampling
-    def generate(self, labels: Tensor | None, num_samples: int, sampler: str, steps: int,
-                 generator: torch.Generator | None = None) -> Tensor:
+    # ---------------------------------------------------------------- sampling: the pipeline's one loop
+    def pipeline(self, sampler: str, unet=None) -> CharacterDiffusionPipeline:
+        """The diffusers pipeline over ``unet`` (default: the live UNet) with a fresh ``sampler`` scheduler."""
+        pipe = CharacterDiffusionPipeline(
+            unet=unet if unet is not None else self.unet,
+            scheduler=make_scheduler(sampler, self.noise_scheduler.config),
+            null_label=self.null_label,
+            guidance_scale=self.hparams.guidance_scale,
+            class_names=list(self.class_names) if self.num_classes is not None else None,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def generate(
+        self,
+        labels: Tensor | None,
+        num_samples: int,
+        sampler: str,
+        steps: int,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """EMA samples in [-1, 1]; ``labels`` (class-conditional models) picks the character of each."""
         if self.num_classes is not None and labels is None:
             raise InputError("this model is class-conditional: pass one label per sample")
         if labels is not None:
             self._check_labels(labels)
         with self.ema_weights() as unet:
-            return sample(unet, make_sampler(sampler, self.noise_scheduler), num_samples, steps, generator,
-                          labels=self._class_labels(labels) if labels is not None else None,
-                          null_label=self.null_label, guidance_scale=self.hparams.guidance_scale)
+            pipe = self.pipeline(sampler, unet)
+            class_labels = self._class_labels(labels) if labels is not None else None
+            return pipe(num_samples, class_labels, steps, generator).images
 
     def _generator(self, offset: int) -> torch.Generator:
         rank = self.trainer.global_rank if self._trainer is not None else 0
@@ -225,6 +315,7 @@ class DiffusionModule(pl.LightningModule):
         return torch.Generator(device=self.device).manual_seed(self.hparams.seed + offset * world + rank)
 
     # ---------------------------------------------------------------- validation
+    @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
         self._check_labels(labels)
@@ -233,8 +324,13 @@ class DiffusionModule(pl.LightningModule):
         with self.ema_weights() as unet:
             # 1. the training objective on held-out images (fixed noise and timesteps per batch)
             noise = torch.randn(images.shape, generator=generator, device=self.device)
-            steps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(images),),
-                                  generator=generator, device=self.device)
+            steps = torch.randint(
+                0,
+                self.noise_scheduler.config.num_train_timesteps,
+                (len(images),),
+                generator=generator,
+                device=self.device,
+            )
             noisy = self.noise_scheduler.add_noise(images, noise, steps)
             loss = F.mse_loss(unet(noisy, steps, class_labels=class_labels).sample, noise)
             self.log("val/loss", loss, prog_bar=True, sync_dist=True)
@@ -247,16 +343,24 @@ class DiffusionModule(pl.LightningModule):
             eps = unet(noisy, t, class_labels=class_labels).sample
             self.val_ssim.update((noisy - (1 - abar).sqrt() * eps) / abar.sqrt(), images)
         # 3. samples for the same labels as the real batch: FID / IS / conditional accuracy
-        fake = self.generate(labels if self.num_classes is not None else None, len(images),
-                             self.hparams.val_sampler, self.hparams.val_steps, generator)
+        fake = self.generate(
+            labels if self.num_classes is not None else None,
+            len(images),
+            self.validation.sampler,
+            self.validation.steps,
+            generator,
+        )
         self.val_fid.update(images, real=True)
         self.val_fid.update(fake, real=False)
         self.val_is.update(fake)
         if self.val_acc is not None:
             self.val_acc.update(fake, labels)
 
+    @override
     def on_validation_epoch_end(self) -> None:
-        with torch.random.fork_rng(devices=[]):  # IS shuffles its splits with the global RNG; keep training's intact
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # IS shuffles its splits with the global RNG; keep training's intact
             values = {
                 self.metric_keys["fid"]: self.val_fid.compute(),
                 self.metric_keys["is"]: self.val_is.compute()[0],
@@ -267,40 +371,131 @@ class DiffusionModule(pl.LightningModule):
         for metric in (self.val_fid, self.val_is, self.val_ssim, self.val_acc):
             if metric is not None:
                 metric.reset()
+        if self.judge_report is not None:
+            values["val/judge_acc"] = torch.tensor(self.judge_report.val_acc)
         self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=True)
         if self.trainer.is_global_zero:
-            self._write_csv(values)
+            if not self.judge_reliable:
+                message = unreliable_warning(self.judge_report.val_acc, self.judge_report.min_accuracy)
+                print(f"[diffusion] epoch {self.current_epoch}: {message}", flush=True)
+            self._write_csv(values, self._epoch_name())
 
-    def _write_csv(self, values: dict[str, Tensor]) -> None:
-        """``evaluation_metrics_epoch_<N>.csv`` in the run directory, as the original project kept them
-        (``evaluation_metrics_before_training.csv`` for the sanity-check pass)."""
-        name = ("evaluation_metrics_before_training.csv" if self.trainer.sanity_checking
-                else f"evaluation_metrics_epoch_{self.current_epoch}.csv")
+    def _epoch_name(self) -> str:
+        """``before_training`` for the sanity check, else ``epoch_<N>``: the training epoch, or under
+        ``tgm validate`` the epoch of the checkpoint being validated."""
+        if self.trainer.sanity_checking:
+            return "before_training"
+        epoch = self.current_epoch
+        if self.trainer.state.fn != "fit" and self.checkpoint_epoch is not None:
+            epoch = self.checkpoint_epoch
+        return f"epoch_{epoch}"
+
+    def _write_csv(self, values: dict[str, Tensor | float], name: str) -> None:
+        """``evaluation_metrics_<name>.csv`` in the run directory, as the original project kept them; the
+        ``judge_reliable`` column says whether FID / IS / accuracy can be trusted."""
         loss = self.trainer.callback_metrics.get("val/loss")
-        row = {"epoch": self.current_epoch, "global_step": self.global_step,
-               **({"val/loss": float(loss)} if loss is not None else {}),
-               **{k: float(v) for k, v in values.items()}}
-        path = run_dir(self.trainer) / name
+        row = {
+            "epoch": self.current_epoch if self.checkpoint_epoch is None else self.checkpoint_epoch,
+            "global_step": self.global_step,
+            **({"val/loss": float(loss)} if loss is not None and name != "final" else {}),
+            **{k: float(v) for k, v in values.items()},
+            "judge_reliable": self.judge_reliable,
+        }
+        path = run_dir(self.trainer) / f"evaluation_metrics_{name}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(row))
             writer.writeheader()
             writer.writerow(row)
 
+    # ---------------------------------------------------------------- final evaluation
+    @torch.no_grad()
+    def evaluate_samples(
+        self, reference: Tensor, labels: Tensor, settings: FinalEvaluation
+    ) -> dict[str, float]:
+        """FID / IS / conditional accuracy of ``settings.num_samples`` samples (labels cycled from ``labels``)
+        against ``reference`` images, with fixed noise. Works without a trainer (the benchmark uses it)."""
+        extractor = self.extractor_net
+        fid, inception = ExtractorFID(extractor).to(self.device), ExtractorIS(extractor).to(self.device)
+        accuracy = ConditionalAccuracy(extractor).to(self.device) if self.num_classes is not None else None
+        for start in range(0, len(reference), settings.batch_size):
+            fid.update(reference[start : start + settings.batch_size].to(self.device), real=True)
+        wanted = labels.repeat(-(-settings.num_samples // len(labels)))[: settings.num_samples]
+        for start in range(0, settings.num_samples, settings.batch_size):
+            chunk = wanted[start : start + settings.batch_size].to(self.device)
+            generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed + 20_000 + start)
+            images = self.generate(
+                chunk if self.num_classes is not None else None,
+                len(chunk),
+                settings.sampler,
+                settings.steps,
+                generator,
+            )
+            fid.update(images, real=False)
+            inception.update(images)
+            if accuracy is not None:
+                accuracy.update(images, chunk)
+        with torch.random.fork_rng(devices=[]):
+            result = {
+                self.metric_keys["fid"]: float(fid.compute()),
+                self.metric_keys["is"]: float(inception.compute()[0]),
+            }
+        if accuracy is not None:
+            result[self.metric_keys["cond_acc"]] = float(accuracy.compute())
+        return result
+
+    @override
+    def on_fit_end(self) -> None:
+        settings = self.final_eval
+        if settings.num_samples <= 0 or not self.trainer.is_global_zero or self.extractor_net is None:
+            return
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            return
+        reference, labels = (torch.cat(parts) for parts in zip(*datamodule.test_dataloader(), strict=True))
+        values = {
+            k.replace("val/", "final/"): v
+            for k, v in self.evaluate_samples(reference, labels, settings).items()
+        }
+        if self.judge_report is not None:
+            values["final/judge_acc"] = self.judge_report.val_acc
+            values["final/fid_floor"] = self.judge_report.fid_floor
+        for logger in self.trainer.loggers:
+            logger.log_metrics(values, step=self.global_step)
+        self._write_csv(values, "final")
+        counts = f"{settings.num_samples} generated ({settings.sampler}-{settings.steps}) vs {len(reference)} held-out"
+        lines = [f"  {k:<24} {v:10.4f}" for k, v in values.items()]
+        reliable = "" if self.judge_reliable else "  (judge below its accuracy threshold: UNRELIABLE)"
+        print("\n".join([f"\nFinal evaluation: {counts} real images{reliable}", *lines]), flush=True)
+
     # ---------------------------------------------------------------- media
-    def sample_grid(self, per_row: int | None = None, sampler: str | None = None, steps: int | None = None) -> np.ndarray:
+    def sample_grid(
+        self, per_row: int | None = None, sampler: str | None = None, steps: int | None = None
+    ) -> np.ndarray:
         """Label-aligned grid: row k holds ``per_row`` samples of class k, with the class drawn on the left.
         Same noise every call, so grids from different epochs are comparable. uint8 ``H x W``."""
         per_row = per_row or self.hparams.grid_per_class
         rows = self.num_classes or 1
-        labels = (torch.arange(rows, device=self.device).repeat_interleave(per_row)
-                  if self.num_classes is not None else None)
+        labels = (
+            torch.arange(rows, device=self.device).repeat_interleave(per_row)
+            if self.num_classes is not None
+            else None
+        )
         generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed + 10_000)
-        images = self.generate(labels, rows * per_row, sampler or self.hparams.val_sampler,
-                               steps or self.hparams.val_steps, generator)
-        pixels = ((images[:, 0].float().cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        images = self.generate(
+            labels,
+            rows * per_row,
+            sampler or self.validation.sampler,
+            steps or self.validation.steps,
+            generator,
+        )
+        pixels = to_uint8(images)
         size = pixels.shape[-1]
-        tiles = pixels.reshape(rows, per_row, size, size).transpose(0, 2, 1, 3).reshape(rows * size, per_row * size)
+        tiles = (
+            pixels.reshape(rows, per_row, size, size)
+            .transpose(0, 2, 1, 3)
+            .reshape(rows * size, per_row * size)
+        )
         if self.num_classes is None:
             return tiles
         margin = PILImage.new("L", (size, rows * size), 40)
@@ -310,30 +505,78 @@ class DiffusionModule(pl.LightningModule):
         return np.concatenate([np.asarray(margin), tiles], axis=1)
 
     def media_samples(self) -> dict[str, Image]:
-        caption = (f"one row per class ({''.join(self.class_names)}), {self.hparams.val_sampler} "
-                   f"{self.hparams.val_steps} steps, guidance {self.hparams.guidance_scale}, EMA weights")
+        caption = (
+            f"one row per class ({''.join(self.class_names)}), {self.validation.sampler} "
+            f"{self.validation.steps} steps, guidance {self.hparams.guidance_scale}, EMA weights"
+        )
         return {"samples_by_label": Image(self.sample_grid(), caption=caption if self.num_classes else None)}
 
-    # ---------------------------------------------------------------- predict
-    def predict_step(self, batch: tuple[Tensor], batch_idx: int) -> Tensor:
-        """Generate one image per label in the batch and write ``<predict_dir>/<class>_<n>.png``."""
+    # ---------------------------------------------------------------- predict (the writer writes the PNGs)
+    @override
+    def predict_step(self, batch: tuple[Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """One image per label in the batch; ``DiffusionImageWriter`` saves them."""
         (labels,) = batch
         generator = self._generator(batch_idx)
-        images = self.generate(labels if self.num_classes is not None else None, len(labels),
-                               self.predict_sampler, self.predict_steps, generator)
-        out_dir = Path(self.predict_dir or run_dir(self.trainer) / "predictions")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        pixels = ((images[:, 0].float().cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-        for i, (label, picture) in enumerate(zip(labels.tolist(), pixels, strict=True)):
-            name = self.class_names[label] if self.num_classes is not None else "sample"
-            code = f"{ord(name):03d}" if len(name) == 1 else name  # 'a' and 'A' differ on case-blind disks
-            PILImage.fromarray(picture).save(out_dir / f"{code}_{batch_idx:04d}_{i:03d}.png")
-        return images
+        images = self.generate(
+            labels if self.num_classes is not None else None,
+            len(labels),
+            self.predict.sampler,
+            self.predict.steps,
+            generator,
+        )
+        return {"images": images, "labels": labels}
 
     # ---------------------------------------------------------------- optimiser
+    @override
     def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        warmup = max(1, hp.warmup_steps)
+        optim = self.optim
+        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        warmup = max(1, optim.warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """``N x 1 x H x W`` in [-1, 1] -> uint8 ``N x H x W``."""
+    return ((images[:, 0].float().cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+
+
+class JudgeModule(pl.LightningModule):
+    """The judge (``model.CharClassifier``) trained with ``tgm fit --config configs/diffusion/classifier.yaml``,
+    with the same augmentation as the data module's own judge training; point ``data.init_args.judge_ckpt`` of
+    a diffusion run at its checkpoint."""
+
+    linked_from_data: ClassVar[dict[str, str]] = {"num_classes": "num_classes", "class_names": "class_names"}
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        lr: float = 2e-3,
+        weight_decay: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = CharClassifier(num_classes)
+        self.augment_settings = JudgeConfig()
+        self.generator = torch.Generator().manual_seed(0)
+
+    @override
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        loss = F.cross_entropy(self.net(augment(images, self.augment_settings, self.generator)), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    @override
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self.net(images)
+        self.log("val/loss", F.cross_entropy(logits, labels))
+        self.log("val/acc", (logits.argmax(1) == labels).float().mean(), prog_bar=True)
+
+    @override
+    def configure_optimizers(self):
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from projects.diffusion.glyphs import ensure_generated
+from projects.diffusion.generate import ensure_generated
 
 TINY_UNET = {
     "sample_size": 16,

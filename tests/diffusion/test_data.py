@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from projects.diffusion.data import CharacterDataModule
-from projects.diffusion.glyphs import BALANCED_CLASSES, generate
+from projects.diffusion.generate import BALANCED_CLASSES, generate
 from projects.diffusion.idx import IDXError, read_emnist, read_idx, read_mapping, write_idx
 
 
@@ -82,8 +82,13 @@ def test_generator_is_deterministic(tmp_path):
 
 
 def test_data_module_subset_relabels_and_pads(glyph_dir):
-    data = CharacterDataModule(data_dir=str(glyph_dir), classes="bA7", image_size=32, val_per_class=5,
-                               generated_train_per_class=30, generated_test_per_class=8)
+    data = CharacterDataModule(
+        data_dir=str(glyph_dir),
+        classes="bA7",
+        image_size=32,
+        val_per_class=5,
+        generated={"train_per_class": 30, "test_per_class": 8},
+    )
     data.setup("fit")
     assert data.class_names == ["b", "A", "7"]
     images, labels = data.train_set.tensors
@@ -100,8 +105,9 @@ def test_data_module_subset_relabels_and_pads(glyph_dir):
 
 
 def test_data_module_rejects_unknown_class(glyph_dir):
-    data = CharacterDataModule(data_dir=str(glyph_dir), classes="AÇ", generated_train_per_class=30,
-                               generated_test_per_class=8)
+    data = CharacterDataModule(
+        data_dir=str(glyph_dir), classes="AÇ", generated={"train_per_class": 30, "test_per_class": 8}
+    )
     with pytest.raises(ValueError, match=r"classes 'AÇ': characters \['Ç'\]"):
         data.setup("fit")
 

@@ -15,7 +15,8 @@ from common.metrics.image_quality import (
     ReconstructionSSIM,
     metric_names,
 )
-from projects.diffusion.classifier import CharClassifier, load_classifier, save_classifier
+from projects.diffusion.judge import JudgeReport, load_judge, save_judge
+from projects.diffusion.model import CharClassifier
 
 
 class PixelExtractor(Extractor):
@@ -42,8 +43,11 @@ def one_hot_images(labels: Tensor) -> Tensor:
 
 
 def test_names_say_which_extractor():
-    assert metric_names(PixelExtractor()) == {"fid": "val/fid_pixels", "is": "val/is_pixels",
-                                              "cond_acc": "val/cond_acc_pixels"}
+    assert metric_names(PixelExtractor()) == {
+        "fid": "val/fid_pixels",
+        "is": "val/is_pixels",
+        "cond_acc": "val/cond_acc_pixels",
+    }
     assert metric_names(CharClassifier(3))["fid"] == "val/fid_charclf"
 
 
@@ -113,13 +117,15 @@ def test_inception_extractor_without_weights_is_clear(tmp_path):
 def test_classifier_checkpoint_round_trip_and_class_check(tmp_path):
     net = CharClassifier(3)
     path = tmp_path / "clf.ckpt"
-    save_classifier(net, path, ["A", "B", "0"], val_acc=0.5)
-    loaded = load_classifier(path, ["A", "B", "0"])
+    report = JudgeReport(val_acc=0.5, steps=10, fid_floor=1.0, num_train=9, num_heldout=3, min_accuracy=0.95)
+    save_judge(net, path, ["A", "B", "0"], report)
+    loaded, loaded_report = load_judge(path, ["A", "B", "0"])
+    assert loaded_report == report
     x = torch.rand(2, 1, 16, 16)
     features, logits = loaded.extract(x)
     assert features.shape == (2, 64) and logits.shape == (2, 3)
     assert torch.allclose(logits, net.eval()(x), atol=1e-6)
     with pytest.raises(ValueError, match="trained on classes 'AB0', the data has 'AB1'"):
-        load_classifier(path, ["A", "B", "1"])
+        load_judge(path, ["A", "B", "1"])
     with pytest.raises(FileNotFoundError, match="missing.ckpt' not found"):
-        load_classifier(tmp_path / "missing.ckpt")
+        load_judge(tmp_path / "missing.ckpt")

@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from common.media import Image
-from projects.diffusion.model import DiffusionModule
-from projects.diffusion.sampling import SAMPLERS, make_sampler, sample
+from projects.diffusion.module import DiffusionModule
+from projects.diffusion.pipeline import SAMPLERS, make_scheduler
 from tests.diffusion.conftest import TINY_UNET
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +68,9 @@ def test_label_dropout_uses_the_null_label(monkeypatch):
 
 
 def test_ema_follows_weights_and_swaps_back():
-    module = tiny_module(ema_decay=0.9, ema_power=1.0)  # warm-up decay 1 - 1/(1 + step): 0, then 0.5, ...
+    module = tiny_module(
+        optim={"ema_decay": 0.9, "ema_power": 1.0}
+    )  # warm-up decay 1 - 1/(1 + step): 0, then 0.5, ...
     first = next(module.unet.parameters()).detach().clone()
     for _ in range(2):
         with torch.no_grad():
@@ -92,11 +94,13 @@ def test_each_sampler_is_seeded_and_in_range(kind):
     c = module.generate(labels, 4, kind, 4, torch.Generator().manual_seed(8))
     assert a.shape == (4, 1, 16, 16) and a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, b) and not torch.equal(a, c)
-    scheduler = make_sampler(kind, module.noise_scheduler)
+    scheduler = make_scheduler(kind, module.noise_scheduler.config)
     scheduler.set_timesteps(4)
     assert len(scheduler.timesteps) == 4  # the configured number of steps, not the 1000 training steps
     assert scheduler.config.num_train_timesteps == 1000 and scheduler.config.prediction_type == "epsilon"
-    if kind == "dpmsolver++":  # pixel space: unthresholded DPM-Solver++ saturates most pixels (see sampling.py)
+    if (
+        kind == "dpmsolver++"
+    ):  # pixel space: unthresholded DPM-Solver++ saturates most pixels (see sampling.py)
         assert scheduler.config.thresholding and scheduler.config.sample_max_value == 1.0
     else:
         assert scheduler.config.clip_sample
@@ -107,10 +111,19 @@ def test_guidance_changes_samples_and_needs_labels():
     with torch.no_grad():  # make the class embedding matter for an untrained net
         module.unet.class_embedding.weight.normal_(0, 3)
     labels = torch.tensor([0, 1])
-    sched = make_sampler("ddim", module.noise_scheduler)
-    plain = sample(module.unet, sched, 2, 3, torch.Generator().manual_seed(0), labels, 3, guidance_scale=1.0)
-    sched = make_sampler("ddim", module.noise_scheduler)
-    guided = sample(module.unet, sched, 2, 3, torch.Generator().manual_seed(0), labels, 3, guidance_scale=4.0)
+    pipe = module.pipeline("ddim")
+    plain = pipe(
+        class_labels=labels,
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(0),
+        guidance_scale=1.0,
+    ).images
+    guided = pipe(
+        class_labels=labels,
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(0),
+        guidance_scale=4.0,
+    ).images
     assert not torch.allclose(plain, guided)
     with pytest.raises(ValueError, match="class-conditional: pass one label per sample"):
         module.generate(None, 2, "ddim", 2)
@@ -125,8 +138,9 @@ def test_unconditional_model_samples_without_labels():
 
 
 def test_media_grid_has_one_row_per_class():
-    module = tiny_module(grid_per_class=4, val_steps=2)
-    module.class_names = ["A", "B", "0"]
+    module = tiny_module(
+        grid_per_class=4, validation={"sampler": "ddim", "steps": 2}, class_names=["A", "B", "0"]
+    )
     media = module.media_samples()
     grid = media["samples_by_label"]
     assert isinstance(grid, Image)
@@ -139,11 +153,14 @@ def test_media_grid_has_one_row_per_class():
 def test_original_architecture_config_instantiates():
     config = yaml.safe_load((ROOT / "configs/diffusion/original.yaml").read_text())
     args = config["model"]["init_args"]
-    module = DiffusionModule(**args)
+    module = DiffusionModule(**args, num_classes=47)  # linked from the data module in `tgm fit`
     unet = module.unet
     assert list(unet.config.block_out_channels) == [128, 128, 256, 256, 512, 512]
     assert unet.config.layers_per_block == 2
-    assert [type(b).__name__ for b in unet.down_blocks] == ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"]
+    assert [type(b).__name__ for b in unet.down_blocks] == ["DownBlock2D"] * 4 + [
+        "AttnDownBlock2D",
+        "DownBlock2D",
+    ]
     assert [type(b).__name__ for b in unet.up_blocks] == ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4
     assert unet.config.num_class_embeds == 48  # 47 EMNIST-balanced classes + the null label
     with torch.no_grad():
