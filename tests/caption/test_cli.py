@@ -32,8 +32,8 @@ def fit_args(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_fit_then_predict_writes_coco_results(tmp_path):
-    cli = run_cli(fit_args(tmp_path))
+def test_fit_then_predict_writes_coco_results(tiny_fit):
+    tmp_path, cli = tiny_fit
     metrics = cli.trainer.callback_metrics
     assert {"val/bleu1_13a", "val/bleu4_13a", "val/loss"} <= set(metrics)
     summary = json.loads(next(tmp_path.glob("csv/**/metric_summary.json")).read_text())

@@ -1,0 +1,55 @@
+"""A tiny caption checkpoint trained once per test session (``tgm fit`` on configs/caption/tiny.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.cli import run_cli
+
+TINY = "configs/caption/tiny.yaml"
+CSV = "configs/logger/csv.yaml"
+
+
+def fit_args(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "--config",
+        TINY,
+        "--config",
+        CSV,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "csv"),
+        "--checkpoint.dirpath",
+        str(tmp_path / "ckpt"),
+        *extra,
+    ]
+
+
+def predict_args(tmp_path: Path, ckpt: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "predict",
+        "--config",
+        TINY,
+        "--config",
+        CSV,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "csv"),
+        "--ckpt_path",
+        str(ckpt),
+        "--trainer.callbacks.init_args.output",
+        str(output),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_fit(tmp_path_factory):
+    """``(run folder, fitted CLI)`` of one tiny ``tgm fit``."""
+    root = tmp_path_factory.mktemp("caption_fit")
+    return root, run_cli(fit_args(root))
