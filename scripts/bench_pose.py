@@ -23,7 +23,7 @@ import torch
 from common.metrics.dtw import DynamicTimeWarping
 from projects.pose.model import ProgressiveTransformer
 from projects.pose.module import PoseModule
-from projects.pose.text import Vocabulary
+from projects.pose.vocabulary import Vocabulary
 
 
 def python_dtw_l1(x: np.ndarray, y: np.ndarray) -> float:
@@ -33,7 +33,9 @@ def python_dtw_l1(x: np.ndarray, y: np.ndarray) -> float:
     acc[0, 0] = 0.0
     for i in range(1, n + 1):
         for j in range(1, m + 1):
-            acc[i, j] = np.sum(np.abs(x[i - 1] - y[j - 1])) + min(acc[i - 1, j], acc[i, j - 1], acc[i - 1, j - 1])
+            acc[i, j] = np.sum(np.abs(x[i - 1] - y[j - 1])) + min(
+                acc[i - 1, j], acc[i, j - 1], acc[i - 1, j - 1]
+            )
     return float(acc[n, m])
 
 
@@ -51,8 +53,9 @@ def bench_dtw(sequences: int, frames: int, trg_size: int, python_pairs: int) -> 
     counter = np.arange(1, frames + 1, dtype=np.float32)[:, None] / frames
 
     def sequence(length: int) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate([rng.normal(size=(length, trg_size)).astype(np.float32),
-                                                counter[:length]], axis=1))
+        return torch.from_numpy(
+            np.concatenate([rng.normal(size=(length, trg_size)).astype(np.float32), counter[:length]], axis=1)
+        )
 
     refs = [sequence(frames) for _ in range(sequences)]
     hyps = [torch.cat([torch.zeros(1, trg_size + 1), sequence(frames)]) for _ in range(sequences)]  # + BOS
@@ -60,22 +63,39 @@ def bench_dtw(sequences: int, frames: int, trg_size: int, python_pairs: int) -> 
     for definition in ("pt", "l2_path"):
         metric = DynamicTimeWarping(definition)
         seconds = timed(lambda metric=metric: metric.scores(hyps, refs))
-        rows.append((f"DTW `{metric.name}`, batched torch wavefront (common.metrics.dtw)", f"{seconds:.2f} s",
-                     f"{sequences / seconds:.1f} seq/s"))
+        rows.append(
+            (
+                f"DTW `{metric.name}`, batched torch wavefront (common.metrics.dtw)",
+                f"{seconds:.2f} s",
+                f"{sequences / seconds:.1f} seq/s",
+            )
+        )
     joints_r = [r[:-1, :-1].double().numpy() for r in refs]  # the pt definition cuts at the counter argmax
     joints_h = [h[1:-1, :-1].double().numpy() for h in hyps]
     seconds = timed(lambda: [python_dtw_l1(joints_r[i], joints_h[i]) for i in range(python_pairs)])
     per_pair = seconds / python_pairs
-    rows.append((f"DTW L1, pure-Python DP as the original code (timed on {python_pairs} pairs, extrapolated)",
-                 f"{per_pair * sequences:.1f} s", f"{1 / per_pair:.2f} seq/s"))
+    rows.append(
+        (
+            f"DTW L1, pure-Python DP as the original code (timed on {python_pairs} pairs, extrapolated)",
+            f"{per_pair * sequences:.1f} s",
+            f"{1 / per_pair:.2f} seq/s",
+        )
+    )
     try:
         from dtaidistance import dtw_ndim
 
         arrays_r = [r[:, :-1].double().numpy() for r in refs]
         arrays_h = [h[1:, :-1].double().numpy() for h in hyps]
-        seconds = timed(lambda: [dtw_ndim.distance(arrays_r[i], arrays_h[i], use_c=True) for i in range(sequences)])
-        rows.append(("DTW sq-Euclidean, dtaidistance C (`dtw_ndim.distance`), for scale", f"{seconds:.2f} s",
-                     f"{sequences / seconds:.1f} seq/s"))
+        seconds = timed(
+            lambda: [dtw_ndim.distance(arrays_r[i], arrays_h[i], use_c=True) for i in range(sequences)]
+        )
+        rows.append(
+            (
+                "DTW sq-Euclidean, dtaidistance C (`dtw_ndim.distance`), for scale",
+                f"{seconds:.2f} s",
+                f"{sequences / seconds:.1f} seq/s",
+            )
+        )
     except ImportError:
         rows.append(("dtaidistance", "not installed", "-"))
     return rows
@@ -84,8 +104,16 @@ def bench_dtw(sequences: int, frames: int, trg_size: int, python_pairs: int) -> 
 def default_net(trg_size: int) -> ProgressiveTransformer:
     """The model of configs/pose/default.yaml (hidden 64, 2+2 layers, future_prediction 5)."""
     torch.manual_seed(0)
-    net = ProgressiveTransformer(trg_size=trg_size, hidden_size=64, num_heads=4, encoder_layers=2, decoder_layers=2,
-                                 ff_size=128, embedding_dim=64, future_prediction=5)
+    net = ProgressiveTransformer(
+        trg_size=trg_size,
+        hidden_size=64,
+        num_heads=4,
+        encoder_layers=2,
+        decoder_layers=2,
+        ff_size=128,
+        embedding_dim=64,
+        future_prediction=5,
+    )
     net.reset_parameters()
     net.set_source_embeddings(torch.randn(40, 64))
     return net.eval()
@@ -97,17 +125,28 @@ def bench_decoding(trg_size: int, batch: int, steps: int) -> list[tuple[str, str
     mask = torch.ones_like(src, dtype=torch.bool)
     rows = []
     for use_cache in (True, False):
-        seconds = timed(lambda use_cache=use_cache: net.generate(src, mask, max_length=steps, stop_counter=2.0,
-                                                                 use_cache=use_cache), repeats=2)
+        seconds = timed(
+            lambda use_cache=use_cache: net.generate(
+                src, mask, max_length=steps, stop_early=False, use_cache=use_cache
+            ),
+            repeats=2,
+        )
         label = "with KV cache" if use_cache else "without cache (recompute all previous frames)"
-        rows.append((f"progressive decoding {steps} frames x batch {batch}, {label}", f"{seconds:.2f} s",
-                     f"{batch * steps / seconds:.0f} frames/s"))
+        rows.append(
+            (
+                f"progressive decoding {steps} frames x batch {batch}, {label}",
+                f"{seconds:.2f} s",
+                f"{batch * steps / seconds:.0f} frames/s",
+            )
+        )
     return rows
 
 
 def bench_training_step(trg_size: int, batch: int, frames: int, steps: int) -> list[tuple[str, str, str]]:
     torch.manual_seed(0)
-    module = PoseModule(trg_size=trg_size, gaussian_noise=True, future_prediction=5, counter_weight=5.0)
+    module = PoseModule(
+        trg_size=trg_size, gaussian_noise=True, future_prediction=5, objective={"counter_weight": 5.0}
+    )
     module.out_stds.fill_(0.01)  # as after the first epoch: noise is drawn
     words = [f"w{i}" for i in range(36)]
     module.vocab = Vocabulary(words)
@@ -115,8 +154,12 @@ def bench_training_step(trg_size: int, batch: int, frames: int, steps: int) -> l
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
     data = torch.randn(batch, frames, trg_size + 1)
     data[..., -1] = torch.arange(1, frames + 1) / frames
-    batch_dict = {"tokens": [words[i % 30: i % 30 + 4] for i in range(batch)], "frames": data,
-                  "lengths": torch.full((batch,), frames)}
+    batch_dict = {
+        "tokens": [words[i % 30 : i % 30 + 4] for i in range(batch)],
+        "frames": data,
+        "lengths": torch.full((batch,), frames),
+        "start_frames": torch.zeros(batch, trg_size + 1),
+    }
 
     def step() -> None:
         output, targets, mask = module.forward_batch(batch_dict, noise=True)
@@ -128,12 +171,19 @@ def bench_training_step(trg_size: int, batch: int, frames: int, steps: int) -> l
 
     step()  # warm-up
     seconds = timed(lambda: [step() for _ in range(steps)]) / steps
-    return [(f"training step (fwd + bwd + Adam), batch {batch} x {frames} frames, default model",
-             f"{seconds * 1000:.1f} ms", f"{batch * frames / seconds:.0f} frames/s")]
+    return [
+        (
+            f"training step (fwd + bwd + Adam), batch {batch} x {frames} frames, default model",
+            f"{seconds * 1000:.1f} ms",
+            f"{batch * frames / seconds:.0f} frames/s",
+        )
+    ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sequences", type=int, default=500)
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--trg-size", type=int, default=150)
@@ -144,8 +194,10 @@ def main() -> None:
     rows = bench_dtw(args.sequences, args.frames, args.trg_size, args.python_pairs)
     rows += bench_decoding(args.trg_size, batch=16, steps=100)
     rows += bench_training_step(args.trg_size, batch=16, frames=40, steps=10)
-    print(f"\nprojects/pose benchmark (torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"DTW set {args.sequences} x {args.frames} frames x {args.trg_size} values)\n")
+    print(
+        f"\nprojects/pose benchmark (torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"DTW set {args.sequences} x {args.frames} frames x {args.trg_size} values)\n"
+    )
     print("| what | time | throughput |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

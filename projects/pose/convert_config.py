@@ -3,10 +3,12 @@
     python -m projects.pose.convert_config Configs/Base.yaml > configs/pose/mine.yaml
     tgm fit --config configs/pose/mine.yaml
 
-Data files are used as they are (same ``.text/.gloss/.skels/.files``); only the YAML is rearranged into the
-``model`` / ``data`` / ``trainer`` / ``checkpoint`` sections of LightningCLI. The mapping is :data:`MAPPING`
-(documented in ``projects/pose/README.md``); keys with no counterpart are listed in a comment at the top of the
-output instead of being dropped silently, and unknown keys raise an error naming them.
+Data files are used as they are (same ``.text/.gloss/.skels/.files``, tokenised as the original: whitespace
+split, no lower-casing); only the YAML is rearranged into the ``model`` / ``data`` / ``trainer`` / ``checkpoint``
+sections of LightningCLI. Every key the original's code reads (``training.py``, ``data.py``, ``model.py``,
+``builders.py``, ``initialization.py``, ``loss.py``, ``embeddings.py``, ``encoders.py``, ``decoders.py``) is in
+:data:`MAPPING`: set here, or accepted with a note saying why nothing needs setting, or refused with one line
+when its value asks for something this project does not do. Unknown keys end in one line naming them (exit 2).
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ from typing import Any
 
 import yaml
 
-# original "section.key" -> tgm dotted key. ``None``: accepted, nothing to set (reported in the output).
+from common.errors import InputError, MissingInputError
+from common.io import read_text
+
+NOTE = None  # accepted: nothing to set here (the reason is in NOTES)
+
+# original "section.key" -> tgm dotted key, or NOTE
 MAPPING: dict[str, str | None] = {
+    "name": NOTE,
+    # data (data.py: load_data)
     "data.src": "data.init_args.src",
     "data.trg": "data.init_args.trg",
     "data.files": "data.init_args.files",
@@ -28,43 +37,93 @@ MAPPING: dict[str, str | None] = {
     "data.test": "data.init_args.test",
     "data.max_sent_length": "data.init_args.max_sent_length",
     "data.skip_frames": "data.init_args.skip_frames",
-    "data.src_vocab": "model.init_args.src_vocab",
+    "data.src_vocab": "data.init_args.src_vocab",
+    "data.src_voc_limit": "data.init_args.src_voc_limit",
+    "data.src_voc_min_freq": "data.init_args.src_voc_min_freq",
+    "data.val_on_train": NOTE,
+    # training (training.py: TrainManager, builders.py)
     "training.random_seed": "seed_everything",
-    "training.optimizer": None,  # Adam, as the original default
-    "training.learning_rate": "model.init_args.learning_rate",
-    "training.learning_rate_min": "model.init_args.learning_rate_min",
-    "training.weight_decay": "model.init_args.weight_decay",
+    "training.optimizer": NOTE,
+    "training.adam_betas": "model.init_args.optimiser.adam_betas",
+    "training.learning_rate": "model.init_args.optimiser.learning_rate",
+    "training.learning_rate_min": "model.init_args.optimiser.learning_rate_min",
+    "training.weight_decay": "model.init_args.optimiser.weight_decay",
     "training.clip_grad_norm": "trainer.gradient_clip_val",
+    "training.clip_grad_val": "trainer.gradient_clip_val",
     "training.batch_size": "data.init_args.batch_size",
-    "training.scheduling": None,  # plateau, as the original default
-    "training.patience": "model.init_args.patience",
-    "training.decrease_factor": "model.init_args.decrease_factor",
-    "training.early_stopping_metric": None,  # the checkpoint/scheduler monitor is the DTW
+    "training.eval_batch_size": "data.init_args.eval_batch_size",
+    "training.batch_type": NOTE,
+    "training.eval_batch_type": NOTE,
+    "training.batch_multiplier": "trainer.accumulate_grad_batches",
+    "training.scheduling": NOTE,
+    "training.patience": "model.init_args.optimiser.patience",
+    "training.decrease_factor": "model.init_args.optimiser.decrease_factor",
+    "training.decaying_step_size": NOTE,
+    "training.learning_rate_factor": NOTE,
+    "training.learning_rate_warmup": NOTE,
+    "training.early_stopping_metric": NOTE,
+    "training.eval_metric": NOTE,
     "training.epochs": "trainer.max_epochs",
-    "training.validation_freq": "trainer.val_check_interval",  # steps, as in the original
+    "training.validation_freq": "trainer.val_check_interval",
     "training.logging_freq": "trainer.log_every_n_steps",
-    "training.eval_metric": None,
     "training.model_dir": "checkpoint.dirpath",
-    "training.overwrite": None,
-    "training.continue": None,  # use --ckpt_path last
+    "training.overwrite": NOTE,
+    "training.continue": NOTE,
     "training.shuffle": "data.init_args.shuffle",
-    "training.use_cuda": None,  # trainer.accelerator is chosen from the hardware
-    "training.max_output_length": "model.init_args.max_output_length",
+    "training.use_cuda": NOTE,
+    "training.max_output_length": "model.init_args.decoding.max_output_length",
     "training.keep_last_ckpts": "checkpoint.save_top_k",
-    "training.loss": "model.init_args.loss",
-    "model.initializer": "model.init_args.initializer",
-    "model.init_gain": "model.init_args.init_gain",
-    "model.bias_initializer": None,  # zeros
-    "model.embed_initializer": None,  # FastText (or xavier for specials), never re-initialised after loading
-    "model.embed_init_gain": None,  # embeddings come from FastText
-    "model.trg_size": "model.init_args.trg_size",
+    "training.loss": "model.init_args.objective.loss",
+    # model (model.py: build_model, initialization.py, loss.py)
+    "model.initializer": "model.init_args.init.initializer",
+    "model.init_weight": "model.init_args.init.init_weight",
+    "model.init_gain": "model.init_args.init.init_gain",
+    "model.bias_initializer": "model.init_args.init.bias_initializer",
+    "model.bias_init_weight": "model.init_args.init.bias_init_weight",
+    "model.embed_initializer": "model.init_args.init.embed_initializer",
+    "model.embed_init_weight": "model.init_args.init.embed_init_weight",
+    "model.embed_init_gain": "model.init_args.init.embed_init_gain",
+    "model.trg_size": "data.init_args.trg_size",  # the model takes it from the data (linked)
+    "model.count_in": NOTE,
     "model.just_count_in": "model.init_args.just_count_in",
     "model.gaussian_noise": "model.init_args.gaussian_noise",
     "model.noise_rate": "model.init_args.noise_rate",
     "model.future_prediction": "model.init_args.future_prediction",
+    "model.loss_scale": "model.init_args.objective.loss_scale",
     "model.encoder": "model.init_args.encoder",
     "model.decoder": "model.init_args.decoder",
 }
+
+# why an accepted key needs no setting
+NOTES = {
+    "name": "the run's name: use --trainer.logger.init_args.name (W&B) or the CSV logger's version",
+    "data.val_on_train": "false only (validation runs on the dev split)",
+    "training.optimizer": "Adam (adam only)",
+    "training.batch_type": "sentence batches (sentence only)",
+    "training.eval_batch_type": "sentence batches (sentence only)",
+    "training.scheduling": "the plateau scheduler on the dev DTW (plateau only)",
+    "training.decaying_step_size": "used by the 'decaying' scheduler only; plateau here",
+    "training.learning_rate_factor": "used by the 'noam' scheduler only; plateau here",
+    "training.learning_rate_warmup": "used by the 'noam' scheduler only; plateau here",
+    "training.early_stopping_metric": "the dev DTW selects checkpoints and drives the scheduler (dtw only)",
+    "training.eval_metric": "the dev DTW, logged as val/dtw_pt_l1_ref_len (dtw only)",
+    "training.overwrite": "runs never delete a folder; checkpoints go to checkpoint.dirpath",
+    "training.continue": "resume with --ckpt_path last",
+    "training.use_cuda": "the accelerator is chosen from the hardware (--trainer.accelerator cpu|gpu)",
+    "model.count_in": "read but never used by the original",
+}
+
+# values that select something this project does not do: refused with one line instead of silently ignored
+ALLOWED = {
+    "data.val_on_train": (False,),
+    "training.optimizer": ("adam",),
+    "training.batch_type": ("sentence",),
+    "training.eval_batch_type": ("sentence",),
+    "training.scheduling": ("plateau",),
+    "training.early_stopping_metric": ("dtw",),
+    "training.eval_metric": ("dtw",),
+}
+NESTED = ("model.encoder", "model.decoder")  # blocks passed through; PoseModule checks their keys
 
 
 def _set(config: dict, dotted: str, value: Any) -> None:
@@ -75,35 +134,82 @@ def _set(config: dict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
+def _flatten(original: dict) -> dict[str, Any]:
+    """``{"training": {"epochs": 3}}`` -> ``{"training.epochs": 3}``; encoder/decoder blocks stay whole."""
+    flat: dict[str, Any] = {}
+    for key, value in original.items():
+        if isinstance(value, dict) and key in ("data", "training", "model", "testing"):
+            for inner, inner_value in value.items():
+                name = f"{key}.{inner}"
+                if isinstance(inner_value, dict) and name not in NESTED:
+                    flat.update({f"{name}.{k}": v for k, v in inner_value.items()})
+                else:
+                    flat[name] = inner_value
+        else:
+            flat[key] = value
+    return flat
+
+
 def convert(original: dict, source: str = "<config>") -> tuple[dict, list[str]]:
-    """The ``tgm`` config for an original config dict, and notes on keys that have no counterpart."""
+    """The ``tgm`` config for an original config dict, and one note per key that needs no setting."""
     config: dict[str, Any] = {
         "model": {"class_path": "projects.pose.module.PoseModule", "init_args": {}},
-        "data": {"class_path": "projects.pose.data.PoseDataModule", "init_args": {"synthetic": None}},
-        "trainer": {"num_sanity_val_steps": -1},
+        "data": {
+            "class_path": "projects.pose.data.PoseDataModule",
+            # the original's tokenisation: str.split(), no lower-casing (data.py: lowercase = False)
+            "init_args": {"synthetic": None, "lowercase": False, "punctuation": "whitespace"},
+        },
+        "trainer": {
+            "num_sanity_val_steps": -1,
+            "callbacks": [
+                {
+                    "class_path": "projects.pose.writer.PosePredictionWriter",
+                    "init_args": {"output_dir": "runs/pose/predictions"},
+                }
+            ],
+        },
         "checkpoint": {"monitor": "val/dtw_pt_l1_ref_len", "mode": "min"},
     }
-    notes, unknown = [], []
-    for section in ("data", "training", "model"):
-        for key, value in (original.get(section) or {}).items():
-            name = f"{section}.{key}"
-            if name not in MAPPING:
-                unknown.append(name)
-            elif MAPPING[name] is None:
-                notes.append(f"{name}: {value!r} has no setting here (see projects/pose/README.md)")
-            else:
-                if name == "training.loss":
-                    value = str(value).lower()
-                if name == "training.validation_freq":  # steps, possibly more than one epoch
-                    _set(config, "trainer.check_val_every_n_epoch", None)
-                _set(config, MAPPING[name], value)
-    extra_sections = sorted(set(original) - {"name", "data", "training", "model", "testing"})
-    unknown += extra_sections
+    notes: list[str] = []
+    flat = _flatten(original)
+    unknown = sorted(name for name in flat if name not in MAPPING and not name.startswith("testing."))
     if unknown:
-        raise KeyError(f"{source}: unknown Progressive Transformers keys {unknown}; known: {sorted(MAPPING)}")
-    trg_size = config["model"]["init_args"].get("trg_size")
-    if trg_size is not None:
-        config["data"]["init_args"]["trg_size"] = trg_size
+        raise InputError(
+            f"{source}: unknown Progressive Transformers keys {unknown} (none of the original's code "
+            "reads them); remove them or check the spelling"
+        )
+    if "training.clip_grad_norm" in flat and "training.clip_grad_val" in flat:
+        raise InputError(
+            f"{source}: training.clip_grad_norm and training.clip_grad_val are both set; the original "
+            "allows one of them"
+        )
+    for name, value in flat.items():
+        if name.startswith("testing."):
+            notes.append(f"{name}: {value!r} -- the original's training and test code never read testing.*")
+            continue
+        allowed = ALLOWED.get(name)
+        if allowed is not None and (str(value).lower() if isinstance(value, str) else value) not in allowed:
+            raise InputError(
+                f"{source}: {name}: {value!r} is not supported here (only {', '.join(map(str, allowed))})"
+            )
+        target = MAPPING[name]
+        if target is None:
+            notes.append(f"{name}: {value!r} -- {NOTES[name]}")
+            continue
+        if name == "training.loss":
+            value = str(value).lower()
+        if name == "training.adam_betas":
+            value = [float(v) for v in value]
+        if name == "training.validation_freq":  # steps, across epochs, as the original
+            _set(config, "trainer.check_val_every_n_epoch", None)
+        if name == "training.clip_grad_val":
+            _set(config, "trainer.gradient_clip_algorithm", "value")
+        if name == "training.clip_grad_norm":
+            _set(config, "trainer.gradient_clip_algorithm", "norm")
+        if name == "training.model_dir":
+            config["trainer"]["callbacks"][0]["init_args"]["output_dir"] = f"{value}/predictions"
+            _set(config, "trainer.default_root_dir", value)
+        _set(config, target, value)
     return config, notes
 
 
@@ -111,11 +217,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Original Progressive Transformers config -> tgm config")
     parser.add_argument("config", type=Path)
     args = parser.parse_args(argv)
-    if not args.config.is_file():
-        raise SystemExit(f"config file '{args.config}' does not exist")
-    original = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
-    config, notes = convert(original, str(args.config))
-    header = [f"# converted from {args.config} by projects/pose/convert_config.py"] + [f"# {n}" for n in notes]
+    try:
+        if not args.config.is_file():
+            raise MissingInputError(f"config file '{args.config}' does not exist")
+        original = yaml.safe_load(read_text(args.config)) or {}
+        if not isinstance(original, dict):
+            raise InputError(f"{args.config}: not a YAML mapping")
+        config, notes = convert(original, str(args.config))
+    except (InputError, yaml.YAMLError) as error:
+        sys.stderr.write(f"{str(error).splitlines()[0]}\n")
+        raise SystemExit(2) from None
+    header = [f"# converted from {args.config} by projects/pose/convert_config.py; keys with nothing to set:"]
+    header += [f"#   {note}" for note in notes]
     sys.stdout.write("\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 

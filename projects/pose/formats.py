@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import InputError
+from common.io import read_lines as read_utf8_lines
 
 
 class PoseDataError(InputError):
@@ -34,11 +35,12 @@ class Example:
 
 
 def read_lines(path: str | Path, what: str = "file") -> list[str]:
-    """All lines of a UTF-8 file (without newlines), or an error naming the missing file."""
+    """All lines of a UTF-8 file (without newlines); a missing file or non-UTF-8 bytes are one line naming the
+    file (and line)."""
     path = Path(path)
     if not path.is_file():
         raise PoseDataError(f"{what} '{path}' does not exist")
-    return path.read_text(encoding="utf-8").splitlines()
+    return read_utf8_lines(path)
 
 
 def parse_skels_line(line: str, trg_size: int, path: str | Path, line_no: int) -> np.ndarray:
@@ -154,6 +156,13 @@ def write_split(
     return written
 
 
-def progress_counter(num_frames: int) -> np.ndarray:
-    """The counter column: frame index / frame count with 1-based indices, so the last frame is exactly 1."""
-    return np.arange(1, num_frames + 1, dtype=np.float32) / num_frames
+def progress_counter(num_frames: int, zero_based: bool = False) -> np.ndarray:
+    """The counter column: frame index / frame count. 1-based (this project's generated data) ends at exactly 1;
+    0-based (``i / N``, the Progressive Transformers data) starts at 0 and ends at ``(N - 1) / N``."""
+    start = 0 if zero_based else 1
+    return np.arange(start, num_frames + start, dtype=np.float32) / num_frames
+
+
+def counters_are_zero_based(sequences: list[np.ndarray]) -> bool:
+    """True when every sequence starts with counter 0 (PT data: frame 0 is the decoder's start frame)."""
+    return bool(sequences) and all(float(frames[0, -1]) == 0.0 for frames in sequences)

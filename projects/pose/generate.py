@@ -15,13 +15,42 @@ from pathlib import Path
 import numpy as np
 
 from projects.pose.formats import progress_counter, write_split
-from projects.pose.text import turkish_upper_first
+from projects.pose.vocabulary import turkish_upper_first
 
 VERSION = 2
 WORDS = [
-    "merhaba", "ben", "sen", "biz", "okul", "ev", "su", "kitap", "anne", "baba", "çocuk", "öğretmen",
-    "arkadaş", "araba", "şehir", "iyi", "ılık", "ırmak", "istemek", "gitmek", "gelmek", "içmek", "yemek",
-    "okumak", "güzel", "büyük", "küçük", "bugün", "yarın", "teşekkürler", "evet", "hayır",
+    "merhaba",
+    "ben",
+    "sen",
+    "biz",
+    "okul",
+    "ev",
+    "su",
+    "kitap",
+    "anne",
+    "baba",
+    "çocuk",
+    "öğretmen",
+    "arkadaş",
+    "araba",
+    "şehir",
+    "iyi",
+    "ılık",
+    "ırmak",
+    "istemek",
+    "gitmek",
+    "gelmek",
+    "içmek",
+    "yemek",
+    "okumak",
+    "güzel",
+    "büyük",
+    "küçük",
+    "bugün",
+    "yarın",
+    "teşekkürler",
+    "evet",
+    "hayır",
 ]
 NUM_PARAMS = 20  # see _forward_kinematics
 REST = np.array([-0.15, 0.1, 0.15, -0.1, 0.0, 0.0, 0.0, 0.0] + [0.3] * 10 + [0.0, 0.0], dtype=np.float64)
@@ -34,8 +63,14 @@ def _direction(angle: np.ndarray) -> np.ndarray:
     return np.stack([np.sin(angle), np.cos(angle)], axis=-1)
 
 
-def _hand(wrist: np.ndarray, forearm_angle: np.ndarray, turn: np.ndarray, curls: np.ndarray, depth: np.ndarray,
-          mirror: float) -> np.ndarray:
+def _hand(
+    wrist: np.ndarray,
+    forearm_angle: np.ndarray,
+    turn: np.ndarray,
+    curls: np.ndarray,
+    depth: np.ndarray,
+    mirror: float,
+) -> np.ndarray:
     """21 hand joints (root + 5 fingers x 4) for ``T`` frames: ``T x 21 x 3``."""
     frames = len(wrist)
     joints = np.zeros((frames, 21, 3))
@@ -78,10 +113,16 @@ def _forward_kinematics(params: np.ndarray) -> np.ndarray:
         depth = params[:, 4 + side]
         joints[:, base + 1, 2] = 0.5 * depth
         joints[:, base + 2, 2] = depth
-        hand = _hand(wrist, a1 + a2, params[:, 6 + side], params[:, 8 + 5 * side: 13 + 5 * side], depth,
-                     mirror=-1.0 if side == 0 else 1.0)
+        hand = _hand(
+            wrist,
+            a1 + a2,
+            params[:, 6 + side],
+            params[:, 8 + 5 * side : 13 + 5 * side],
+            depth,
+            mirror=-1.0 if side == 0 else 1.0,
+        )
         # joints 8-28 hang off joint 7 (left wrist), 29-49 off joint 4 (right wrist)
-        joints[:, (29 if side == 0 else 8):(50 if side == 0 else 29)] = hand
+        joints[:, (29 if side == 0 else 8) : (50 if side == 0 else 29)] = hand
     return joints
 
 
@@ -105,8 +146,9 @@ def make_signs(rng: np.random.Generator, words: list[str]) -> dict[str, dict]:
     return signs
 
 
-def sentence_motion(rng: np.random.Generator, words: list[str], signs: dict[str, dict], speed: float = 0.15,
-                    align: int = 1) -> np.ndarray:
+def sentence_motion(
+    rng: np.random.Generator, words: list[str], signs: dict[str, dict], speed: float = 0.15, align: int = 1
+) -> np.ndarray:
     """Parameters over time for a sentence: rest, each sign (speed-varied) with eased transitions, rest."""
     pieces = [np.repeat(REST[None], 3, axis=0)]
     current = REST
@@ -115,8 +157,12 @@ def sentence_motion(rng: np.random.Generator, words: list[str], signs: dict[str,
         scale = rng.uniform(1.0 - speed, 1.0 + speed)
         pieces.append(_segment(current, sign["keys"][0], int(rng.integers(4, 7)))[1:])
         per_key = max(3, round(sign["frames"] * scale / (len(sign["keys"]) - 1)))
-        motion = np.concatenate([_segment(a, b, per_key + 1)[1:] for a, b in zip(sign["keys"][:-1], sign["keys"][1:],
-                                                                                  strict=True)])
+        motion = np.concatenate(
+            [
+                _segment(a, b, per_key + 1)[1:]
+                for a, b in zip(sign["keys"][:-1], sign["keys"][1:], strict=True)
+            ]
+        )
         if sign["wiggle"] is not None:
             index, amplitude, cycles = sign["wiggle"]
             motion[:, index] += amplitude * np.sin(np.linspace(0, 2 * np.pi * cycles, len(motion)))
@@ -146,9 +192,18 @@ def generate_corpus(
     Dev and test sentences are word combinations that never occur in train. Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
-    settings = {"version": VERSION, "num_train": num_train, "num_dev": num_dev, "num_test": num_test,
-                "min_words": min_words, "max_words": max_words, "num_words": num_words, "seed": seed,
-                "align": align, "decimals": decimals}
+    settings = {
+        "version": VERSION,
+        "num_train": num_train,
+        "num_dev": num_dev,
+        "num_test": num_test,
+        "min_words": min_words,
+        "max_words": max_words,
+        "num_words": num_words,
+        "seed": seed,
+        "align": align,
+        "decimals": decimals,
+    }
     manifest = out_dir / "manifest.json"
     if manifest.is_file() and json.loads(manifest.read_text()) == settings:
         return out_dir
@@ -168,7 +223,9 @@ def generate_corpus(
             seen.add(text)
             params = sentence_motion(rng, words, signs, align=align)
             joints = _forward_kinematics(params) + rng.normal(0.0, 0.002, size=(len(params), 50, 3))
-            frames = np.concatenate([joints.reshape(len(params), -1), progress_counter(len(params))[:, None]], 1)
+            frames = np.concatenate(
+                [joints.reshape(len(params), -1), progress_counter(len(params))[:, None]], 1
+            )
             texts.append(turkish_upper_first(text) + ("?" if rng.random() < 0.2 else "."))
             sequences.append(frames)
             names.append(f"{split}/synthetic_{len(texts):05d}")

@@ -5,8 +5,9 @@ Read top to bottom: attention -> encoder/decoder layers -> the model -> progress
 * The encoder is a pre-LayerNorm transformer over (FastText-initialised) word embeddings.
 * The decoder gets the previous frames (joints + counter, or only the counter with ``just_count_in``) through
   a linear embedding and predicts the next frame's joints (``future_prediction`` frames of them) and counter.
-* Decoding is progressive: starting from a BOS frame (zero joints, counter 0) the model feeds back its own
-  frames and stops a sequence once its predicted counter reaches ``stop_counter`` (or ``max_length``).
+* Decoding is progressive: starting from a start frame (the data's frame 0 for 0-based counters, else zeros;
+  counter 0) the model feeds back its own frames and stops a sequence at the frame its own counter marks as the
+  last (:func:`is_last_frame`, for both counter conventions and every length) or at ``max_length``.
   Self-attention keys/values of past frames and the cross-attention keys/values of the encoder output are
   cached, so each step only runs the new frame through the decoder.
 """
@@ -44,8 +45,14 @@ class MultiHeadAttention(nn.Module):
     def _split(self, x: Tensor) -> Tensor:  # B x T x H -> B x heads x T x head_size
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_size).transpose(1, 2)
 
-    def forward(self, query: Tensor, key_value: Tensor, mask: Tensor | None = None, cache: dict | None = None,
-                static_kv: bool = False) -> Tensor:
+    def forward(
+        self,
+        query: Tensor,
+        key_value: Tensor,
+        mask: Tensor | None = None,
+        cache: dict | None = None,
+        static_kv: bool = False,
+    ) -> Tensor:
         q = self._split(self.query(query))
         if cache is not None and static_kv and "k" in cache:
             k, v = cache["k"], cache["v"]
@@ -55,13 +62,17 @@ class MultiHeadAttention(nn.Module):
                 if not static_kv and "k" in cache:
                     k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
                 cache["k"], cache["v"] = k, v
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.output(y.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1))
 
 
 class FeedForward(nn.Sequential):
     def __init__(self, hidden_size: int, ff_size: int, dropout: float) -> None:
-        super().__init__(nn.Linear(hidden_size, ff_size), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff_size, hidden_size))
+        super().__init__(
+            nn.Linear(hidden_size, ff_size), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff_size, hidden_size)
+        )
 
 
 class EncoderLayer(nn.Module):
@@ -87,12 +98,15 @@ class DecoderLayer(nn.Module):
         self.feed_forward = FeedForward(hidden_size, ff_size, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, memory: Tensor, self_mask: Tensor | None, src_mask: Tensor,
-                cache: dict | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, memory: Tensor, self_mask: Tensor | None, src_mask: Tensor, cache: dict | None = None
+    ) -> Tensor:
         h = self.norm1(x)
         x = x + self.drop(self.self_attention(h, h, self_mask, cache["self"] if cache else None))
         h = self.norm2(x)
-        x = x + self.drop(self.cross_attention(h, memory, src_mask, cache["cross"] if cache else None, static_kv=True))
+        x = x + self.drop(
+            self.cross_attention(h, memory, src_mask, cache["cross"] if cache else None, static_kv=True)
+        )
         return x + self.drop(self.feed_forward(self.norm3(x)))
 
 
@@ -103,6 +117,32 @@ def sinusoidal_positions(length: int, dim: int) -> Tensor:
     table[:, 0::2] = torch.sin(position * scale)
     table[:, 1::2] = torch.cos(position * scale)[:, : dim // 2]
     return table
+
+
+def is_last_frame(counter: Tensor, step: int, end_gap: float = 0.0) -> Tensor:
+    """Whether output frame ``step`` (1-based) with predicted ``counter`` is the sequence's last frame.
+
+    Target ``k`` of a sequence carries counter ``k * s`` (``s`` = one frame's counter step), and the last target
+    lies ``end_gap`` steps before 1: 0 for 1-based counters (it is exactly 1), 1 for 0-based ones (``(N-1)/N``,
+    the original data). With ``s`` estimated as ``counter / step``, frame ``step`` is the last when
+    ``counter >= step / (step + end_gap + 0.5)``: exact to the frame for every length, where a fixed threshold
+    (0.99) stops 0-based sequences under 100 frames never and long 1-based ones early.
+    """
+    return counter >= step / (step + end_gap + 0.5)
+
+
+def initialize_(parameter: Tensor, name: str, scale: float, gain: float) -> None:
+    """The original's initialisers: ``xavier`` (gain), ``uniform`` (+-scale), ``normal`` (std scale), ``zeros``."""
+    if name == "xavier":
+        nn.init.xavier_uniform_(parameter, gain=gain)
+    elif name == "uniform":
+        nn.init.uniform_(parameter, -scale, scale)
+    elif name == "normal":
+        nn.init.normal_(parameter, mean=0.0, std=scale)
+    elif name == "zeros":
+        nn.init.zeros_(parameter)
+    else:
+        raise ValueError(f"initializer must be one of xavier, uniform, normal, zeros; got '{name}'")
 
 
 class ProgressiveTransformer(nn.Module):
@@ -120,6 +160,8 @@ class ProgressiveTransformer(nn.Module):
         dropout: float = 0.0,
         embedding_dim: int = 64,
         embedding_dropout: float = 0.0,
+        embedding_scale: bool = False,
+        decoder_embedding_dropout: float = 0.0,
         just_count_in: bool = False,
         future_prediction: int = 0,
         max_positions: int = 1024,
@@ -134,42 +176,64 @@ class ProgressiveTransformer(nn.Module):
         self.just_count_in = just_count_in
         self.future_frames = max(1, future_prediction)
         self.decoder_positions = decoder_positions
+        self.embedding_scale = embedding_scale  # the original's embeddings.scale: multiply by sqrt(dim)
         self.src_embed = nn.Embedding(4, embedding_dim)  # placeholder until the vocabulary is known
-        self.embed_project = nn.Linear(embedding_dim, hidden_size) if embedding_dim != hidden_size else nn.Identity()
+        self.embed_project = (
+            nn.Linear(embedding_dim, hidden_size) if embedding_dim != hidden_size else nn.Identity()
+        )
         self.embed_dropout = nn.Dropout(embedding_dropout)
         self.encoder_layers = nn.ModuleList(
-            EncoderLayer(hidden_size, num_heads, ff_size, dropout) for _ in range(encoder_layers))
+            EncoderLayer(hidden_size, num_heads, ff_size, dropout) for _ in range(encoder_layers)
+        )
         self.encoder_norm = nn.LayerNorm(hidden_size)
         self.trg_embed = nn.Linear(1 if just_count_in else trg_size + 1, hidden_size)
+        self.trg_embed_dropout = nn.Dropout(decoder_embedding_dropout)
         self.decoder_layers = nn.ModuleList(
-            DecoderLayer(hidden_size, decoder_heads or num_heads, decoder_ff_size or ff_size,
-                         dropout if decoder_dropout is None else decoder_dropout)
-            for _ in range(decoder_layers))
+            DecoderLayer(
+                hidden_size,
+                decoder_heads or num_heads,
+                decoder_ff_size or ff_size,
+                dropout if decoder_dropout is None else decoder_dropout,
+            )
+            for _ in range(decoder_layers)
+        )
         self.decoder_norm = nn.LayerNorm(hidden_size)
         self.output = nn.Linear(hidden_size, trg_size * self.future_frames + 1)
         self.register_buffer("positions", sinusoidal_positions(max_positions, hidden_size), persistent=False)
 
-    def reset_parameters(self, initializer: str = "xavier", gain: float = 1.0) -> None:
-        """Xavier (or normal) init of every weight matrix and zero biases -- never touching ``src_embed``, so
-        FastText vectors loaded there survive (the Turkish fork re-initialised them and lost FastText)."""
+    @torch.no_grad()
+    def reset_parameters(
+        self,
+        initializer: str = "xavier",
+        gain: float = 1.0,
+        init_weight: float = 0.01,
+        bias_initializer: str = "zeros",
+        bias_init_weight: float = 0.01,
+        embed_initializer: str = "xavier",
+        embed_init_weight: float = 0.01,
+        embed_init_gain: float = 1.0,
+    ) -> None:
+        """The original's ``initialize_model``: ``initializer`` for weight matrices, ``bias_initializer`` for
+        biases, ``embed_initializer`` for the decoder's frame embedding (the original matches "embed" in the
+        name) -- never touching ``src_embed``, so FastText vectors loaded there survive (the Turkish fork
+        re-initialised them and lost FastText). LayerNorm weights keep their ones, as in the original."""
         for name, parameter in self.named_parameters():
             if name.startswith("src_embed."):
                 continue
-            if parameter.dim() > 1:
-                if initializer == "xavier":
-                    nn.init.xavier_uniform_(parameter, gain=gain)
-                elif initializer == "normal":
-                    nn.init.normal_(parameter, std=0.02 * gain)
-                else:
-                    raise ValueError(f"initializer must be 'xavier' or 'normal', got '{initializer}'")
-            elif name.endswith("bias"):
-                nn.init.zeros_(parameter)
+            if name.endswith("bias"):
+                initialize_(parameter, bias_initializer, bias_init_weight, gain)
+            elif "embed" in name:
+                initialize_(parameter, embed_initializer, embed_init_weight, embed_init_gain)
+            elif parameter.dim() > 1:
+                initialize_(parameter, initializer, init_weight, gain)
 
     def set_source_embeddings(self, weights: Tensor, freeze: bool = False, padding_idx: int = 1) -> None:
         """Install a ``vocab x dim`` embedding matrix (FastText, or random); ``freeze`` keeps it fixed."""
         if weights.shape[1] != self.src_embed.embedding_dim:  # e.g. a 300-d pretrained FastText
             hidden = self.trg_embed.out_features
-            self.embed_project = nn.Linear(weights.shape[1], hidden) if weights.shape[1] != hidden else nn.Identity()
+            self.embed_project = (
+                nn.Linear(weights.shape[1], hidden) if weights.shape[1] != hidden else nn.Identity()
+            )
             if isinstance(self.embed_project, nn.Linear):
                 nn.init.xavier_uniform_(self.embed_project.weight)
                 nn.init.zeros_(self.embed_project.bias)
@@ -177,12 +241,28 @@ class ProgressiveTransformer(nn.Module):
 
     def _with_positions(self, x: Tensor, offset: int = 0) -> Tensor:
         if offset + x.shape[1] > self.positions.shape[0]:
-            raise ValueError(f"sequence of {offset + x.shape[1]} steps exceeds max_positions={self.positions.shape[0]}")
-        return x + self.positions[offset: offset + x.shape[1]]
+            raise ValueError(
+                f"sequence of {offset + x.shape[1]} steps exceeds max_positions={self.positions.shape[0]}"
+            )
+        return x + self.positions[offset : offset + x.shape[1]]
 
-    def encode(self, src: Tensor, src_mask: Tensor) -> Tensor:
-        """``src``: B x S word ids, ``src_mask``: B x S bool (True = real token) -> B x S x hidden."""
-        x = self.embed_dropout(self._with_positions(self.embed_project(self.src_embed(src))))
+    def encode(
+        self,
+        src: Tensor,
+        src_mask: Tensor,
+        src_vectors: Tensor | None = None,
+        vector_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``src``: B x S word ids, ``src_mask``: B x S bool (True = real token) -> B x S x hidden.
+
+        ``src_vectors`` (B x S x dim) replace the embedding where ``vector_mask`` is True: FastText vectors of
+        words outside the vocabulary, composed from their character n-grams."""
+        embedded = self.src_embed(src)
+        if src_vectors is not None:
+            embedded = torch.where(vector_mask[..., None], src_vectors.to(embedded.dtype), embedded)
+        if self.embedding_scale:
+            embedded = embedded * math.sqrt(embedded.shape[-1])
+        x = self.embed_dropout(self._with_positions(self.embed_project(embedded)))
         mask = src_mask[:, None, None, :]
         for layer in self.encoder_layers:
             x = layer(x, mask)
@@ -193,9 +273,11 @@ class ProgressiveTransformer(nn.Module):
         which case the counter is the decoder's only notion of time (errors in a fed-back counter then stay
         additive instead of changing the implied sequence length ``step / counter``)."""
         x = self.trg_embed(frames[..., -1:] if self.just_count_in else frames)
-        return self._with_positions(x, offset) if self.decoder_positions else x
+        return self.trg_embed_dropout(self._with_positions(x, offset) if self.decoder_positions else x)
 
-    def decode(self, trg_input: Tensor, memory: Tensor, src_mask: Tensor, trg_mask: Tensor | None = None) -> Tensor:
+    def decode(
+        self, trg_input: Tensor, memory: Tensor, src_mask: Tensor, trg_mask: Tensor | None = None
+    ) -> Tensor:
         """Teacher-forced decoding of all steps at once: ``trg_input`` B x T x (trg_size + 1) -> B x T x out."""
         steps = trg_input.shape[1]
         self_mask = torch.ones(steps, steps, dtype=torch.bool, device=trg_input.device).tril()[None, None]
@@ -206,8 +288,19 @@ class ProgressiveTransformer(nn.Module):
             x = layer(x, memory, self_mask, src_mask[:, None, None, :])
         return self.output(self.decoder_norm(x))
 
-    def forward(self, src: Tensor, src_mask: Tensor, trg_input: Tensor, trg_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, src: Tensor, src_mask: Tensor, trg_input: Tensor, trg_mask: Tensor | None = None
+    ) -> Tensor:
         return self.decode(trg_input, self.encode(src, src_mask), src_mask, trg_mask)
+
+    def freeze(self, encoder: bool = False, decoder: bool = False) -> None:
+        """The original's ``encoder.freeze`` / ``decoder.freeze``: fix the encoder layers (and final norm), or the
+        decoder's frame embedding, layers, final norm and output layer."""
+        parts = ([self.encoder_layers, self.encoder_norm] if encoder else []) + (
+            [self.trg_embed, self.decoder_layers, self.decoder_norm, self.output] if decoder else []
+        )
+        for part in parts:
+            part.requires_grad_(False)
 
     def next_frame(self, output: Tensor) -> Tensor:
         """Keep the first predicted frame's joints and the counter: B x T x (trg_size + 1)."""
@@ -219,24 +312,33 @@ class ProgressiveTransformer(nn.Module):
         src: Tensor,
         src_mask: Tensor,
         max_length: int = 300,
-        stop_counter: float = 0.99,
+        end_gap: float = 0.0,
         use_cache: bool = True,
         gt_counter: Tensor | None = None,
+        start_frames: Tensor | None = None,
+        src_vectors: Tensor | None = None,
+        vector_mask: Tensor | None = None,
+        stop_early: bool = True,
     ) -> tuple[Tensor, Tensor]:
-        """Progressive decoding. Returns ``B x L x (trg_size + 1)`` frames (BOS not included) and lengths.
+        """Progressive decoding. Returns ``B x L x (trg_size + 1)`` frames (start frame not included) and lengths.
 
-        Default: the model's own counter is fed back and a sequence ends at the first frame whose counter is
-        ``>= stop_counter`` (length capped at ``max_length``).
+        Default: starting from ``start_frames`` (B x (trg_size + 1); zeros when None) the model's own counter is
+        fed back and a sequence ends at the first frame :func:`is_last_frame` marks (``end_gap``: 0 for
+        1-based counters, 1 for 0-based ones), length capped at ``max_length`` (always ``max_length`` frames with
+        ``stop_early=False``, for benchmarks).
         ``gt_counter`` (B x T, the references' counters) reproduces the original code's evaluation instead:
         each input frame's counter is overwritten with the ground-truth one and every sequence runs for the
         reference length. It leaks the reference length and is only for comparison with published numbers.
         """
         batch, device = src.shape[0], src.device
-        memory = self.encode(src, src_mask)
+        memory = self.encode(src, src_mask, src_vectors, vector_mask)
         if gt_counter is not None:
             max_length = gt_counter.shape[1]
             gt_input_counter = torch.cat([torch.zeros(batch, 1, device=device), gt_counter[:, :-1]], dim=1)
-        frame = torch.zeros(batch, 1, self.trg_size + 1, device=device)  # BOS: zero joints, counter 0
+        if start_frames is None:
+            frame = torch.zeros(batch, 1, self.trg_size + 1, device=device)  # zero joints, counter 0
+        else:
+            frame = start_frames[:, None].to(device=device, dtype=memory.dtype)
         inputs, outputs = [], []
         lengths = torch.full((batch,), max_length, dtype=torch.long, device=device)
         done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -256,8 +358,8 @@ class ProgressiveTransformer(nn.Module):
                 out = self.decode(torch.cat(inputs, dim=1), memory, src_mask)[:, -1:]
             frame = self.next_frame(out)
             outputs.append(frame)
-            if gt_counter is None:
-                stopped = (frame[:, 0, -1] >= stop_counter) & ~done
+            if gt_counter is None and stop_early:
+                stopped = is_last_frame(frame[:, 0, -1], step + 1, end_gap) & ~done
                 lengths[stopped] = step + 1
                 done |= stopped
                 if bool(done.all()):

@@ -1,13 +1,19 @@
 """``PoseModule``: the Progressive Transformer as a LightningModule (training set-up of the original).
 
-Init arguments keep the original ``Configs/Base.yaml`` names (``trg_size``, ``just_count_in``,
-``gaussian_noise``, ``noise_rate``, ``future_prediction``, ``encoder``/``decoder`` blocks, ``learning_rate``,
-``learning_rate_min``, ``patience``, ``decrease_factor``, ``loss``, ``max_output_length``, ``initializer``...).
+Init arguments keep the original ``Configs/Base.yaml`` names where the original has them (``trg_size``,
+``just_count_in``, ``gaussian_noise``, ``noise_rate``, ``future_prediction``, ``encoder``/``decoder`` blocks),
+the rest is grouped into small dataclasses with nested YAML keys: ``objective`` (loss), ``optimiser`` (Adam +
+plateau, ``learning_rate_min`` ends training as in the original), ``init`` (initialisers), ``decoding`` and
+``media``. The vocabulary, FastText embedding matrix and pose statistics come from the data module's prepared
+artefact (``prepared``, linked from ``data.prepared_path``) and are saved in the checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -15,160 +21,364 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from typing_extensions import override
 
 from common.errors import InputError
+from common.io import load_cache
 from common.media import Video
 from common.metrics.dtw import DynamicTimeWarping
-from projects.pose.embeddings import embedding_matrix, load_fasttext, train_fasttext
+from projects.pose.embeddings import load_fasttext, word_vector
 from projects.pose.model import ProgressiveTransformer
 from projects.pose.skeleton import render_side_by_side
-from projects.pose.text import Vocabulary
+from projects.pose.vocabulary import UNK, Vocabulary, unknown_share_message
 
-DEFAULT_BLOCK = {"num_layers": 2, "num_heads": 4, "hidden_size": 64, "ff_size": 128, "dropout": 0.0,
-                 "embeddings": {"embedding_dim": 64, "dropout": 0.0}}
+DEFAULT_BLOCK = {
+    "num_layers": 2,
+    "num_heads": 4,
+    "hidden_size": 64,
+    "ff_size": 128,
+    "dropout": 0.0,
+    "freeze": False,
+    "embeddings": {"embedding_dim": 64, "dropout": 0.0, "scale": False, "freeze": False},
+}
 BASELINE_SUFFIX = "_mean_pose_baseline"
 
 
-def _block(given: dict | None) -> dict:
+@dataclass
+class Objective:
+    """The training loss: ``loss`` ``mse`` or ``l1`` over joints and counter (padding masked), the counter
+    column weighted by ``counter_weight`` (1.0 = the original), the total times ``loss_scale`` (original)."""
+
+    loss: str = "mse"
+    counter_weight: float = 1.0
+    loss_scale: float = 1.0
+
+
+@dataclass
+class Optimisation:
+    """Adam, and the original's plateau schedule on the dev DTW: stepped once per validation (``patience`` counts
+    validations), the rate times ``decrease_factor``; training ends once it falls below ``learning_rate_min``."""
+
+    learning_rate: float = 1e-3
+    learning_rate_min: float = 1e-8
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    patience: int = 7
+    decrease_factor: float = 0.7
+
+
+@dataclass
+class Initialisation:
+    """The original's initialisers (``xavier``, ``uniform``, ``normal``, ``zeros``) for weights, biases and the
+    decoder's frame embedding; FastText source embeddings are never re-initialised."""
+
+    initializer: str = "xavier"
+    init_weight: float = 0.01
+    init_gain: float = 1.0
+    bias_initializer: str = "zeros"
+    bias_init_weight: float = 0.01
+    embed_initializer: str = "xavier"
+    embed_init_weight: float = 0.01
+    embed_init_gain: float = 1.0
+
+
+@dataclass
+class Decoding:
+    """Progressive decoding: at most ``max_output_length`` frames; ``compare_gt_counter`` also logs the original
+    code's ground-truth-counter evaluation (for comparison with published numbers only)."""
+
+    max_output_length: int = 300
+    compare_gt_counter: bool = False
+
+
+@dataclass
+class MediaOptions:
+    """Skeleton videos: how many dev sentences, values per joint (null: 2 for ``trg_size`` 100, else 3) and the
+    bone list for other skeletons."""
+
+    num_media_samples: int = 2
+    skeleton_dims: int | None = None
+    skeleton_connections: list[list[int]] | None = None
+
+
+def _as(cls, value):
+    """A dataclass from itself, a dict (YAML, a checkpoint's plain hyper-parameters) or None (defaults)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    known = {f.name for f in fields(cls)}
+    unknown = set(value) - known
+    if unknown:
+        raise InputError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**value)
+
+
+def _block(given: dict | None, name: str) -> dict:
     block = {**DEFAULT_BLOCK, **(given or {})}
     block["embeddings"] = {**DEFAULT_BLOCK["embeddings"], **((given or {}).get("embeddings") or {})}
-    unknown = set(block) - set(DEFAULT_BLOCK) - {"type"}
+    unknown = set(block) - set(DEFAULT_BLOCK) - {"type", "decoder_trg_trg"}
+    unknown |= {f"embeddings.{k}" for k in set(block["embeddings"]) - set(DEFAULT_BLOCK["embeddings"])}
     if unknown:
-        raise InputError(f"unknown encoder/decoder keys {sorted(unknown)}; known: {sorted(DEFAULT_BLOCK)}")
+        raise InputError(
+            f"unknown model.init_args.{name} keys {sorted(unknown)}; known: {sorted(DEFAULT_BLOCK)}"
+        )
     if block.get("type", "transformer") != "transformer":
-        raise InputError(f"only transformer encoders/decoders exist here, got type '{block['type']}'")
+        raise InputError(f"model.init_args.{name}.type: only transformer exists here, got '{block['type']}'")
+    if not block.get("decoder_trg_trg", True):
+        raise InputError(
+            f"model.init_args.{name}.decoder_trg_trg: false is not supported (the decoder always "
+            "attends to its previous frames)"
+        )
     return block
 
 
 class PoseModule(pl.LightningModule):
     """Text -> pose Progressive Transformer with FastText source embeddings and DTW validation.
 
-    Validation decodes the whole dev set progressively (own counter, stop at ``stop_counter``) and logs
-    ``val/dtw_pt_l1_ref_len`` (the original's definition), ``val/dtw_l2_path_len``, the teacher-forced
+    Validation decodes the whole dev set progressively (own counter and stop rule) and logs
+    ``val/dtw_pt_l1_ref_len`` (the original's end-to-end definition), ``val/dtw_l2_path_len``, the teacher-forced
     ``val/loss`` and the mean-pose baseline ``val/dtw_pt_l1_ref_len_mean_pose_baseline``.
-    ``compare_gt_counter`` also logs ``val/dtw_pt_l1_ref_len_gt_counter_eval``: the original code's evaluation
-    (ground-truth counter fed in, ground-truth length), for comparison with published numbers only.
     """
+
+    # model init arg -> datamodule attribute; the CLI links them (apply_on="instantiate")
+    linked_from_data: ClassVar[dict[str, str]] = {
+        "trg_size": "trg_size",
+        "prepared": "prepared_path",
+        "fps": "fps",
+    }
 
     def __init__(
         self,
-        trg_size: int = 150,
+        trg_size: int | None = None,
         encoder: dict | None = None,
         decoder: dict | None = None,
         just_count_in: bool = False,
         gaussian_noise: bool = False,
         noise_rate: float = 5.0,
         future_prediction: int = 0,
-        loss: str = "mse",
-        counter_weight: float = 1.0,
         decoder_positions: bool = True,
-        learning_rate: float = 1e-3,
-        learning_rate_min: float = 2e-4,
-        weight_decay: float = 0.0,
-        patience: int = 7,
-        decrease_factor: float = 0.7,
-        initializer: str = "xavier",
-        init_gain: float = 1.0,
-        fasttext_path: str | None = None,
-        fasttext_epochs: int = 30,
-        fasttext_cache_dir: str = "data/generated/pose/fasttext",
         freeze_embeddings: bool = False,
-        min_freq: int = 1,
-        src_vocab: str | None = None,
-        max_output_length: int = 300,
-        stop_counter: float = 0.99,
-        compare_gt_counter: bool = False,
-        num_media_samples: int = 2,
-        skeleton_dims: int | None = None,
-        skeleton_connections: list[list[int]] | None = None,
-        fps: int = 12,
+        objective: Objective | None = None,
+        optimiser: Optimisation | None = None,
+        init: Initialisation | None = None,
+        decoding: Decoding | None = None,
+        media: MediaOptions | None = None,
+        prepared: str | None = None,
+        fps: int | None = None,
         torch_num_threads: int | None = None,
     ) -> None:
         super().__init__()
+        if trg_size is None:
+            raise InputError(
+                "model.init_args.trg_size is not set (tgm links it from data.init_args.trg_size)"
+            )
+        self.objective, self.optimiser = _as(Objective, objective), _as(Optimisation, optimiser)
+        self.init, self.decoding, self.media = (
+            _as(Initialisation, init),
+            _as(Decoding, decoding),
+            _as(MediaOptions, media),
+        )
+        groups = {
+            "objective": self.objective,
+            "optimiser": self.optimiser,
+            "init": self.init,
+            "decoding": self.decoding,
+            "media": self.media,
+        }
         self.save_hyperparameters()
-        if loss.lower() not in ("mse", "l1"):
-            raise InputError(f"model.loss must be 'mse' or 'l1', got '{loss}'")
-        enc, dec = _block(encoder), _block(decoder)
+        for name, group in groups.items():  # plain dicts in the checkpoint: it loads with weights_only=True
+            self.hparams[name] = asdict(group)
+        if self.objective.loss.lower() not in ("mse", "l1"):
+            raise InputError(
+                f"model.init_args.objective.loss must be 'mse' or 'l1', got '{self.objective.loss}'"
+            )
+        if just_count_in and gaussian_noise:
+            raise InputError(
+                "model.init_args: just_count_in and gaussian_noise cannot both be true (as the original)"
+            )
+        enc, dec = _block(encoder, "encoder"), _block(decoder, "decoder")
         if enc["hidden_size"] != dec["hidden_size"]:
-            raise InputError("encoder.hidden_size and decoder.hidden_size must be equal")
+            raise InputError("model.init_args: encoder.hidden_size and decoder.hidden_size must be equal")
+        if dec["embeddings"]["embedding_dim"] != dec["hidden_size"] and (decoder or {}).get("embeddings"):
+            raise InputError(
+                "model.init_args.decoder.embeddings.embedding_dim must equal decoder.hidden_size (the "
+                "frame embedding feeds the decoder layers directly, as in the original)"
+            )
+        for key in ("scale", "freeze"):
+            if dec["embeddings"][key]:
+                raise InputError(
+                    f"model.init_args.decoder.embeddings.{key}: the decoder's input is a linear layer "
+                    "over frames, not a word embedding; the original ignores it, set it false"
+                )
+        self.freeze_embeddings = freeze_embeddings or enc["embeddings"]["freeze"]
         self.net = ProgressiveTransformer(
-            trg_size=trg_size, hidden_size=enc["hidden_size"], num_heads=enc["num_heads"],
-            encoder_layers=enc["num_layers"], decoder_layers=dec["num_layers"], ff_size=enc["ff_size"],
-            dropout=enc["dropout"], embedding_dim=enc["embeddings"]["embedding_dim"],
-            embedding_dropout=enc["embeddings"]["dropout"], just_count_in=just_count_in,
-            future_prediction=future_prediction, max_positions=max(1024, max_output_length + 1),
-            decoder_positions=decoder_positions, decoder_heads=dec["num_heads"], decoder_ff_size=dec["ff_size"],
+            trg_size=trg_size,
+            hidden_size=enc["hidden_size"],
+            num_heads=enc["num_heads"],
+            encoder_layers=enc["num_layers"],
+            decoder_layers=dec["num_layers"],
+            ff_size=enc["ff_size"],
+            dropout=enc["dropout"],
+            embedding_dim=enc["embeddings"]["embedding_dim"],
+            embedding_dropout=enc["embeddings"]["dropout"],
+            embedding_scale=enc["embeddings"]["scale"],
+            decoder_embedding_dropout=dec["embeddings"]["dropout"],
+            just_count_in=just_count_in,
+            future_prediction=future_prediction,
+            max_positions=max(1024, self.decoding.max_output_length + 1),
+            decoder_positions=decoder_positions,
+            decoder_heads=dec["num_heads"],
+            decoder_ff_size=dec["ff_size"],
             decoder_dropout=dec["dropout"],
         )
-        self.net.reset_parameters(initializer, init_gain)
+        self.net.reset_parameters(
+            **{("gain" if k == "init_gain" else k): v for k, v in asdict(self.init).items()}
+        )
+        self.net.freeze(encoder=enc["freeze"], decoder=dec["freeze"])
         self.vocab: Vocabulary | None = None
+        self.fasttext_path: str | None = None
+        self._fasttext = None
         self.dtw = DynamicTimeWarping("pt")
         self.dtw_l2 = DynamicTimeWarping("l2_path")
         self.dtw_gt = DynamicTimeWarping("pt")
         self.register_buffer("mean_pose", torch.zeros(trg_size))
+        self.register_buffer("start_pose", torch.zeros(trg_size + 1))  # predict's start frame (frame 0 mean)
+        self.register_buffer("end_gap", torch.zeros(()))  # counter steps between the last frame and 1
         self.register_buffer("out_stds", torch.zeros(trg_size))  # per-joint error std of the last epoch
         self._noise_stats: list[Tensor] = []
         self._samples: list[dict] = []
-        self._baseline: dict[str, float] = {}
+        self._baseline: dict[tuple[str, int], float] = {}
+        self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._plateau_state: dict | None = None
+        self._token_counts = {"tokens": 0, "subword": 0, "unk": 0}
+        self._unknown: dict[str, int] = {}
 
-    # ----------------------------------------------------------------------------------- vocabulary & FastText
-    def build_vocabulary(self, train_tokens: list[list[str]]) -> None:
-        """Vocabulary from training sentences only, then the source embedding from FastText."""
-        hp = self.hparams
-        self.vocab = (Vocabulary.from_file(hp.src_vocab) if hp.src_vocab
-                      else Vocabulary.build(train_tokens, min_freq=hp.min_freq))
-        if hp.fasttext_path:
-            vectors = load_fasttext(hp.fasttext_path)
-        else:
-            dim = _block(hp.encoder)["embeddings"]["embedding_dim"]
-            vectors = train_fasttext(train_tokens, hp.fasttext_cache_dir, vector_size=dim, epochs=hp.fasttext_epochs)
-        weights, counts = embedding_matrix(self.vocab, vectors)
-        rank_zero_info(f"source embeddings from FastText: {len(self.vocab)} tokens, {counts}")
-        self.net.set_source_embeddings(weights, freeze=hp.freeze_embeddings, padding_idx=self.vocab.pad_index)
+    # ---------------------------------------------------------------------------- vocabulary & FastText
+    def load_prepared(self, path: str | Path) -> None:
+        """Vocabulary, FastText embedding matrix and pose statistics from the data module's prepared artefact."""
+        prepared = load_cache(
+            path, lambda p: torch.load(p, map_location="cpu", weights_only=True), "prepared data"
+        )
+        if prepared is None:
+            raise InputError(
+                f"model.init_args.prepared: '{path}' does not exist or could not be read; the data "
+                "module's prepare_data writes it (tgm fit runs it)"
+            )
+        self.vocab = Vocabulary(prepared["vocab"][4:])
+        self.fasttext_path = prepared["fasttext_path"]
+        self.net.set_source_embeddings(
+            prepared["embeddings"], freeze=self.freeze_embeddings, padding_idx=self.vocab.pad_index
+        )
+        self.mean_pose.copy_(prepared["mean_pose"])
+        self.start_pose.copy_(prepared["start_pose"])
+        self.end_gap.fill_(prepared["counter_end_gap"])
 
+    @override
     def setup(self, stage: str) -> None:
         if self.hparams.torch_num_threads:  # small models on shared CPUs: extra threads mostly spin and wait
             torch.set_num_threads(self.hparams.torch_num_threads)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_trg_size = getattr(datamodule, "trg_size", self.hparams.trg_size)
-        if data_trg_size != self.hparams.trg_size:
-            raise InputError(f"data.init_args.trg_size={data_trg_size} but model.init_args.trg_size="
-                             f"{self.hparams.trg_size}; both must be the joint values per frame (150 xyz, 100 xy)")
-        if stage == "fit" and self.vocab is None and datamodule is not None:
-            self.build_vocabulary(datamodule.train_tokens())
-            self.mean_pose.copy_(torch.as_tensor(datamodule.mean_pose()))
+        if stage == "fit" and self.vocab is None:
+            if self.hparams.prepared is None:
+                raise InputError(
+                    "model.init_args.prepared is not set: the path of the data module's prepared "
+                    "vocabulary and embeddings (linked from data.prepared_path by tgm)"
+                )
+            self.load_prepared(self.hparams.prepared)
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["pose_vocab"] = list(self.vocab.itos) if self.vocab else None
+        checkpoint["pose_fasttext_path"] = self.fasttext_path
+        checkpoint["pose_plateau"] = (
+            self._plateau.state_dict() if self._plateau is not None else self._plateau_state
+        )
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         itos = checkpoint.get("pose_vocab")
         if not itos:
-            raise KeyError("checkpoint has no 'pose_vocab'; it was not written by PoseModule")
+            raise InputError("checkpoint has no 'pose_vocab'; it was not written by PoseModule")
         self.vocab = Vocabulary(itos[4:])
+        self.fasttext_path = checkpoint.get("pose_fasttext_path")
+        self._plateau_state = checkpoint.get("pose_plateau")
         weights = checkpoint["state_dict"]["net.src_embed.weight"]
-        self.net.set_source_embeddings(weights, freeze=self.hparams.freeze_embeddings, padding_idx=self.vocab.pad_index)
+        self.net.set_source_embeddings(
+            weights, freeze=self.freeze_embeddings, padding_idx=self.vocab.pad_index
+        )
 
-    def encode_tokens(self, tokens: list[list[str]]) -> tuple[Tensor, Tensor]:
+    def fasttext_vectors(self):
+        """FastText vectors for words outside the vocabulary (loaded once); None when the model file is gone."""
+        if self._fasttext is None and self.fasttext_path:
+            try:
+                self._fasttext = load_fasttext(self.fasttext_path, "FastText model of this checkpoint")
+            except (OSError, InputError) as error:
+                warnings.warn(
+                    f"{error}; words outside the vocabulary become <unk>", UserWarning, stacklevel=2
+                )
+                self.fasttext_path = None
+        return self._fasttext
+
+    def encode_tokens(self, tokens: list[list[str]], subwords: bool = False):
+        """Ids and mask; with ``subwords``, also FastText vectors (and their mask) for words outside the
+        vocabulary that FastText can embed from character n-grams (counted for the predict report)."""
         if self.vocab is None:
-            raise RuntimeError("PoseModule has no vocabulary: train it (fit) or pass --ckpt_path")
+            raise InputError("PoseModule has no vocabulary: train it (fit) or pass --ckpt_path")
         ids = [torch.tensor(self.vocab.encode(t)) for t in tokens]
         src = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=self.vocab.pad_index)
-        return src.to(self.device), (src != self.vocab.pad_index).to(self.device)
+        mask = src != self.vocab.pad_index
+        vectors = vector_mask = None
+        fasttext = self.fasttext_vectors() if subwords else None
+        for sentence in tokens if subwords else []:
+            self._token_counts["tokens"] += len(sentence)
+        if subwords:
+            width = self.net.src_embed.embedding_dim
+            vectors = torch.zeros(*src.shape, width)
+            vector_mask = torch.zeros(src.shape, dtype=torch.bool)
+            for row, sentence in enumerate(tokens):
+                for column, token in enumerate(sentence):
+                    if token in self.vocab.stoi:
+                        continue
+                    vector = word_vector(fasttext, token) if fasttext is not None else None
+                    if vector is not None and len(vector) == width:
+                        vectors[row, column] = torch.from_numpy(np.asarray(vector, dtype=np.float32))
+                        vector_mask[row, column] = True
+                        self._token_counts["subword"] += 1
+                    else:
+                        self._token_counts["unk"] += 1
+                        self._unknown[token] = self._unknown.get(token, 0) + 1
+            vectors, vector_mask = vectors.to(self.device), vector_mask.to(self.device)
+        return src.to(self.device), mask.to(self.device), vectors, vector_mask
 
-    # ----------------------------------------------------------------------------------------------- training
-    def _targets(self, frames: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Decoder input (BOS + frames[:-1]), targets (F future frames' joints + counter) and their masks."""
-        batch, steps, width = frames.shape
-        bos = torch.zeros(batch, 1, width, device=frames.device)
-        trg_input = torch.cat([bos, frames[:, :-1]], dim=1)
+    # ------------------------------------------------------------------------------------------- training
+    def _check_width(self, frames: Tensor) -> None:
+        if frames.shape[-1] != self.hparams.trg_size + 1:
+            raise InputError(
+                f"the data has {frames.shape[-1] - 1} joint values per frame (data.init_args.trg_size) "
+                f"but model.init_args.trg_size={self.hparams.trg_size}; both must be the joint values "
+                "per frame (150 xyz, 100 xy)"
+            )
+
+    def _targets(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """Decoder input (start frame + frames[:-1]), targets (F future frames' joints + counter) and masks."""
+        frames, lengths = batch["frames"], batch["lengths"]
+        self._check_width(frames)
+        batch_size, steps, width = frames.shape
+        start = batch.get("start_frames")
+        start = torch.zeros(batch_size, width, device=frames.device) if start is None else start.to(frames)
+        trg_input = torch.cat([start[:, None], frames[:, :-1]], dim=1)
         valid = torch.arange(steps, device=frames.device)[None] < lengths[:, None]  # B x T
         future = self.net.future_frames
         joints = F.pad(frames[..., :-1], (0, 0, 0, future - 1))  # B x (T + F - 1) x J
         valid_future = F.pad(valid, (0, future - 1))
-        joint_targets = torch.cat([joints[:, k: k + steps] for k in range(future)], dim=-1)
-        joint_mask = torch.cat([valid_future[:, k: k + steps, None].expand(-1, -1, self.hparams.trg_size)
-                                for k in range(future)], dim=-1)
+        joint_targets = torch.cat([joints[:, k : k + steps] for k in range(future)], dim=-1)
+        joint_mask = torch.cat(
+            [
+                valid_future[:, k : k + steps, None].expand(-1, -1, self.hparams.trg_size)
+                for k in range(future)
+            ],
+            dim=-1,
+        )
         targets = torch.cat([joint_targets, frames[..., -1:]], dim=-1)
         mask = torch.cat([joint_mask, valid[..., None]], dim=-1)
         return trg_input, targets, mask & valid[..., None]
@@ -176,14 +386,15 @@ class PoseModule(pl.LightningModule):
     def _loss(self, output: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
         """Masked mean error over joints and counter. ``counter_weight`` (1.0 = the original: the counter is one
         value among ``trg_size + 1``) up-weights the counter column, which alone decides when decoding stops."""
-        error = (output - targets).abs() if self.hparams.loss.lower() == "l1" else (output - targets).square()
+        objective = self.objective
+        error = (output - targets).abs() if objective.loss.lower() == "l1" else (output - targets).square()
         weights = torch.ones(error.shape[-1], device=error.device, dtype=error.dtype)
-        weights[-1] = self.hparams.counter_weight
-        return (error * mask * weights).sum() / mask.sum().clamp(min=1)
+        weights[-1] = objective.counter_weight
+        return objective.loss_scale * (error * mask * weights).sum() / mask.sum().clamp(min=1)
 
     def forward_batch(self, batch: dict, noise: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        src, src_mask = self.encode_tokens(batch["tokens"])
-        trg_input, targets, mask = self._targets(batch["frames"], batch["lengths"])
+        src, src_mask, _, _ = self.encode_tokens(batch["tokens"])
+        trg_input, targets, mask = self._targets(batch)
         if noise and self.hparams.gaussian_noise and bool(self.out_stds.any()):
             # noise on input joints, scaled per joint by last epoch's error std; the counter stays clean
             joints_noise = torch.randn_like(trg_input[..., :-1]) * self.out_stds * self.hparams.noise_rate
@@ -191,6 +402,7 @@ class PoseModule(pl.LightningModule):
         output = self.net(src, src_mask, trg_input, trg_mask=mask[..., -1])
         return output, targets, mask
 
+    @override
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         output, targets, mask = self.forward_batch(batch, noise=True)
         loss = self._loss(output, targets, mask)
@@ -199,10 +411,12 @@ class PoseModule(pl.LightningModule):
             trg_size = self.hparams.trg_size
             valid = mask[..., 0]
             error = (output[..., :trg_size] - targets[..., :trg_size]).detach()[valid]
-            self._noise_stats.append(torch.stack([error.sum(0), error.square().sum(0),
-                                                  torch.full_like(error[0], error.shape[0])]))
+            self._noise_stats.append(
+                torch.stack([error.sum(0), error.square().sum(0), torch.full_like(error[0], error.shape[0])])
+            )
         return loss
 
+    @override
     def on_train_epoch_end(self) -> None:
         if self.hparams.gaussian_noise and self._noise_stats:
             stats = self.trainer.strategy.reduce(torch.stack(self._noise_stats).sum(0), reduce_op="sum")
@@ -211,57 +425,103 @@ class PoseModule(pl.LightningModule):
             self.out_stds.copy_(variance.clamp(min=0).sqrt())
             self._noise_stats.clear()
 
-    # --------------------------------------------------------------------------------------------- evaluation
-    def generate(self, tokens: list[list[str]], gt_counter: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        src, src_mask = self.encode_tokens(tokens)
-        return self.net.generate(src, src_mask, max_length=self.hparams.max_output_length,
-                                 stop_counter=self.hparams.stop_counter, gt_counter=gt_counter)
+    # ----------------------------------------------------------------------------------------- evaluation
+    def generate(
+        self, tokens: list[list[str]], start_frames: Tensor | None = None, gt_counter: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Progressive decoding from ``start_frames`` (default: the training start pose); words outside the
+        vocabulary get their FastText vectors."""
+        src, src_mask, vectors, vector_mask = self.encode_tokens(tokens, subwords=True)
+        if start_frames is None:
+            start_frames = self.start_pose.expand(len(tokens), -1)
+        return self.net.generate(
+            src,
+            src_mask,
+            max_length=self.decoding.max_output_length,
+            end_gap=float(self.end_gap),
+            gt_counter=gt_counter,
+            start_frames=start_frames,
+            src_vectors=vectors,
+            vector_mask=vector_mask,
+        )
 
     def _evaluate(self, batch: dict, batch_idx: int, prefix: str) -> None:
         size = len(batch["tokens"])
         output, targets, mask = self.forward_batch(batch)
         self.log(f"{prefix}/loss", self._loss(output, targets, mask), batch_size=size, sync_dist=True)
-        frames, lengths = self.generate(batch["tokens"])
-        bos = torch.zeros(size, 1, frames.shape[-1], device=frames.device)
-        hyps = [torch.cat([bos[i], frames[i, : lengths[i]]]) for i in range(size)]  # with BOS, as the original
+        start = batch["start_frames"].to(output)
+        frames, lengths = self.generate(batch["tokens"], start)
+        # the hypothesis starts with the start frame, as the original's decoder output (calculate_dtw drops it);
+        # the references are the targets: frames[1:] of 0-based (original) data, every frame of 1-based data
+        hyps = [torch.cat([start[i, None], frames[i, : lengths[i]]]) for i in range(size)]
         refs = [batch["frames"][i, : batch["lengths"][i]] for i in range(size)]
         self.dtw.update(hyps, refs)
         self.dtw_l2.update([h[1:] for h in hyps], refs)
         self.log(f"{prefix}/{self.dtw.name}", self.dtw, batch_size=size)
         self.log(f"{prefix}/{self.dtw_l2.name}", self.dtw_l2, batch_size=size)
-        self.log(f"{prefix}/predicted_frames_per_reference_frame",
-                 (lengths.float() / batch["lengths"].float()).mean(), batch_size=size, sync_dist=True)
-        if self.hparams.compare_gt_counter:
-            gt = batch["frames"][..., -1]
-            gt_frames, _ = self.generate(batch["tokens"], gt_counter=gt)
-            self.dtw_gt.update([torch.cat([bos[i], gt_frames[i, : batch["lengths"][i]]]) for i in range(size)], refs)
+        self.log(
+            f"{prefix}/predicted_frames_per_reference_frame",
+            (lengths.float() / batch["lengths"].float()).mean(),
+            batch_size=size,
+            sync_dist=True,
+        )
+        if self.decoding.compare_gt_counter:
+            gt_frames, _ = self.generate(batch["tokens"], start, gt_counter=batch["frames"][..., -1])
+            self.dtw_gt.update(
+                [torch.cat([start[i, None], gt_frames[i, : batch["lengths"][i]]]) for i in range(size)], refs
+            )
             self.log(f"{prefix}/{self.dtw.name}_gt_counter_eval", self.dtw_gt, batch_size=size)
         if batch_idx == 0 and prefix == "val":
-            self._samples = [{"text": batch["text"][i], "pred": hyps[i][1:].cpu().numpy(), "ref": refs[i].cpu().numpy()}
-                             for i in range(min(size, self.hparams.num_media_samples))]
-        if prefix not in self._baseline:
-            self._baseline_from_loader(prefix)
-        self.log(f"{prefix}/{self.dtw.name}{BASELINE_SUFFIX}", self._baseline[prefix], batch_size=size)
+            self._samples = [
+                {"text": batch["text"][i], "pred": hyps[i][1:].cpu().numpy(), "ref": refs[i].cpu().numpy()}
+                for i in range(min(size, self.media.num_media_samples))
+            ]
+        self.log(
+            f"{prefix}/{self.dtw.name}{BASELINE_SUFFIX}",
+            self._baseline_of_batch(prefix, batch_idx, start, refs),
+            batch_size=size,
+            sync_dist=True,
+        )
 
-    def _baseline_from_loader(self, prefix: str) -> None:
-        """DTW (original definition) of the training-set mean pose held for each reference's length, over the
-        whole split. Computed once per split: it does not depend on the model."""
-        datamodule = self.trainer.datamodule
-        split = {"val": "dev", "test": "test"}[prefix]
-        metric = DynamicTimeWarping("pt")
-        refs = [torch.from_numpy(e.frames) for e in datamodule.datasets[split].examples]
-        mean = self.mean_pose.cpu()
-        hyps = [torch.cat([torch.zeros(1, r.shape[1]),
-                           torch.cat([mean.expand(len(r), -1), r[:, -1:]], dim=1)]) for r in refs]
-        self._baseline[prefix] = float(metric.scores(hyps, refs).mean())
-        rank_zero_info(f"{prefix}: mean-pose baseline {metric.name} = {self._baseline[prefix]:.4f}")
+    def _baseline_of_batch(self, prefix: str, batch_idx: int, start: Tensor, refs: list[Tensor]) -> float:
+        """Mean DTW (original definition) of the training-set mean pose held for each reference's length; the
+        epoch mean weighted by batch size is the split's. Computed once per batch: it does not depend on the
+        model (evaluation loaders are not shuffled)."""
+        key = (prefix, batch_idx)
+        if key not in self._baseline:
+            mean = self.mean_pose.to(refs[0])
+            hyps = [
+                torch.cat([start[i, None], torch.cat([mean.expand(len(r), -1), r[:, -1:]], dim=1)])
+                for i, r in enumerate(refs)
+            ]
+            self._baseline[key] = float(DynamicTimeWarping("pt").scores(hyps, refs).mean())
+        return self._baseline[key]
 
+    @override
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
 
+    @override
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "test")
 
+    @override
+    def on_validation_epoch_end(self) -> None:
+        """The original's schedule: after every validation (not the sanity check) step the plateau scheduler on
+        the dev DTW, and end training once the learning rate is below ``learning_rate_min``."""
+        if self._plateau is None or self.trainer.sanity_checking or self.trainer.state.fn != "fit":
+            return
+        score = float(self.dtw.compute())
+        self._plateau.step(score)
+        rate = self._plateau.optimizer.param_groups[0]["lr"]
+        if rate < self.optimiser.learning_rate_min:
+            rank_zero_info(
+                f"training ends: learning rate {rate:.3g} < learning_rate_min "
+                f"{self.optimiser.learning_rate_min:.3g} (as the original)"
+            )
+            self.trainer.should_stop = True
+
+    @override
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         frames, lengths = self.generate(batch["tokens"])
         results = []
@@ -271,42 +531,76 @@ class PoseModule(pl.LightningModule):
             results.append({"name": batch["name"][i], "text": batch["text"][i], "frames": sequence})
         return results
 
+    @override
+    def on_predict_epoch_start(self) -> None:
+        self._token_counts = {"tokens": 0, "subword": 0, "unk": 0}
+        self._unknown = {}
+
+    @override
+    def on_predict_epoch_end(self) -> None:
+        """Report how many source words were outside the vocabulary and how they were embedded."""
+        counts = self._token_counts
+        total = counts["tokens"]
+        if not total:
+            return
+        outside = counts["subword"] + counts["unk"]
+        rank_zero_info(
+            f"predict: {outside} of {total} source tokens ({100 * outside / total:.1f} %) are not in the "
+            f"vocabulary: {counts['subword']} ({100 * counts['subword'] / total:.1f} %) took their FastText "
+            f"subword vector, {counts['unk']} ({100 * counts['unk'] / total:.1f} %) fell back to {UNK}"
+        )
+        from collections import Counter
+
+        message = unknown_share_message("predict", counts["unk"], total, Counter(self._unknown))
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=2)
+
     @property
     def video_fps(self) -> int:
-        """The data's frame rate (25 // skip_frames) when a datamodule is attached, else ``fps``."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        return int(getattr(datamodule, "fps", self.hparams.fps))
+        """The data's frame rate (25 // skip_frames), linked from the data module as ``fps``."""
+        return int(self.hparams.fps or 12)
 
     def skeleton_layout(self) -> tuple[int, list[tuple[int, int]] | None]:
         """Values per joint (``skeleton_dims``, else 2 for ``trg_size`` 100, 3 otherwise) and the bone list,
         shared by the validation videos and ``predict``'s writer so both draw the same skeleton."""
-        hp = self.hparams
-        dims = hp.skeleton_dims or (2 if hp.trg_size == 100 else 3)
-        if hp.trg_size % dims:
-            raise InputError(f"model.init_args.skeleton_dims={dims} does not divide trg_size={hp.trg_size}")
-        connections = [tuple(pair) for pair in hp.skeleton_connections] if hp.skeleton_connections else None
-        return dims, connections
+        trg_size = self.hparams.trg_size
+        dims = self.media.skeleton_dims or (2 if trg_size == 100 else 3)
+        if trg_size % dims:
+            raise InputError(
+                f"model.init_args.media.skeleton_dims={dims} does not divide trg_size={trg_size}"
+            )
+        connections = self.media.skeleton_connections
+        return dims, [tuple(pair) for pair in connections] if connections else None
 
     def media_samples(self) -> dict:
         """Predicted vs reference skeleton videos of the first dev sentences."""
         media = {}
         dims, connections = self.skeleton_layout()
         for index, sample in enumerate(self._samples):
-            frames = render_side_by_side([sample["pred"][:, :-1], sample["ref"][:, :-1]],
-                                         dims=dims, connections=connections)
+            frames = render_side_by_side(
+                [sample["pred"][:, :-1], sample["ref"][:, :-1]], dims=dims, connections=connections
+            )
             media[f"skeleton/dev_{index}"] = Video(frames, fps=self.video_fps, caption=sample["text"])
         return media
 
+    @override
     def configure_optimizers(self):
-        hp = self.hparams
+        """Adam; the plateau scheduler is stepped by :meth:`on_validation_epoch_end` (once per validation, as the
+        original, whether validation runs every N epochs or every N steps) and saved in the checkpoint."""
+        opt = self.optimiser
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=hp.decrease_factor, patience=hp.patience, min_lr=hp.learning_rate_min)
-        # step the plateau scheduler only on epochs that validate, so check_val_every_n_epoch > 1 works; with
-        # validation every N steps (check_val_every_n_epoch: null, the original's validation_freq) it steps at each
-        # epoch end on the latest DTW, skipping (with a warning) epochs before the first validation
-        every = getattr(self._trainer, "check_val_every_n_epoch", 1) if self._trainer is not None else 1
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": f"val/{self.dtw.name}", "interval": "epoch",
-                                 "frequency": int(every or 1), "strict": every is not None}}
+        optimizer = torch.optim.Adam(
+            params, lr=opt.learning_rate, weight_decay=opt.weight_decay, betas=tuple(opt.adam_betas)
+        )
+        # the original: threshold_mode abs, threshold 1e-8, no floor (learning_rate_min ends training instead)
+        self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="min",
+            factor=opt.decrease_factor,
+            patience=opt.patience,
+            threshold=1e-8,
+            threshold_mode="abs",
+        )
+        if self._plateau_state:
+            self._plateau.load_state_dict(self._plateau_state)
+        return optimizer

@@ -26,13 +26,24 @@ def _hand(root: int, wrist: int) -> list[tuple[int, int]]:
 
 # (start joint, end joint) pairs: head, shoulders, arms, then the two hands (palm bones + three-bone fingers).
 PT_CONNECTIONS: list[tuple[int, int]] = [
-    (0, 1), (1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 7),
+    (0, 1),
+    (1, 2),
+    (2, 3),
+    (3, 4),
+    (1, 5),
+    (5, 6),
+    (6, 7),
     *_hand(root=8, wrist=7),
     *_hand(root=29, wrist=4),
 ]
 GROUP_COLOURS = {
-    "body": (60, 60, 60), "hand_a_palm": (200, 60, 60), "hand_b_palm": (60, 60, 200),
-    "thumb": (230, 150, 30), "index": (40, 160, 40), "middle": (30, 150, 200), "ring": (150, 60, 200),
+    "body": (60, 60, 60),
+    "hand_a_palm": (200, 60, 60),
+    "hand_b_palm": (60, 60, 200),
+    "thumb": (230, 150, 30),
+    "index": (40, 160, 40),
+    "middle": (30, 150, 200),
+    "ring": (150, 60, 200),
     "little": (220, 60, 160),
 }
 FINGERS = ("thumb", "index", "middle", "ring", "little")
@@ -104,11 +115,19 @@ def render_side_by_side(
             pixels = (joints[min(t, len(joints) - 1)] - low) * scale + margin
             pixels[:, 0] += panel * size
             pixels[:, 1] += 16
-            draw.text((panel * size + 4, 2), f"{title} {min(t, len(joints) - 1) + 1}/{len(joints)}", fill=(0, 0, 0),
-                      font=_font())
+            draw.text(
+                (panel * size + 4, 2),
+                f"{title} {min(t, len(joints) - 1) + 1}/{len(joints)}",
+                fill=(0, 0, 0),
+                font=_font(),
+            )
             for (a, b), group in zip(connections, groups, strict=True):
                 if a < len(pixels) and b < len(pixels):
-                    draw.line([tuple(pixels[a]), tuple(pixels[b])], fill=GROUP_COLOURS.get(group, (0, 0, 0)), width=2)
+                    draw.line(
+                        [tuple(pixels[a]), tuple(pixels[b])],
+                        fill=GROUP_COLOURS.get(group, (0, 0, 0)),
+                        width=2,
+                    )
             if panel:
                 draw.line([(panel * size, 0), (panel * size, size + 16)], fill=(180, 180, 180))
         frames[t] = np.asarray(canvas)

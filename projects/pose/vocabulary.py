@@ -1,4 +1,5 @@
-"""Turkish-aware tokenisation and the source vocabulary (built from training data only)."""
+"""Source tokenisation (Turkish-aware, or whitespace-only as Progressive Transformers) and the source vocabulary
+(built from training data only)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from common.errors import InputError, MissingInputError
+from common.io import read_lines
 
 UNK, PAD, BOS, EOS = "<unk>", "<pad>", "<bos>", "<eos>"
 SPECIALS = (UNK, PAD, BOS, EOS)
 # words may carry a Turkish suffix after an apostrophe (İstanbul'a); every other punctuation mark is a token
 TOKEN_PATTERN = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
-PUNCTUATION_MODES = ("split", "drop")
+# split: marks are tokens of their own; drop: marks are removed; whitespace: split on whitespace only, nothing
+# else (the original's ``str.split()``: ``ES-BEDEUTET`` and ``gut,`` stay one token each)
+PUNCTUATION_MODES = ("split", "drop", "whitespace")
 
 
 def turkish_lower(text: str) -> str:
@@ -31,11 +35,14 @@ def turkish_upper_first(text: str) -> str:
 
 
 def tokenize(text: str, lowercase: bool = True, punctuation: str = "split") -> list[str]:
-    """Split a sentence into word tokens; ``punctuation`` either keeps marks as own tokens or drops them."""
+    """Split a sentence into tokens; ``punctuation`` keeps marks as own tokens (``split``), drops them (``drop``)
+    or leaves the text alone and splits on whitespace only (``whitespace``, as the original)."""
     if punctuation not in PUNCTUATION_MODES:
-        raise InputError(f"punctuation must be one of {PUNCTUATION_MODES}, got '{punctuation}'")
+        raise InputError(f"data.punctuation must be one of {PUNCTUATION_MODES}, got '{punctuation}'")
     if lowercase:
         text = turkish_lower(text)
+    if punctuation == "whitespace":
+        return text.split()
     tokens = TOKEN_PATTERN.findall(text)
     if punctuation == "drop":
         tokens = [t for t in tokens if re.match(r"\w", t)]
@@ -50,7 +57,9 @@ class Vocabulary:
         self.stoi = {token: index for index, token in enumerate(self.itos)}
 
     @classmethod
-    def build(cls, sentences: Iterable[list[str]], min_freq: int = 1, max_size: int | None = None) -> Vocabulary:
+    def build(
+        cls, sentences: Iterable[list[str]], min_freq: int = 1, max_size: int | None = None
+    ) -> Vocabulary:
         """From tokenised *training* sentences: tokens seen at least ``min_freq`` times, most frequent first."""
         counts = Counter(token for sentence in sentences for token in sentence)
         ranked = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
@@ -62,7 +71,7 @@ class Vocabulary:
         path = Path(path)
         if not path.is_file():
             raise MissingInputError(f"src_vocab file '{path}' does not exist")
-        return cls(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        return cls(line.strip() for line in read_lines(path) if line.strip())
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -74,3 +83,27 @@ class Vocabulary:
     def encode(self, tokens: list[str], add_eos: bool = True) -> list[int]:
         ids = [self.stoi.get(token, self.stoi[UNK]) for token in tokens]
         return ids + [self.stoi[EOS]] if add_eos else ids
+
+    def unknown(self, sentences: Iterable[list[str]]) -> tuple[int, int, Counter]:
+        """(tokens not in the vocabulary, all tokens, the unknown ones counted) over ``sentences``."""
+        missing: Counter = Counter()
+        total = 0
+        for sentence in sentences:
+            total += len(sentence)
+            missing.update(token for token in sentence if token not in self.stoi)
+        return sum(missing.values()), total, missing
+
+
+UNKNOWN_SHARE_WARNING = 0.05  # warn when more than this share of source tokens is unknown
+
+
+def unknown_share_message(what: str, unknown: int, total: int, missing: Counter) -> str | None:
+    """A warning line when more than ``UNKNOWN_SHARE_WARNING`` of ``what``'s tokens are unknown, else None."""
+    if not total or unknown / total <= UNKNOWN_SHARE_WARNING:
+        return None
+    examples = ", ".join(repr(token) for token, _ in missing.most_common(5))
+    return (
+        f"{what}: {unknown} of {total} source tokens ({100 * unknown / total:.1f} %) are not in the "
+        f"vocabulary and become <unk> (most frequent: {examples}); check the tokenisation "
+        "(data.lowercase / data.punctuation) against the vocabulary"
+    )

@@ -11,7 +11,7 @@ import torch
 from common.cli import run_cli
 from projects.pose.data import PoseDataModule
 from projects.pose.formats import read_split
-from projects.pose.synthetic import generate_corpus
+from projects.pose.generate import generate_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "pose" / "tiny.yaml")
@@ -21,14 +21,24 @@ CSV = str(ROOT / "configs" / "logger" / "csv.yaml")
 def common_args(tmp_path: Path) -> list[str]:
     data = tmp_path / "data"
     return [
-        "--config", TINY, "--config", CSV,
-        "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "csv"),
-        "--checkpoint.dirpath", str(tmp_path / "ckpt"),
-        "--data.init_args.train", str(data / "train"),
-        "--data.init_args.dev", str(data / "dev"),
-        "--data.init_args.test", str(data / "test"),
-        "--model.init_args.fasttext_cache_dir", str(tmp_path / "fasttext"),
+        "--config",
+        TINY,
+        "--config",
+        CSV,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "csv"),
+        "--checkpoint.dirpath",
+        str(tmp_path / "ckpt"),
+        "--data.init_args.train",
+        str(data / "train"),
+        "--data.init_args.dev",
+        str(data / "dev"),
+        "--data.init_args.test",
+        str(data / "test"),
+        "--data.init_args.cache_dir",
+        str(tmp_path / "prepared"),
     ]
 
 
@@ -52,8 +62,18 @@ def test_fit_then_predict_round_trip(tmp_path):
     assert stds.gt(0).all()  # gaussian_noise: last epoch's per-joint error std, used as noise scale
 
     # --ckpt_path last resumes: vocabulary, noise statistics and step count come back from the checkpoint
-    resumed = run_cli(["fit", *common_args(tmp_path), "--trainer.max_epochs", "3", "--ckpt_path", "last",
-                       "--trainer.limit_train_batches", "1"])
+    resumed = run_cli(
+        [
+            "fit",
+            *common_args(tmp_path),
+            "--trainer.max_epochs",
+            "3",
+            "--ckpt_path",
+            "last",
+            "--trainer.limit_train_batches",
+            "1",
+        ]
+    )
     assert resumed.model.vocab.itos == vocab
     assert resumed.trainer.global_step == steps + 1
     checkpoint = tmp_path / "ckpt" / "last.ckpt"
@@ -61,9 +81,18 @@ def test_fit_then_predict_round_trip(tmp_path):
     sentences = tmp_path / "sentences.txt"
     sentences.write_text("Merhaba ben.\nİyi okul\nbilinmeyen kelime\n", encoding="utf-8")
     out = tmp_path / "predictions"
-    run_cli(["predict", *common_args(tmp_path), "--ckpt_path", str(checkpoint),
-             "--data.init_args.predict_file", str(sentences),
-             "--trainer.callbacks.init_args.output_dir", str(out)])
+    run_cli(
+        [
+            "predict",
+            *common_args(tmp_path),
+            "--ckpt_path",
+            str(checkpoint),
+            "--data.init_args.predict_file",
+            str(sentences),
+            "--trainer.callbacks.init_args.output_dir",
+            str(out),
+        ]
+    )
     examples = read_split(out / "predict", trg_size=150)
     assert [e.text for e in examples] == ["Merhaba ben.", "İyi okul", "bilinmeyen kelime"]
     for example in examples:
@@ -82,12 +111,22 @@ def test_fit_then_predict_round_trip(tmp_path):
 
 
 def test_synthetic_corpus_is_deterministic_and_reused(tmp_path):
-    settings = {"num_train": 6, "num_dev": 2, "num_test": 2, "num_words": 6, "min_words": 1, "max_words": 3,
-                "seed": 5, "align": 2}
+    settings = {
+        "num_train": 6,
+        "num_dev": 2,
+        "num_test": 2,
+        "num_words": 6,
+        "min_words": 1,
+        "max_words": 3,
+        "seed": 5,
+        "align": 2,
+    }
     generate_corpus(tmp_path / "a", **settings)
     generate_corpus(tmp_path / "b", **settings)
     for ext in ("text", "skels", "files"):
-        assert (tmp_path / "a" / f"train.{ext}").read_bytes() == (tmp_path / "b" / f"train.{ext}").read_bytes()
+        assert (tmp_path / "a" / f"train.{ext}").read_bytes() == (
+            tmp_path / "b" / f"train.{ext}"
+        ).read_bytes()
     stamp = (tmp_path / "a" / "train.skels").stat().st_mtime_ns
     generate_corpus(tmp_path / "a", **settings)  # manifest matches: nothing rewritten
     assert (tmp_path / "a" / "train.skels").stat().st_mtime_ns == stamp

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from common.cli import run_cli
-from projects.pose.convert_config import convert, main
+from common.errors import InputError
+from projects.pose.convert_config import MAPPING, NOTES, convert, main
 
 BASE_YAML = """
 name: "Base"
@@ -76,9 +77,16 @@ def test_base_yaml_maps_one_to_one(tmp_path, capsys):
     data, model = config["data"]["init_args"], config["model"]["init_args"]
     assert data["src"] == "gloss" and data["train"] == "./Data/tmp/train" and data["skip_frames"] == 1
     assert data["batch_size"] == 8 and data["trg_size"] == 150 and data["synthetic"] is None
-    assert model["loss"] == "mse" and model["noise_rate"] == 5 and model["encoder"]["hidden_size"] == 512
+    assert "trg_size" not in model  # linked from the data module
+    assert (
+        model["objective"]["loss"] == "mse"
+        and model["noise_rate"] == 5
+        and model["encoder"]["hidden_size"] == 512
+    )
     assert config["trainer"]["gradient_clip_val"] == 5.0 and config["trainer"]["max_epochs"] == 20000
-    assert config["trainer"]["val_check_interval"] == 10 and config["trainer"]["check_val_every_n_epoch"] is None
+    assert (
+        config["trainer"]["val_check_interval"] == 10 and config["trainer"]["check_val_every_n_epoch"] is None
+    )
     assert config["seed_everything"] == 27 and config["checkpoint"]["dirpath"] == "./Models/Base"
     assert any(note.startswith("training.use_cuda") for note in notes)
 
@@ -96,5 +104,79 @@ def test_base_yaml_maps_one_to_one(tmp_path, capsys):
 
 
 def test_unknown_key_is_named():
-    with pytest.raises(KeyError, match=r"Base.yaml: unknown Progressive Transformers keys \['model.attention'\]"):
+    with pytest.raises(
+        InputError, match=r"Base.yaml: unknown Progressive Transformers keys \['model.attention'\]"
+    ):
         convert({"model": {"attention": "luong"}}, "Base.yaml")
+
+
+def test_unknown_key_is_one_line_and_exit_2(tmp_path, capsys):
+    path = tmp_path / "Base.yaml"
+    path.write_text("training:\n  epochs: 3\n  learning_rate_minimum: 0.1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "training.learning_rate_minimum" in err
+
+
+PT_READ_KEYS = {  # keys the original's code reads that the converter used to reject with a KeyError traceback
+    "name": "Base",
+    "data": {"src_voc_limit": 1000, "src_voc_min_freq": 2, "val_on_train": False},
+    "training": {
+        "eval_batch_size": 16,
+        "clip_grad_val": 1.0,
+        "adam_betas": [0.9, 0.98],
+        "batch_multiplier": 2,
+        "batch_type": "sentence",
+        "eval_batch_type": "sentence",
+    },
+    "model": {
+        "init_weight": 0.02,
+        "bias_init_weight": 0.01,
+        "embed_init_weight": 0.1,
+        "count_in": True,
+        "loss_scale": 2.0,
+    },
+    "testing": {"beam_size": 1, "alpha": -1},
+}
+
+
+def test_every_key_the_original_reads_is_mapped():
+    config, notes = convert(PT_READ_KEYS)
+    data, model, trainer = config["data"]["init_args"], config["model"]["init_args"], config["trainer"]
+    assert (data["src_voc_limit"], data["src_voc_min_freq"], data["eval_batch_size"]) == (1000, 2, 16)
+    assert (trainer["gradient_clip_val"], trainer["gradient_clip_algorithm"]) == (1.0, "value")
+    assert trainer["accumulate_grad_batches"] == 2 and model["optimiser"]["adam_betas"] == [0.9, 0.98]
+    assert model["init"] == {"init_weight": 0.02, "bias_init_weight": 0.01, "embed_init_weight": 0.1}
+    assert model["objective"]["loss_scale"] == 2.0
+    assert {note.split(":")[0] for note in notes} >= {
+        "name",
+        "testing.beam_size",
+        "testing.alpha",
+        "model.count_in",
+    }
+    assert {name for name, target in MAPPING.items() if target is None} == set(NOTES)  # every note says why
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("training.optimizer", "sgd"),
+        ("training.scheduling", "noam"),
+        ("training.eval_metric", "bleu"),
+        ("data.val_on_train", True),
+    ],
+)
+def test_values_that_select_something_else_are_refused(key, value):
+    section, name = key.split(".")
+    with pytest.raises(InputError, match=rf"{key}: .* is not supported here"):
+        convert({section: {name: value}})
+
+
+def test_converted_config_tokenises_as_the_original_and_writes_predictions():
+    config, _ = convert(yaml.safe_load(BASE_YAML))
+    data = config["data"]["init_args"]
+    assert data["lowercase"] is False and data["punctuation"] == "whitespace"
+    writers = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("PosePredictionWriter")]
+    assert writers and writers[0]["init_args"]["output_dir"] == "./Models/Base/predictions"

@@ -19,8 +19,11 @@ def reference_dtw(x: np.ndarray, y: np.ndarray, dist) -> tuple[float, int]:
     acc[0, 0] = 0.0
     for i in range(1, n + 1):
         for j in range(1, m + 1):
-            options = [(acc[i - 1, j - 1], steps[i - 1, j - 1]), (acc[i - 1, j], steps[i - 1, j]),
-                       (acc[i, j - 1], steps[i, j - 1])]
+            options = [
+                (acc[i - 1, j - 1], steps[i - 1, j - 1]),
+                (acc[i - 1, j], steps[i - 1, j]),
+                (acc[i, j - 1], steps[i, j - 1]),
+            ]
             best, best_steps = min(options, key=lambda o: o[0])
             acc[i, j] = dist(x[i - 1], y[j - 1]) + best
             steps[i, j] = best_steps + 1
@@ -72,8 +75,13 @@ def test_known_sequence_by_hand():
 def test_batched_wavefront_matches_python_dp(frame_cost, dist):
     rng = np.random.default_rng(0)
     xs, ys = random_sequences(rng, 7, 5, counter=False), random_sequences(rng, 7, 5, counter=False)
-    totals, steps = dtw_many([torch.tensor(x) for x in xs], [torch.tensor(y) for y in ys], frame_cost,
-                             return_path_length=True, chunk_size=3)
+    totals, steps = dtw_many(
+        [torch.tensor(x) for x in xs],
+        [torch.tensor(y) for y in ys],
+        frame_cost,
+        return_path_length=True,
+        chunk_size=3,
+    )
     for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
         expected, expected_steps = reference_dtw(x, y, dist)
         assert totals[i].item() == pytest.approx(expected, rel=1e-9)
@@ -84,8 +92,9 @@ def test_squared_euclidean_matches_dtaidistance():
     dtw_ndim = pytest.importorskip("dtaidistance.dtw_ndim")
     rng = np.random.default_rng(1)
     xs, ys = random_sequences(rng, 5, 4, counter=False), random_sequences(rng, 5, 4, counter=False)
-    totals, steps = dtw_batch([torch.tensor(x) for x in xs], [torch.tensor(y) for y in ys], "sqeuclidean",
-                              return_path_length=True)
+    totals, steps = dtw_batch(
+        [torch.tensor(x) for x in xs], [torch.tensor(y) for y in ys], "sqeuclidean", return_path_length=True
+    )
     for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
         # dtaidistance returns sqrt(sum of squared frame distances along the optimal path)
         assert math.sqrt(totals[i].item()) == pytest.approx(dtw_ndim.distance(x, y, use_c=True), rel=1e-9)
@@ -106,7 +115,9 @@ def test_pt_definition_matches_original_code():
     np.testing.assert_allclose(scores.numpy(), original_calculate_dtw(refs, hyps), rtol=1e-9)
     metric.update([torch.tensor(h) for h in hyps[:2]], [torch.tensor(r) for r in refs[:2]])
     metric.update([torch.tensor(h) for h in hyps[2:]], [torch.tensor(r) for r in refs[2:]])
-    assert metric.compute().item() == pytest.approx(float(np.mean(original_calculate_dtw(refs, hyps))), rel=1e-6)
+    assert metric.compute().item() == pytest.approx(
+        float(np.mean(original_calculate_dtw(refs, hyps))), rel=1e-6
+    )
 
 
 def test_l2_path_definition_and_padded_input():
@@ -117,8 +128,9 @@ def test_l2_path_definition_and_padded_input():
     assert metric.name == "dtw_l2_path_len"
     padded_h = torch.nn.utils.rnn.pad_sequence([torch.tensor(h) for h in hyps], batch_first=True)
     padded_r = torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in refs], batch_first=True)
-    scores = metric.scores(padded_h, padded_r, torch.tensor([len(h) for h in hyps]),
-                           torch.tensor([len(r) for r in refs]))
+    scores = metric.scores(
+        padded_h, padded_r, torch.tensor([len(h) for h in hyps]), torch.tensor([len(r) for r in refs])
+    )
     for i in range(4):
         total, steps = reference_dtw(refs[i][:, :-1], hyps[i][:, :-1], euclid)
         assert scores[i].item() == pytest.approx(total / steps, rel=1e-9)

@@ -10,9 +10,14 @@ from projects.pose.data import PoseDataModule
 from projects.pose.embeddings import embedding_matrix, load_fasttext, train_fasttext
 from projects.pose.formats import progress_counter, write_split
 from projects.pose.module import PoseModule
-from projects.pose.text import Vocabulary
+from projects.pose.vocabulary import Vocabulary
 
-SENTENCES = [["okul", "ev", "gitmek"], ["ben", "okula", "gidiyorum"], ["ev", "güzel"], ["kitap", "okumak"]] * 5
+SENTENCES = [
+    ["okul", "ev", "gitmek"],
+    ["ben", "okula", "gidiyorum"],
+    ["ev", "güzel"],
+    ["kitap", "okumak"],
+] * 5
 DIM = 8
 
 
@@ -50,11 +55,24 @@ def test_load_gensim_and_facebook_models_with_oov_subwords(gensim_model, filenam
 
 
 def test_missing_fasttext_file_names_the_config_key(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"model.init_args.fasttext_path: FastText model file .*nope.bin"):
+    with pytest.raises(
+        FileNotFoundError, match=r"data.init_args.fasttext_path: FastText model file .*nope.bin"
+    ):
         load_fasttext(tmp_path / "nope.bin")
-    module = PoseModule(trg_size=6, fasttext_path=str(tmp_path / "FastText_large.model"))
+    write_split(tmp_path / "train", ["okul ev"], [frames(4)], ["a"])
+    dm = PoseDataModule(
+        train=str(tmp_path / "train"),
+        dev=str(tmp_path / "train"),
+        trg_size=6,
+        fasttext_path=str(tmp_path / "FastText_large.model"),
+        cache_dir=str(tmp_path / "prep"),
+    )
     with pytest.raises(FileNotFoundError, match="FastText_large.model' does not exist"):
-        module.build_vocabulary(SENTENCES)
+        dm.prepare_data()
+
+
+def frames(n: int) -> np.ndarray:
+    return np.concatenate([np.random.default_rng(n).normal(size=(n, 6)), progress_counter(n)[:, None]], 1)
 
 
 def test_trained_fasttext_is_cached(tmp_path):
@@ -69,23 +87,44 @@ def test_trained_fasttext_is_cached(tmp_path):
     assert len(list(tmp_path.glob("fasttext_*.model"))) == 2
 
 
-def module_with_fasttext(path, freeze: bool) -> PoseModule:
+def module_with_fasttext(path, freeze: bool, tmp_path) -> PoseModule:
+    write_split(tmp_path / "train", ["okul ev", "kitaplar okul"], [frames(4), frames(5)], ["a", "b"])
+    dm = PoseDataModule(
+        train=str(tmp_path / "train"),
+        dev=str(tmp_path / "train"),
+        trg_size=6,
+        fasttext_path=str(path),
+        cache_dir=str(tmp_path / "prep"),
+    )
+    dm.prepare_data()  # "kitaplar" is not in FastText's vocabulary
     torch.manual_seed(0)
-    block = {"hidden_size": 16, "num_heads": 2, "num_layers": 1, "ff_size": 32, "embeddings": {"embedding_dim": DIM}}
-    module = PoseModule(trg_size=6, encoder=block, decoder={k: v for k, v in block.items() if k != "embeddings"},
-                        fasttext_path=str(path), freeze_embeddings=freeze)
-    module.build_vocabulary([["okul", "ev"], ["kitaplar", "okul"]])  # "kitaplar" is not in FastText's vocabulary
+    block = {
+        "hidden_size": 16,
+        "num_heads": 2,
+        "num_layers": 1,
+        "ff_size": 32,
+        "embeddings": {"embedding_dim": DIM},
+    }
+    module = PoseModule(
+        trg_size=6,
+        encoder=block,
+        decoder={k: v for k, v in block.items() if k != "embeddings"},
+        freeze_embeddings=freeze,
+        prepared=dm.prepared_path,
+    )
+    module.setup("fit")
     return module
 
 
 @pytest.mark.parametrize("freeze", [True, False])
-def test_fasttext_vectors_survive_init_and_freeze_option(gensim_model, freeze):
+def test_fasttext_vectors_survive_init_and_freeze_option(gensim_model, freeze, tmp_path):
     model, folder = gensim_model
-    module = module_with_fasttext(folder / "FastText_small.model", freeze)
+    module = module_with_fasttext(folder / "FastText_small.model", freeze, tmp_path)
     weight = module.net.src_embed.weight
     for word in ("okul", "ev", "kitaplar"):
-        np.testing.assert_allclose(weight[module.vocab.stoi[word]].detach().numpy(), model.wv[word], rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            weight[module.vocab.stoi[word]].detach().numpy(), model.wv[word], rtol=1e-5, atol=1e-6
+        )
     loaded = weight.detach().clone()
     # the Turkish fork re-initialised every "embed" parameter after loading: here init skips src_embed
     module.net.reset_parameters("xavier")
@@ -93,8 +132,13 @@ def test_fasttext_vectors_survive_init_and_freeze_option(gensim_model, freeze):
     torch.testing.assert_close(module.net.src_embed.weight.detach(), loaded)
     assert module.net.src_embed.weight.requires_grad is (not freeze)
 
-    frames = torch.cat([torch.randn(1, 5, 6), torch.from_numpy(progress_counter(5))[None, :, None]], dim=-1)
-    batch = {"tokens": [["okul", "kitaplar"]], "frames": frames, "lengths": torch.tensor([5])}
+    sequence = torch.cat([torch.randn(1, 5, 6), torch.from_numpy(progress_counter(5))[None, :, None]], dim=-1)
+    batch = {
+        "tokens": [["okul", "kitaplar"]],
+        "frames": sequence,
+        "lengths": torch.tensor([5]),
+        "start_frames": torch.zeros(1, 7),
+    }
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-2)
     output, targets, mask = module.forward_batch(batch)
     module._loss(output, targets, mask).backward()
@@ -104,18 +148,49 @@ def test_fasttext_vectors_survive_init_and_freeze_option(gensim_model, freeze):
 
 
 def test_vocabulary_from_training_split_only(tmp_path):
-    rng = np.random.default_rng(0)
-
-    def sequences(count):
-        return [np.concatenate([rng.normal(size=(4, 6)), progress_counter(4)[:, None]], 1) for _ in range(count)]
-
-    write_split(tmp_path / "train", ["Okul ev.", "IRMAK ılık!"], sequences(2), ["a", "b"])
-    write_split(tmp_path / "dev", ["Sadece dev kelimesi."], sequences(1), ["c"])
-    dm = PoseDataModule(train=str(tmp_path / "train"), dev=str(tmp_path / "dev"), test=None, trg_size=6)
-    dm.setup("fit")
-    module = PoseModule(trg_size=6, fasttext_epochs=1, fasttext_cache_dir=str(tmp_path / "ft"),
-                        encoder={"embeddings": {"embedding_dim": DIM}})
-    module.build_vocabulary(dm.train_tokens())
-    assert set(module.vocab.itos) == {"<unk>", "<pad>", "<bos>", "<eos>", "okul", "ev", ".", "ırmak", "ılık", "!"}
+    write_split(tmp_path / "train", ["Okul ev.", "IRMAK ılık!"], [frames(4), frames(5)], ["a", "b"])
+    write_split(tmp_path / "dev", ["Sadece dev kelimesi."], [frames(3)], ["c"])
+    dm = PoseDataModule(
+        train=str(tmp_path / "train"),
+        dev=str(tmp_path / "dev"),
+        test=None,
+        trg_size=6,
+        fasttext_dim=DIM,
+        fasttext_epochs=1,
+        cache_dir=str(tmp_path / "prep"),
+    )
+    dm.prepare_data()
+    module = PoseModule(trg_size=6, encoder={"embeddings": {"embedding_dim": DIM}}, prepared=dm.prepared_path)
+    module.setup("fit")
+    assert set(module.vocab.itos) == {
+        "<unk>",
+        "<pad>",
+        "<bos>",
+        "<eos>",
+        "okul",
+        "ev",
+        ".",
+        "ırmak",
+        "ılık",
+        "!",
+    }
     assert module.vocab.encode(["sadece"], add_eos=False) == [module.vocab.stoi["<unk>"]]
     assert module.net.src_embed.weight.shape == (len(module.vocab), DIM)
+
+
+def test_train_command_writes_a_model_configs_can_use(tmp_path, capsys):
+    """python -m projects.pose.embeddings train CORPUS OUT: gensim .model or Facebook .bin, OOV by subwords."""
+    from projects.pose.embeddings import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Okul çok güzel.\nBen okula gidiyorum.\nKitaplar evde.\n" * 10, encoding="utf-8")
+    for name in ("tr.model", "tr.bin"):
+        main(["train", str(corpus), str(tmp_path / name), "--dim", "8", "--epochs", "2", "--bucket", "2000"])
+        assert "FastText 8-d on 30 sentences" in capsys.readouterr().out
+        vectors = load_fasttext(tmp_path / name)
+        assert vectors.vector_size == 8 and "okul" in vectors.key_to_index  # lower-cased as data.lowercase
+        assert "okullarımız" not in vectors.key_to_index and np.abs(vectors["okullarımız"]).sum() > 0
+    corpus.write_bytes("Okul güzel\nIşık\n".encode("cp1254"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(corpus), str(tmp_path / "x.model")])
+    assert exit_info.value.code == 2 and "corpus.txt:1: not UTF-8" in capsys.readouterr().err

@@ -9,14 +9,17 @@ import pytest
 
 from projects.pose.data import PoseDataModule
 from projects.pose.formats import PoseDataError, progress_counter, read_split, write_split
-from projects.pose.text import Vocabulary, tokenize, turkish_lower
+from projects.pose.vocabulary import Vocabulary, tokenize, turkish_lower
 
 TRG = 6  # two 3D joints keep the files readable
 
 
 def make_sequences(lengths, trg_size=TRG, seed=0):
     rng = np.random.default_rng(seed)
-    return [np.concatenate([rng.normal(size=(n, trg_size)), progress_counter(n)[:, None]], axis=1) for n in lengths]
+    return [
+        np.concatenate([rng.normal(size=(n, trg_size)), progress_counter(n)[:, None]], axis=1)
+        for n in lengths
+    ]
 
 
 def write_corpus(prefix: Path, texts, lengths, trg_size=TRG):
@@ -87,7 +90,9 @@ def test_empty_sentence_and_missing_file(tmp_path):
 
 def test_predict_file_errors(tmp_path):
     (tmp_path / "in.txt").write_text("Merhaba.\n\nİyi.\n", encoding="utf-8")
-    dm = PoseDataModule(train=str(tmp_path / "x"), dev=str(tmp_path / "y"), predict_file=str(tmp_path / "in.txt"))
+    dm = PoseDataModule(
+        train=str(tmp_path / "x"), dev=str(tmp_path / "y"), predict_file=str(tmp_path / "in.txt")
+    )
     with pytest.raises(PoseDataError, match=r"in.txt:2: empty sentence"):
         dm.setup("predict")
     dm.predict_file = str(tmp_path / "missing.txt")
@@ -98,11 +103,13 @@ def test_predict_file_errors(tmp_path):
 def test_max_sent_length_filters_train_only_and_counts(tmp_path):
     for split in ("train", "dev"):
         write_corpus(tmp_path / split, ["bir iki üç dört", "beş", "altı yedi"], [3, 9, 4])
-    dm = PoseDataModule(train=str(tmp_path / "train"), dev=str(tmp_path / "dev"), trg_size=TRG, max_sent_length=4)
+    dm = PoseDataModule(
+        train=str(tmp_path / "train"), dev=str(tmp_path / "dev"), trg_size=TRG, max_sent_length=4
+    )
     dm.setup("fit")
     assert dm.num_filtered == 1  # the 9-frame pair
     assert len(dm.datasets["train"]) == 2 and len(dm.datasets["dev"]) == 3
-    assert dm.train_tokens() == [["bir", "iki", "üç", "dört"], ["altı", "yedi"]]
+    assert dm.datasets["train"].tokens == [["bir", "iki", "üç", "dört"], ["altı", "yedi"]]
     batch = next(iter(dm.val_dataloader()))
     assert batch["frames"].shape == (3, 9, TRG + 1) and batch["lengths"].tolist() == [3, 9, 4]
 
@@ -110,7 +117,21 @@ def test_max_sent_length_filters_train_only_and_counts(tmp_path):
 def test_turkish_lowercasing_punctuation_and_vocab():
     assert turkish_lower("IRMAK İSTANBUL") == "ırmak istanbul"
     assert tokenize("İstanbul'a gidiyorum, Irmak!") == ["istanbul'a", "gidiyorum", ",", "ırmak", "!"]
-    assert tokenize("İstanbul'a gidiyorum, Irmak!", punctuation="drop") == ["istanbul'a", "gidiyorum", "ırmak"]
+    assert tokenize("İstanbul'a gidiyorum, Irmak!", punctuation="drop") == [
+        "istanbul'a",
+        "gidiyorum",
+        "ırmak",
+    ]
     vocab = Vocabulary.build([["ev", "okul", "ev"], ["su"]], min_freq=2)
     assert vocab.itos == ["<unk>", "<pad>", "<bos>", "<eos>", "ev"]
     assert vocab.encode(["ev", "kitap"]) == [4, 0, 3]
+
+
+def test_whitespace_tokenisation_as_the_original():
+    """Converted original configs: str.split(), no lower-casing; hyphenated glosses stay one token."""
+    assert tokenize("ES-BEDEUTET VIEL WOLKE", lowercase=False, punctuation="whitespace") == [
+        "ES-BEDEUTET",
+        "VIEL",
+        "WOLKE",
+    ]
+    assert tokenize("Merhaba, dünya!", lowercase=False, punctuation="whitespace") == ["Merhaba,", "dünya!"]

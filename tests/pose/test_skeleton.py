@@ -10,9 +10,13 @@ from projects.pose.skeleton import PT_CONNECTIONS, pt_bone_groups, render_side_b
 def test_bone_tree_covers_50_joints_once():
     assert len(PT_CONNECTIONS) == 49 == len(pt_bone_groups())
     children = [b for _, b in PT_CONNECTIONS]
-    assert sorted(children) == list(range(1, 50))  # a tree rooted at the head: every other joint has one parent
+    assert sorted(children) == list(
+        range(1, 50)
+    )  # a tree rooted at the head: every other joint has one parent
     assert (7, 8) in PT_CONNECTIONS and (4, 29) in PT_CONNECTIONS  # hands hang off the wrists
-    assert (9, 10) in PT_CONNECTIONS and (10, 11) in PT_CONNECTIONS and (11, 12) in PT_CONNECTIONS  # 3-bone finger
+    assert (
+        (9, 10) in PT_CONNECTIONS and (10, 11) in PT_CONNECTIONS and (11, 12) in PT_CONNECTIONS
+    )  # 3-bone finger
     assert pt_bone_groups().count("thumb") == 6  # three bones per thumb, two hands
 
 
@@ -24,7 +28,9 @@ def test_render_side_by_side_shapes_and_motion():
     assert frames.shape == (8, 64 + 16, 128, 3) and frames.dtype == np.uint8
     assert (frames[:, 16:] < 250).any()  # bones were drawn
     assert not np.array_equal(frames[0], frames[4])  # the skeletons move
-    np.testing.assert_array_equal(frames[5, :, :64], frames[7, :, :64])  # the shorter one holds its last frame
+    np.testing.assert_array_equal(
+        frames[5, :, :64], frames[7, :, :64]
+    )  # the shorter one holds its last frame
     # a 2D skeleton with its own connection list
     xy = rng.normal(size=(3, 2 * 4)).astype(np.float32)
     frames = render_side_by_side([xy], titles=["2d"], dims=2, connections=[(0, 1), (1, 2), (2, 3)], size=48)
@@ -41,13 +47,17 @@ def test_predict_writer_draws_2d_data_with_the_models_skeleton(tmp_path):
     from projects.pose.module import PoseModule
     from projects.pose.writer import PosePredictionWriter
 
-    module = PoseModule(trg_size=100, skeleton_connections=[[0, 1], [1, 2]])
+    module = PoseModule(trg_size=100, media={"skeleton_connections": [[0, 1], [1, 2]]})
     assert module.skeleton_layout() == (2, [(0, 1), (1, 2)])
     assert PoseModule(trg_size=150).skeleton_layout() == (3, None)
     frames = np.random.default_rng(0).uniform(-1, 1, size=(6, 101))
     frames[:, -1] = np.linspace(0, 1, 6)
     writer = PosePredictionWriter(output_dir=str(tmp_path))
-    writer.write_on_epoch_end(SimpleNamespace(datamodule=SimpleNamespace(fps=12)), module,
-                              [[{"text": "merhaba dünya", "frames": frames, "name": "s0"}]], [])
+    writer.write_on_epoch_end(
+        SimpleNamespace(datamodule=SimpleNamespace(fps=12)),
+        module,
+        [[{"text": "merhaba dünya", "frames": frames, "name": "s0"}]],
+        [],
+    )
     assert (tmp_path / "videos" / "s0.gif").is_file()
     assert len(read_split(tmp_path / "predict", trg_size=100)) == 1

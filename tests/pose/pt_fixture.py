@@ -1,0 +1,56 @@
+"""Small data in the original Progressive Transformers format, for tests.
+
+As the original's ``Data/tmp`` files: gloss sources in upper case with hyphenated glosses (``ES-BEDEUTET``),
+0-based counters ``i / N`` (frame 0 has counter 0 and is the decoder's start frame; the last frame's counter is
+``(N - 1) / N``), every frame's joints followed by its counter on one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from projects.pose.formats import progress_counter, write_split
+
+GLOSSES = [
+    "ES-BEDEUTET",
+    "VIEL",
+    "WOLKE",
+    "DRUCK",
+    "TIEF",
+    "KOMMEN",
+    "JETZT",
+    "WETTER",
+    "WIE-AUSSEHEN",
+    "MORGEN",
+]
+
+
+def pt_sequence(rng: np.random.Generator, length: int, trg_size: int) -> np.ndarray:
+    """A smooth motion of ``length`` frames starting from a rest pose, with 0-based counters."""
+    rest = np.linspace(-0.5, 0.5, trg_size)
+    time = np.linspace(0.0, 1.0, length)[:, None]
+    phases = rng.uniform(0, 2 * np.pi, trg_size)
+    joints = rest + 0.3 * np.sin(2 * np.pi * time + phases) - 0.3 * np.sin(phases)  # frame 0 = rest
+    return np.concatenate([joints, progress_counter(length, zero_based=True)[:, None]], axis=1)
+
+
+def write_pt_split(
+    prefix: str | Path, lengths: list[int], trg_size: int = 6, seed: int = 0, words: tuple[int, int] = (1, 3)
+) -> list[np.ndarray]:
+    """Write ``<prefix>.gloss/.text/.skels/.files`` with one sequence per length; returns the sequences."""
+    rng = np.random.default_rng(seed)
+    sequences = [pt_sequence(rng, n, trg_size) for n in lengths]
+    glosses = [" ".join(rng.choice(GLOSSES, size=int(rng.integers(words[0], words[1] + 1)))) for _ in lengths]
+    names = [f"dev/{i:05d}" for i in range(len(lengths))]
+    write_split(prefix, glosses, sequences, names, src="gloss", decimals=6)
+    write_split(prefix, [g.lower() for g in glosses], sequences, names, src="text", decimals=6)
+    return sequences
+
+
+def write_src_vocab(path: str | Path) -> Path:
+    """The original's ``Configs/src_vocab.txt`` layout: one gloss per line, specials first."""
+    path = Path(path)
+    path.write_text("\n".join(["<unk>", "<pad>", "<s>", "</s>", *GLOSSES]) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,157 @@
+"""Faithful to the original Progressive Transformers data (issue 13): stop rule for both counter conventions,
+frame 0 as the start frame, DTW equal to the original's end-to-end number, and the mean-pose baseline."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from projects.pose.data import PoseDataModule, collate, counter_end_gap
+from projects.pose.formats import progress_counter
+from projects.pose.model import ProgressiveTransformer
+from projects.pose.module import PoseModule
+from tests.pose.pt_fixture import write_pt_split
+from tests.pose.test_dtw import original_calculate_dtw
+
+TRG = 6
+LENGTHS = [10, 11, 17, 33, 64, 99, 100, 101, 150, 201, 299, 300]
+
+
+class PerfectCounter(ProgressiveTransformer):
+    """Predicts each sequence's reference counter for output frame ``step`` (``step * counter_step``), exactly."""
+
+    def __init__(self, counter_steps: torch.Tensor) -> None:
+        super().__init__(
+            trg_size=TRG,
+            hidden_size=8,
+            num_heads=2,
+            encoder_layers=1,
+            decoder_layers=1,
+            ff_size=8,
+            embedding_dim=8,
+        )
+        self.counter_steps = counter_steps
+        self.step = 0
+
+    def _decoder_input(self, frames, offset=0):
+        self.step = offset + 1
+        return super()._decoder_input(frames, offset)
+
+    def next_frame(self, output):
+        frame = torch.zeros(output.shape[0], 1, TRG + 1)
+        frame[:, 0, -1] = self.counter_steps * self.step
+        return frame
+
+
+@pytest.mark.parametrize("zero_based", [False, True])
+def test_perfect_counter_stops_at_the_reference_length(zero_based):
+    """0-based data (frame 0 is the start frame; targets have counters 1/N .. (N-1)/N) and 1-based data (1/N .. 1)
+    both stop within one frame of the reference length, for every length from 10 to 300."""
+    targets = []
+    for n in LENGTHS:
+        counters = progress_counter(n, zero_based=zero_based)
+        frames = np.zeros((n, TRG + 1), dtype=np.float32)
+        frames[:, -1] = counters
+        targets.append(frames[1:] if zero_based else frames)
+    gap = counter_end_gap(targets)
+    assert gap == pytest.approx(1.0 if zero_based else 0.0)
+    net = PerfectCounter(torch.tensor([1.0 / n for n in LENGTHS])).eval()
+    src = torch.full((len(LENGTHS), 2), 2)  # ids within the placeholder embedding
+    _, lengths = net.generate(src, src != 1, max_length=400, end_gap=gap)
+    reference = [len(t) for t in targets]
+    assert np.abs(lengths.numpy() - np.array(reference)).max() <= 1, list(
+        zip(lengths.tolist(), reference, strict=True)
+    )
+
+
+def pt_data(tmp_path, lengths_train=(12, 15, 20, 25), lengths_dev=(11, 14, 30)):
+    write_pt_split(tmp_path / "train", list(lengths_train), TRG, seed=1)
+    dev = write_pt_split(tmp_path / "dev", list(lengths_dev), TRG, seed=2)
+    dm = PoseDataModule(
+        train=str(tmp_path / "train"),
+        dev=str(tmp_path / "dev"),
+        test=None,
+        src="gloss",
+        trg_size=TRG,
+        lowercase=False,
+        punctuation="whitespace",
+        fasttext_dim=8,
+        fasttext_epochs=1,
+        cache_dir=str(tmp_path / "prepared"),
+        eval_batch_size=2,
+    )
+    return dm, dev
+
+
+def test_frame_zero_is_the_start_frame_of_pt_data(tmp_path):
+    dm, dev = pt_data(tmp_path)
+    dm.setup("fit")
+    batch = collate([dm.datasets["dev"][i] for i in range(3)])
+    np.testing.assert_allclose(batch["start_frames"].numpy(), np.stack([d[0] for d in dev]), atol=1e-6)
+    for i, sequence in enumerate(dev):
+        n = len(sequence) - 1
+        assert batch["lengths"][i] == n
+        np.testing.assert_allclose(
+            batch["frames"][i, :n].numpy(), sequence[1:], atol=1e-6
+        )  # targets: data[1:]
+
+
+def test_logged_dtw_equals_the_original_end_to_end_number(tmp_path):
+    dm, dev = pt_data(tmp_path)
+    dm.prepare_data()
+    torch.manual_seed(0)
+    module = PoseModule(
+        trg_size=TRG,
+        prepared=dm.prepared_path,
+        encoder={
+            "hidden_size": 16,
+            "num_heads": 2,
+            "num_layers": 1,
+            "ff_size": 16,
+            "embeddings": {"embedding_dim": 8},
+        },
+        decoder={"hidden_size": 16, "num_heads": 2, "num_layers": 1, "ff_size": 16},
+        decoding={"max_output_length": 40},
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    module.setup("fit")
+    assert float(module.end_gap) == pytest.approx(1.0)  # 0-based counters: the last target is 1 step before 1
+    logged = trainer.validate(module, dm, verbose=False)[0]
+    # the original: hypotheses = [frame 0 (start) + decoded frames], references = data[1:], helpers.calculate_dtw
+    module.eval()
+    hyps = []
+    for sequence in dev:
+        tokens = [dm.datasets["dev"].tokens[len(hyps)]]
+        start = torch.from_numpy(sequence[:1])
+        frames, lengths = module.generate(tokens, start)
+        hyps.append(np.concatenate([sequence[:1], frames[0, : lengths[0]].numpy()]))
+    expected = np.mean(original_calculate_dtw([s[1:] for s in dev], hyps))
+    assert logged["val/dtw_pt_l1_ref_len"] == pytest.approx(expected, rel=1e-5)
+    # the mean-pose baseline: the same definition, training mean pose held for each reference's length
+    mean = np.concatenate([s[1:] for s in write_pt_split(tmp_path / "again", [12, 15, 20, 25], TRG, seed=1)])
+    mean = mean[:, :-1].mean(0)
+    baseline = [
+        np.concatenate([s[:1], np.concatenate([np.tile(mean, (len(s) - 1, 1)), s[1:, -1:]], 1)]) for s in dev
+    ]
+    expected_baseline = np.mean(original_calculate_dtw([s[1:] for s in dev], baseline))
+    assert logged["val/dtw_pt_l1_ref_len_mean_pose_baseline"] == pytest.approx(expected_baseline, rel=1e-4)
+
+
+def test_project_data_keeps_a_zero_start_frame(tmp_path):
+    """1-based counters (this project's generated data): every frame is a target, decoding starts from zeros."""
+    from projects.pose.formats import write_split
+
+    frames = np.concatenate([np.ones((5, TRG)), progress_counter(5)[:, None]], 1)
+    write_split(tmp_path / "train", ["ev okul"], [frames], ["a"])
+    dm = PoseDataModule(train=str(tmp_path / "train"), dev=str(tmp_path / "train"), test=None, trg_size=TRG)
+    dm.setup("fit")
+    item = dm.datasets["train"][0]
+    assert not dm.datasets["train"].zero_based and len(item["frames"]) == 5 and not item["start"].any()
