@@ -372,8 +372,7 @@ class CaptionDataModule(pl.LightningDataModule):
 
     # -- preparation (rank 0, once)
     def _predicting(self) -> bool:
-        trainer = self._trainer if hasattr(self, "_trainer") else None
-        return trainer is not None and trainer.state.fn == TrainerFn.PREDICTING
+        return self.trainer is not None and self.trainer.state.fn == TrainerFn.PREDICTING
 
     @override
     def prepare_data(self) -> None:

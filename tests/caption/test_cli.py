@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
 from common.cli import run_cli
+from common.errors import InputError
+from tests.caption.conftest import predict_args
 
 TINY = "configs/caption/tiny.yaml"
 CSV = "configs/logger/csv.yaml"
@@ -115,3 +118,49 @@ def test_frozen_gpt2_variant_trains_only_the_mapper(tmp_path):
     assert all(p.requires_grad for p in model.mapper.parameters())
     optimised = {id(p) for group in cli.trainer.optimizers[0].param_groups for p in group["params"]}
     assert optimised == {id(p) for p in model.mapper.parameters()}
+
+
+def test_shared_scalars_come_from_the_datamodule_by_link(tiny_fit):
+    _, cli = tiny_fit
+    model, data = cli.model, cli.datamodule
+    for arg, attribute in type(model).linked_from_data.items():
+        assert model.hparams[arg] == getattr(data, attribute), arg
+    assert (
+        model.decoder.config.vocab_size == data.vocab_size == 300
+    )  # tiny.yaml: data.init_args.tokenizer.vocab_size
+    assert model.mapper.net[0].in_features == data.clip_dim == 32
+    assert model.image_encoder.identity()["weights_sha256"] == data.encoder().identity()["weights_sha256"]
+    with pytest.raises(InputError, match="model.init_args.vocab_size is set in the config"):
+        run_cli(fit_args(Path(cli.trainer.default_root_dir), "--model.init_args.vocab_size", "999"))
+
+
+def test_predict_needs_only_the_checkpoint_and_prepares_nothing(tiny_fit, tmp_path):
+    root, _ = tiny_fit
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (40, 48), (220, 30, 30)).save(folder / "000000000012.png")
+    empty = tmp_path / "no_data_here"  # no generated set, no tiny CLIP, no tokenizer: a fresh machine
+    output = tmp_path / "out.json"
+    args = predict_args(
+        root,
+        root / "ckpt" / "last.ckpt",
+        output,
+        "--data.init_args.predict_dir",
+        str(folder),
+        "--data.init_args.generated.root",
+        str(empty),
+    )
+    run_cli(args)
+    assert not empty.exists(), sorted(str(p) for p in empty.rglob("*"))
+    fresh = json.loads(output.read_text("utf-8"))
+    run_cli(
+        predict_args(
+            root,
+            root / "ckpt" / "last.ckpt",
+            tmp_path / "same.json",
+            "--data.init_args.predict_dir",
+            str(folder),
+        )
+    )
+    assert fresh == json.loads((tmp_path / "same.json").read_text("utf-8"))  # same weights, same tokenizer
+    assert fresh[0]["image_id"] == 12 and fresh[0]["caption"]
