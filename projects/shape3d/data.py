@@ -43,7 +43,7 @@ from projects.shape3d.text_encoder import TURKISH_ALPHABET, prepare_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "generated" / "shape3d"
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # 4: winding-number voxelisation (common.geometry), target normals in the points cache
 DISTANCE_CAP = 0.25  # unit-cube distance beyond which a voxel counts as simply far from the surface
 
 
@@ -209,6 +209,7 @@ class ShapeStore:
             cached = self._points_and_distances(num_points, num_ref_points)
             self._save_cache("points", cached)
         self.points = torch.from_numpy(cached["points"]).float()
+        self.normals = torch.from_numpy(cached["normals"]).float()  # unit normals of the target points' faces
         self.ref_points = torch.from_numpy(cached["ref_points"]).float()
         self.distances = torch.from_numpy(cached["distances"]).float()
         self.voxel_cache: dict[int, torch.Tensor] = {}
@@ -217,7 +218,7 @@ class ShapeStore:
         return len(self.rows)
 
     def _check_points(self, arrays: dict) -> None:
-        for key in ("points", "ref_points", "distances"):
+        for key in ("points", "normals", "ref_points", "distances"):
             if key not in arrays or len(arrays[key]) != len(self):
                 raise ValueError(f"'{key}' missing or not {len(self)} rows")
 
@@ -264,16 +265,24 @@ class ShapeStore:
         """Target surface points, a separate reference cloud (the optional conditioning input), and the squared
         distance from every voxel centre of the ``surface_resolution`` grid to the surface (for the surface loss)."""
         centers = voxel_grid_points(self.surface_resolution).numpy()
-        points, refs, distances = [], [], []
+        points, normals, refs, distances = [], [], [], []
         for index, mesh in enumerate(self.meshes):
-            points.append(sample_surface_points(mesh, num_points, seed=2 * index))
+            # the same points as sample_surface_points(mesh, num_points, seed=2 * index), with their faces' normals
+            sampled, face_index = trimesh.sample.sample_surface(mesh, num_points, seed=2 * index)
+            points.append(np.asarray(sampled, np.float32))
+            normals.append(np.asarray(mesh.face_normals[face_index], np.float32))
             refs.append(sample_surface_points(mesh, num_ref_points, seed=2 * index + 1))
             dense = sample_surface_points(mesh, 8192, seed=10_000 + index)
             # capped: far voxels only need "far" (a hard penalty), and an unbounded KD-tree query is 4x slower
             distance, _ = cKDTree(dense).query(centers, distance_upper_bound=DISTANCE_CAP)
             distance = np.minimum(distance, DISTANCE_CAP)
             distances.append((distance**2).reshape((self.surface_resolution,) * 3).astype(np.float32))
-        return {"points": np.stack(points), "ref_points": np.stack(refs), "distances": np.stack(distances)}
+        return {
+            "points": np.stack(points),
+            "normals": np.stack(normals),
+            "ref_points": np.stack(refs),
+            "distances": np.stack(distances),
+        }
 
     def voxels(self, resolution: int) -> torch.Tensor:
         """(N, R, R, R) bool occupancy at ``resolution``, voxelised once per resolution (memory + disk cache)."""
@@ -332,6 +341,8 @@ def augment_sample(sample: dict, matrix: torch.Tensor, jitter_std: float, genera
     moved = transform_voxels(sample["distances"][None, None] - far, matrix[None])[0, 0] + far
     out["distances"] = moved * scale**2
     out["points"] = sample["points"] @ matrix.T
+    # a similarity map turns normals by its rotation: (A^-T n) normalised, which for A = sR is R n
+    out["normals"] = torch.nn.functional.normalize(sample["normals"] @ matrix.T, dim=-1)
     jitter = torch.randn(sample["ref_points"].shape, generator=generator) * jitter_std
     out["ref_points"] = sample["ref_points"] @ matrix.T + jitter
     return out
@@ -428,6 +439,7 @@ class ShapeDataset(Dataset):
             "voxels": self.store.voxels(self.resolution)[index].float(),
             "eval_voxels": self.store.voxels(self.eval_resolution)[index].float(),
             "points": self.store.points[index],
+            "normals": self.store.normals[index],
             "ref_points": self.store.ref_points[index],
             "distances": self.store.distances[index],
             "index": index,

@@ -1,7 +1,8 @@
 """The networks of text (+ optional reference point cloud, + style text) -> occupancy voxels -> mesh.
 
-Read top to bottom: point-cloud encoder, AdaIN-3D, the growing voxel decoder, then the losses and the mesh
-helpers the LightningModule (:mod:`projects.shape3d.module`) and the writer use. The T5 text encoder is in
+Read top to bottom: point-cloud encoder, AdaIN-3D, the growing voxel decoder, the losses, the mesh helpers the
+LightningModule (:mod:`projects.shape3d.module`) and the writer use, then the trainable mesh refinement (Mesh R-CNN's
+graph-convolution stages) with its losses and the mesh metrics (Chamfer, normal consistency, F-score). The T5 text encoder is in
 :mod:`projects.shape3d.text_encoder`.
 """
 
@@ -11,14 +12,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import trimesh
+from scipy.spatial import cKDTree
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from common.geometry import (
     Meshes,
+    chamfer_distance,
     mesh_edge_loss,
     mesh_laplacian_smoothing,
     sample_grid,
+    sample_points_from_meshes,
     sample_surface_points,
     voxel_grid_points,
     voxels_to_mesh,
@@ -132,9 +136,16 @@ class VoxelDecoder(nn.Module):
         return block(x, size, style)
 
     def forward(
-        self, latent: torch.Tensor, styles: list[torch.Tensor], resolution: int, alpha: float = 1.0
+        self,
+        latent: torch.Tensor,
+        styles: list[torch.Tensor],
+        resolution: int,
+        alpha: float = 1.0,
+        features: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """``styles``: one style code per layer (``num_style_layers``), so layers can take different styles."""
+        """``styles``: one style code per layer (``num_style_layers``), so layers can take different styles.
+        ``features``: when a list is given, the base pyramid's feature volumes (8^3, 16^3, 32^3) are appended to it
+        (the mesh refinement samples them at vertex positions)."""
         x = (
             self.fc(latent)
             .view(len(latent), -1, *(self.base_size,) * 3)
@@ -142,6 +153,8 @@ class VoxelDecoder(nn.Module):
         )
         for layer, (block, size) in enumerate(zip(self.blocks, self.base_sizes, strict=True)):
             x = self._run(block, x, size, styles[layer])
+            if features is not None:
+                features.append(x)
         logits = self.heads[str(self.base_resolution)](x)
         for stage, (block, size) in enumerate(zip(self.grow_blocks, self.grow_resolutions, strict=True)):
             if size > resolution:
@@ -247,3 +260,184 @@ def mesh_points(prob: np.ndarray | torch.Tensor, count: int, seed: int = 0) -> t
     if len(mesh.faces) == 0 or mesh.area <= 0:
         return torch.zeros(1, 3)
     return torch.from_numpy(sample_surface_points(mesh, count, seed=seed))
+
+
+# ----------------------------------------------------------------------------------------------- mesh refinement
+
+
+class GraphConv(nn.Module):
+    """Mesh R-CNN's graph convolution over mesh edges: ``f'_i = W0 f_i + sum_{j in N(i)} W1 f_j``."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.w0 = nn.Linear(in_dim, out_dim)
+        self.w1 = nn.Linear(in_dim, out_dim)
+
+    def forward(self, features: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        """``features`` (V, C) of packed vertices, ``edges`` (E, 2) undirected, each edge once."""
+        neighbours = self.w1(features)
+        out = self.w0(features)
+        out = out.index_add(0, edges[:, 0], neighbours[edges[:, 1]])
+        return out.index_add(0, edges[:, 1], neighbours[edges[:, 0]])
+
+
+class RefineStage(nn.Module):
+    """One Mesh R-CNN refinement stage: vertex features sampled from the decoder's feature volumes (vert-align)
+    -> bottleneck -> graph convolutions (positions concatenated at every layer) -> a bounded offset per vertex.
+    The offset head starts at zero, so an untrained stage returns the marching-cubes mesh unchanged."""
+
+    def __init__(
+        self, feature_dim: int, hidden: int, graph_convs: int, max_offset: float, first: bool
+    ) -> None:
+        super().__init__()
+        self.max_offset = max_offset
+        self.bottleneck = nn.Linear(feature_dim, hidden)
+        in_dim = hidden + 3 + (0 if first else hidden)
+        self.convs = nn.ModuleList(
+            GraphConv(in_dim if i == 0 else hidden + 3, hidden) for i in range(graph_convs)
+        )
+        self.offset = nn.Linear(hidden + 3, 3)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+
+    def forward(
+        self, verts: torch.Tensor, edges: torch.Tensor, sampled: torch.Tensor, previous: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat(
+            [F.relu(self.bottleneck(sampled)), verts] + ([previous] if previous is not None else []), 1
+        )
+        for conv in self.convs:
+            hidden = F.relu(conv(x, edges))
+            x = torch.cat([hidden, verts], 1)
+        return self.max_offset * torch.tanh(self.offset(x)), hidden
+
+
+class MeshRefinement(nn.Module):
+    """Mesh R-CNN's mesh head on a voxel prediction: the marching-cubes mesh of the predicted occupancy is moved by
+    ``stages`` refinement stages; each samples the decoder's feature volumes and the occupancy probability at the
+    current vertex positions (so the head sees where the 0.5 level is) and adds an offset of at most
+    ``max_offset`` (unit-cube units) per vertex. Returns the mesh after every stage (all are supervised)."""
+
+    def __init__(
+        self,
+        feature_channels: int,
+        hidden: int = 32,
+        stages: int = 2,
+        graph_convs: int = 2,
+        max_offset: float = 0.05,
+    ) -> None:
+        super().__init__()
+        feature_dim = feature_channels + 1  # + the occupancy probability
+        self.stages = nn.ModuleList(
+            RefineStage(feature_dim, hidden, graph_convs, max_offset, first=i == 0) for i in range(stages)
+        )
+
+    @staticmethod
+    def vertex_features(meshes: Meshes, volumes: list[torch.Tensor]) -> torch.Tensor:
+        """Trilinear samples of every (B, C, R, R, R) volume at each mesh's vertices -> (V_packed, sum C)."""
+        rows = []
+        for i, verts in enumerate(meshes.verts_list()):
+            rows.append(torch.cat([sample_grid(v[i : i + 1].float(), verts[None])[0].T for v in volumes], 1))
+        return torch.cat(rows)
+
+    def forward(self, meshes: Meshes, volumes: list[torch.Tensor]) -> list[Meshes]:
+        edges = meshes.edges_packed()
+        hidden, out = None, []
+        for stage in self.stages:
+            offsets, hidden = stage(
+                meshes.verts_packed(), edges, self.vertex_features(meshes, volumes), hidden
+            )
+            meshes = meshes.offset_verts(offsets)
+            out.append(meshes)
+        return out
+
+
+def marching_cubes_meshes(prob: torch.Tensor, max_vertices: int) -> tuple[Meshes | None, list[int]]:
+    """The 0.5 iso-surfaces of a batch of probability grids (B, R, R, R) as one ``Meshes`` on ``prob``'s device,
+    and the batch indices they belong to: empty predictions and meshes of more than ``max_vertices`` vertices (an
+    untrained decoder's noise) are left out."""
+    verts, faces, kept = [], [], []
+    for i, grid in enumerate(prob.detach().float().cpu()):
+        mesh = voxels_to_mesh(grid, 0.5)
+        if len(mesh.faces) == 0 or len(mesh.vertices) > max_vertices:
+            continue
+        verts.append(torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32, device=prob.device))
+        faces.append(torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long, device=prob.device))
+        kept.append(i)
+    return (Meshes(verts, faces) if kept else None), kept
+
+
+def refinement_losses(
+    stages: list[Meshes],
+    target_points: torch.Tensor,
+    target_normals: torch.Tensor,
+    num_samples: int,
+    edge_length: float,
+) -> dict[str, torch.Tensor]:
+    """Mesh R-CNN's mesh losses, summed over the refinement stages: Chamfer distance (squared, pytorch3d
+    semantics) and normal distance (1 - |cos|) between ``num_samples`` points sampled on each refined mesh
+    (differentiable in the vertices) and the target surface points / normals; edge-length loss (squared deviation
+    from ``edge_length``, the marching-cubes mesh's mean edge) and uniform Laplacian smoothing."""
+    totals = {"chamfer": 0.0, "normals": 0.0, "edge": 0.0, "laplacian": 0.0}
+    for meshes in stages:
+        points, normals = sample_points_from_meshes(meshes, num_samples, return_normals=True)
+        chamfer, normal = chamfer_distance(points, target_points, x_normals=normals, y_normals=target_normals)
+        totals["chamfer"] = totals["chamfer"] + chamfer
+        totals["normals"] = totals["normals"] + normal
+        totals["edge"] = totals["edge"] + mesh_edge_loss(meshes, target_length=edge_length)
+        totals["laplacian"] = totals["laplacian"] + mesh_laplacian_smoothing(meshes, method="uniform")
+    return totals
+
+
+def mean_edge_length(meshes: Meshes) -> float:
+    edges = meshes.edges_packed()
+    verts = meshes.verts_packed()
+    return float((verts[edges[:, 0]] - verts[edges[:, 1]]).norm(dim=1).mean())
+
+
+# ----------------------------------------------------------------------------------------------- mesh metrics
+
+
+def surface_samples(mesh: trimesh.Trimesh, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` points sampled uniformly by area on ``mesh`` (the same points as
+    :func:`common.geometry.sample_surface_points` with this seed) and the unit normals of their faces. A mesh
+    without area gives one point at the centre with a zero normal (a large, finite Chamfer distance)."""
+    if len(mesh.faces) == 0 or mesh.area <= 0:
+        return np.zeros((1, 3), np.float32), np.zeros((1, 3), np.float32)
+    points, face_index = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    return np.asarray(points, np.float32), np.asarray(mesh.face_normals[face_index], np.float32)
+
+
+def mesh_scores(
+    pred_points: np.ndarray,
+    pred_normals: np.ndarray,
+    target_points: np.ndarray,
+    target_normals: np.ndarray,
+    taus: tuple[float, ...],
+) -> dict[str, float]:
+    """Surface scores of one predicted shape against its target, both given as sampled points with normals.
+
+    * ``chamfer``: squared Euclidean distance to the nearest neighbour, mean per direction, the two directions
+      summed (pytorch3d's ``chamfer_distance`` and ``val/chamfer``).
+    * ``normal_consistency``: mean absolute cosine between a point's normal and the normal of its nearest
+      neighbour in the other set, averaged over both directions (Occupancy Networks / Mesh R-CNN); 1 is best.
+    * ``f1@tau`` for every ``tau``: precision = fraction of predicted points whose nearest target point is within
+      Euclidean distance ``tau`` (not squared), recall = fraction of target points within ``tau`` of a predicted
+      point, F1 = 2PR / (P + R) (0 when both are 0), as in Mesh R-CNN and Tatarchenko et al. 2019, "What do
+      single-view 3D reconstruction networks learn?". Here distances are in unit-cube units, where the shapes'
+      longest side is 0.8, so tau = 0.01 is 1.25% of it.
+    """
+    to_target, nearest_target = cKDTree(target_points).query(pred_points)
+    to_pred, nearest_pred = cKDTree(pred_points).query(target_points)
+    cos_pred = np.abs((pred_normals * target_normals[nearest_target]).sum(1)).mean()
+    cos_target = np.abs((target_normals * pred_normals[nearest_pred]).sum(1)).mean()
+    scores = {
+        "chamfer": float((to_target**2).mean() + (to_pred**2).mean()),
+        "normal_consistency": float(0.5 * (cos_pred + cos_target)),
+    }
+    for tau in taus:
+        precision, recall = float((to_target <= tau).mean()), float((to_pred <= tau).mean())
+        scores[f"f1@{tau:g}"] = (
+            0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+        )
+    return scores

@@ -12,20 +12,28 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+import trimesh
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from torchmetrics import MeanMetric
 
-from common.geometry import voxels_to_mesh
+from common.geometry import Meshes, voxels_to_mesh
 from common.media import Image, Mesh
 from common.metrics.geometry import ChamferDistance, VoxelIoU
 from common.protocols import HasResolution
 from projects.shape3d.data import as_config
 from projects.shape3d.model import (
+    MeshRefinement,
     PointEncoder,
     VoxelDecoder,
+    marching_cubes_meshes,
+    mean_edge_length,
     mesh_points,
+    mesh_scores,
     occupancy_loss,
+    refinement_losses,
     surface_chamfer_loss,
+    surface_samples,
 )
 from projects.shape3d.render import preview_grid
 from projects.shape3d.text_encoder import TINY, TextEncoder
@@ -82,10 +90,36 @@ class Optimisation:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Validation (``model.init_args.evaluation``): points sampled per mesh for Chamfer, media samples."""
+    """Validation (``model.init_args.evaluation``): points sampled per mesh for Chamfer, normal consistency and
+    F-score (``f_score_taus``, unit-cube distances; see :func:`projects.shape3d.model.mesh_scores`), media samples."""
 
     chamfer_points: int = 2048
     num_media_samples: int = 3
+    f_score_taus: tuple[float, ...] = (0.01, 0.02)
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """Trainable mesh refinement (``model.init_args.refinement``, off by default; ``configs/shape3d/refine.yaml``):
+    the marching-cubes mesh of the prediction at ``mesh_resolution`` is moved by ``stages`` Mesh R-CNN stages of
+    ``graph_convs`` graph convolutions (``hidden`` features, offsets up to ``max_offset``), trained with
+    ``weight`` x (``chamfer_weight`` Chamfer + ``normal_weight`` normal distance + ``edge_weight`` edge length +
+    ``laplacian_weight`` Laplacian) on ``num_samples`` points sampled per mesh. Meshes of more than
+    ``max_vertices`` vertices (an untrained decoder's noise) are not refined."""
+
+    enabled: bool = False
+    mesh_resolution: int = 32
+    stages: int = 2
+    graph_convs: int = 2
+    hidden: int = 32
+    max_offset: float = 0.05
+    max_vertices: int = 6000
+    num_samples: int = 1024
+    weight: float = 1.0
+    chamfer_weight: float = 1.0
+    normal_weight: float = 1.0e-3
+    edge_weight: float = 1.0
+    laplacian_weight: float = 1.0e-2
 
 
 GROUPS = {
@@ -94,7 +128,13 @@ GROUPS = {
     "losses": Losses,
     "optimisation": Optimisation,
     "evaluation": Evaluation,
+    "refinement": Refinement,
 }
+
+
+def metric_key(name: str) -> str:
+    """A ModuleDict key for a metric name ("f1@0.01" -> "f1@0_01": module names cannot hold dots)."""
+    return name.replace(".", "_")
 
 
 class Shape3DModule(pl.LightningModule):
@@ -120,11 +160,12 @@ class Shape3DModule(pl.LightningModule):
         losses: Losses = Losses(),
         optimisation: Optimisation = Optimisation(),
         evaluation: Evaluation = Evaluation(),
+        refinement: Refinement = Refinement(),
         torch_num_threads: int | None = None,
     ) -> None:
         super().__init__()
         given = {"tiny_text": tiny_text, "architecture": architecture, "losses": losses}
-        given |= {"optimisation": optimisation, "evaluation": evaluation}
+        given |= {"optimisation": optimisation, "evaluation": evaluation, "refinement": refinement}
         for name, cls in GROUPS.items():
             setattr(self, name, as_config(given[name], cls))
         # checkpoints and loggers get plain values (a checkpoint must load with weights_only=True)
@@ -161,6 +202,17 @@ class Shape3DModule(pl.LightningModule):
             gradient_checkpointing=arch.gradient_checkpointing,
             channels_last=arch.channels_last,
         )
+        self.refiner = None
+        if self.refinement.enabled:
+            # samples the two finest base-pyramid feature volumes (16^3 and 32^3 by default)
+            feature_channels = sum(arch.channels[-2:])
+            self.refiner = MeshRefinement(
+                feature_channels,
+                self.refinement.hidden,
+                self.refinement.stages,
+                self.refinement.graph_convs,
+                self.refinement.max_offset,
+            )
         self.resolution = self.decoder.base_resolution
         self.fade_alpha = 1.0
         self.val_iou = VoxelIoU()
@@ -168,6 +220,15 @@ class Shape3DModule(pl.LightningModule):
         self.baseline_iou = VoxelIoU()
         self.baseline_chamfer = ChamferDistance()
         self._baseline_points: torch.Tensor | None = None
+        # surface scores of the output mesh (refined when refinement is on) and, with refinement, of the
+        # marching-cubes mesh it starts from, so one run shows both
+        self.mesh_score_names = ["chamfer_mesh", "normal_consistency"] + [
+            f"f1@{tau:g}" for tau in self.evaluation.f_score_taus
+        ]
+        prefixes = ["", "mc_"] if self.refiner is not None else [""]
+        self.mesh_metrics = nn.ModuleDict(
+            {metric_key(prefix + name): MeanMetric() for prefix in prefixes for name in self.mesh_score_names}
+        )
         self._media: list[dict] = []
 
     # ------------------------------------------------------------------ growing hooks (ProgressiveResolution)
@@ -227,8 +288,10 @@ class Shape3DModule(pl.LightningModule):
         has_ref: torch.Tensor | None = None,
         resolution: int | None = None,
         style_codes: list[torch.Tensor] | None = None,
+        features: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Occupancy logits (B, R, R, R) at ``resolution`` (the current one by default)."""
+        """Occupancy logits (B, R, R, R) at ``resolution`` (the current one by default); a ``features`` list
+        receives the decoder's feature volumes (for the mesh refinement)."""
         latent = self.text_proj(self.text_encoder(texts))
         if (
             self.point_encoder is not None
@@ -241,7 +304,7 @@ class Shape3DModule(pl.LightningModule):
             )
         codes = style_codes if style_codes is not None else self.style_codes(styles)
         # the current fade-in alpha in training and validation alike: validation measures the model as it is now
-        return self.decoder(latent, codes, resolution or self.resolution, self.fade_alpha)
+        return self.decoder(latent, codes, resolution or self.resolution, self.fade_alpha, features)
 
     # ------------------------------------------------------------------ training
 
@@ -282,14 +345,68 @@ class Shape3DModule(pl.LightningModule):
                 mix_with=styles[1:] + styles[:1],
                 crossover=random.randint(1, self.decoder.num_style_layers - 1),
             )
-        logits = self(list(batch["text"]), styles, batch["ref_points"], batch["has_ref"], style_codes=codes)
+        features = [] if self.refiner is not None else None
+        logits = self(
+            list(batch["text"]),
+            styles,
+            batch["ref_points"],
+            batch["has_ref"],
+            style_codes=codes,
+            features=features,
+        )
         losses = self._losses(batch, logits)
         size = len(batch["text"])
+        if self.refiner is not None:
+            mesh_losses = self._refinement_losses(batch, logits, features)
+            if mesh_losses is not None:
+                losses["loss"] = losses["loss"] + self.refinement.weight * mesh_losses.pop("loss")
+                for name, value in mesh_losses.items():
+                    self.log(f"train/mesh_{name}", value, batch_size=size)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
         self.log("train/occupancy_loss", losses["occupancy"], batch_size=size)
         self.log("train/surface_chamfer_loss", losses["surface"], batch_size=size)
         self.log("train/fade_alpha", self.fade_alpha, batch_size=size)
         return losses["loss"]
+
+    # ------------------------------------------------------------------ mesh refinement
+
+    def _resize(self, logits: torch.Tensor, resolution: int) -> torch.Tensor:
+        if logits.shape[-1] == resolution:
+            return logits.float()
+        return F.interpolate(
+            logits[:, None].float(), size=(resolution,) * 3, mode="trilinear", align_corners=False
+        )[:, 0]
+
+    def _refine(
+        self, logits: torch.Tensor, features: list[torch.Tensor]
+    ) -> tuple[Meshes | None, list[Meshes], list[int]]:
+        """Marching cubes on the prediction at ``refinement.mesh_resolution``, then the refinement stages. Returns
+        the initial meshes, the meshes after every stage and the batch indices that were meshed."""
+        prob = torch.sigmoid(self._resize(logits, self.refinement.mesh_resolution))
+        meshes, kept = marching_cubes_meshes(prob, self.refinement.max_vertices)
+        if meshes is None:
+            return None, [], kept
+        volumes = [volume[kept] for volume in features[-2:]] + [prob[kept][:, None]]
+        return meshes, self.refiner(meshes, volumes), kept
+
+    def _refinement_losses(
+        self, batch: dict, logits: torch.Tensor, features: list[torch.Tensor]
+    ) -> dict[str, torch.Tensor] | None:
+        meshes, stages, kept = self._refine(logits, features)
+        if meshes is None:
+            return None
+        r = self.refinement
+        terms = refinement_losses(
+            stages, batch["points"][kept], batch["normals"][kept], r.num_samples, mean_edge_length(meshes)
+        )
+        terms["loss"] = (
+            r.chamfer_weight * terms["chamfer"]
+            + r.normal_weight * terms["normals"]
+            + r.edge_weight * terms["edge"]
+            + r.laplacian_weight * terms["laplacian"]
+        )
+        terms["refined_fraction"] = torch.tensor(len(kept) / len(logits))
+        return terms
 
     # ------------------------------------------------------------------ validation
 
@@ -297,7 +414,14 @@ class Shape3DModule(pl.LightningModule):
         self._media = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(list(batch["text"]), list(batch["style"]), batch["ref_points"], batch["has_ref"])
+        features = [] if self.refiner is not None else None
+        logits = self(
+            list(batch["text"]),
+            list(batch["style"]),
+            batch["ref_points"],
+            batch["has_ref"],
+            features=features,
+        )
         losses = self._losses(batch, logits)
         size = len(batch["text"])
         self.log(
@@ -313,10 +437,36 @@ class Shape3DModule(pl.LightningModule):
         )
         prob = torch.sigmoid(eval_logits.float())
         self.val_iou(prob, batch["eval_voxels"])
-        predicted = [mesh_points(p.cpu(), self.evaluation.chamfer_points, seed=i) for i, p in enumerate(prob)]
-        self.val_chamfer(predicted, [t.cpu() for t in batch["points"]])
+        count = self.evaluation.chamfer_points
+        mc_meshes = [voxels_to_mesh(p.cpu(), 0.5) for p in prob]
+        mc_samples = [surface_samples(mesh, count, seed=i) for i, mesh in enumerate(mc_meshes)]
+        self.val_chamfer(
+            [torch.from_numpy(points) for points, _ in mc_samples], [t.cpu() for t in batch["points"]]
+        )
         self.log("val/iou", self.val_iou, prog_bar=True, batch_size=size)
         self.log("val/chamfer", self.val_chamfer, prog_bar=True, batch_size=size)
+        outputs = {"": mc_samples}
+        if self.refiner is not None:
+            refined = list(mc_samples)
+            _, stages, kept = self._refine(logits, features)
+            if stages:
+                final = stages[-1]
+                for k, verts, faces in zip(kept, final.verts_list(), final.faces_list(), strict=True):
+                    mesh = trimesh.Trimesh(verts.cpu().numpy(), faces.cpu().numpy(), process=False)
+                    refined[k] = surface_samples(mesh, count, seed=k)
+            outputs = {"": refined, "mc_": mc_samples}
+        targets = batch["points"].cpu().numpy(), batch["normals"].cpu().numpy()
+        for prefix, samples in outputs.items():
+            for i, (points, normals) in enumerate(samples):
+                scores = mesh_scores(
+                    points, normals, targets[0][i], targets[1][i], self.evaluation.f_score_taus
+                )
+                scores["chamfer_mesh"] = scores.pop("chamfer")
+                for name in self.mesh_score_names:
+                    self.mesh_metrics[metric_key(prefix + name)].update(scores[name])
+            for name in self.mesh_score_names:
+                metric = self.mesh_metrics[metric_key(prefix + name)]
+                self.log(f"val/{prefix}{name}", metric, batch_size=size)
         if (
             "baseline" in batch
         ):  # the mean-shape baseline, sent along by the datamodule when it has a train split
@@ -368,13 +518,30 @@ class Shape3DModule(pl.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Occupancy probabilities (B, R, R, R) for each description; :class:`projects.shape3d.writer.MeshWriter`
         turns them into mesh files (export options live there, not in the model's checkpointed hyperparameters)."""
-        logits = self(list(batch["text"]), list(batch["style"]), batch["ref_points"], batch["has_ref"])
-        return {
+        features = [] if self.refiner is not None else None
+        logits = self(
+            list(batch["text"]),
+            list(batch["style"]),
+            batch["ref_points"],
+            batch["has_ref"],
+            features=features,
+        )
+        prediction = {
             "prob": torch.sigmoid(logits.float()).cpu(),
             "text": list(batch["text"]),
             "style": list(batch["style"]),
             "index": batch["index"].tolist(),
         }
+        if self.refiner is not None:  # the refined meshes, (verts, faces) or None where nothing was meshed
+            meshes: list = [None] * len(logits)
+            _, stages, kept = self._refine(logits, features)
+            if stages:
+                for k, verts, faces in zip(
+                    kept, stages[-1].verts_list(), stages[-1].faces_list(), strict=True
+                ):
+                    meshes[k] = (verts.cpu().numpy(), faces.cpu().numpy())
+            prediction["meshes"] = meshes
+        return prediction
 
     # ------------------------------------------------------------------ optimisation
 

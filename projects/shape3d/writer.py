@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import lightning.pytorch as pl
+import trimesh
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -25,9 +26,10 @@ def slug(text: str) -> str:
 
 
 class MeshWriter(BasePredictionWriter):
-    """For every prediction: marching cubes at ``level`` on the occupancy grid, optional vertex refinement
-    (``refine_steps`` of edge/Laplacian-regularised fitting to the iso-surface), then one file per format in
-    ``output_dir`` named ``<index>_<description>.<format>``. ``resolution`` (e.g. 64) overrides the grid size the
+    """For every prediction: the model's refined mesh when it has a trained refinement stage
+    (``model.init_args.refinement.enabled``), else marching cubes at ``level`` on the occupancy grid with optional
+    vertex fitting (``refine_steps`` of edge/Laplacian-regularised fitting to the iso-surface); then one file per
+    format in ``output_dir`` named ``<index>_<description>.<format>``. ``resolution`` (e.g. 64) overrides the grid size the
     model predicts at; by default the model keeps the resolution it reached in training (stored in the checkpoint).
     """
 
@@ -65,10 +67,21 @@ class MeshWriter(BasePredictionWriter):
         dataloader_idx: int = 0,
     ) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        for prob, text, style, index in zip(
-            prediction["prob"], prediction["text"], prediction["style"], prediction["index"], strict=True
+        refined = prediction.get("meshes") or [None] * len(
+            prediction["prob"]
+        )  # the model's trained refinement
+        for prob, text, style, index, vertices_faces in zip(
+            prediction["prob"],
+            prediction["text"],
+            prediction["style"],
+            prediction["index"],
+            refined,
+            strict=True,
         ):
-            mesh = refine_mesh(voxels_to_mesh(prob, self.level), prob, self.refine_steps)
+            if vertices_faces is not None:
+                mesh = trimesh.Trimesh(*vertices_faces, process=False)
+            else:
+                mesh = refine_mesh(voxels_to_mesh(prob, self.level), prob, self.refine_steps)
             if len(mesh.faces) == 0:
                 rank_zero_info(f"[shape3d] predict: '{text}' gave an empty shape; writing an empty mesh")
             name = f"{index:03d}_{slug(text)}" + (f"_{slug(style)}" if style else "")

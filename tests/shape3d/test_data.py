@@ -130,11 +130,13 @@ def test_augmentation_is_consistent_for_voxels_points_and_meshes(tmp_path):
     matrix = random_similarity(generator, 30.0, (0.8, 1.2))
     assert abs(torch.linalg.det(matrix).item() ** (1 / 3) - 1) <= 0.2 + 1e-6
     grid = torch.from_numpy(voxelize_mesh(mesh, 48)).float()
-    points = torch.from_numpy(trimesh.sample.sample_surface(mesh, 200, seed=0)[0]).float()
+    sampled, face_index = trimesh.sample.sample_surface(mesh, 200, seed=0)
+    points = torch.from_numpy(sampled).float()
     sample = {
         "voxels": grid,
         "eval_voxels": grid,
         "points": points,
+        "normals": torch.from_numpy(mesh.face_normals[face_index]).float(),
         "ref_points": points.clone(),
         "distances": torch.zeros(16, 16, 16),
     }
@@ -151,6 +153,15 @@ def test_augmentation_is_consistent_for_voxels_points_and_meshes(tmp_path):
     assert np.allclose(
         moved.vertices, mesh.vertices @ matrix.double().numpy().T
     )  # the mesh moved the same way
+    # the normals turned with it: the face a point lies on (the axis where |offset| = 1) gives its box normal,
+    # which the rotation part of the map must have turned
+    axis = offset.argmax(1)
+    box_normals = np.zeros_like(back)
+    box_normals[np.arange(len(back)), axis] = np.sign(
+        (back - np.array([0.15, 0.1, 0.0]))[np.arange(len(back)), axis]
+    )
+    rotation = matrix.double().numpy() / abs(np.linalg.det(matrix.double().numpy())) ** (1 / 3)
+    np.testing.assert_allclose(out["normals"].numpy(), box_normals @ rotation.T, atol=1e-5)
 
 
 def test_datamodule_targets_follow_the_resolution(tmp_path):
