@@ -18,11 +18,12 @@ import yaml
 from jsonargparse import set_parsing_settings
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from common.callbacks import GradNormLogger, MediaLogger, MetricSummary, ResumeRNG
-from common.errors import InputError, MissingInputError
+from common.callbacks import GradNormLogger, LatestCheckpoint, MediaLogger, MetricSummary, NaNGuard, ResumeRNG
+from common.errors import InputError, MissingInputError, TrainingDiverged
 from common.loggers import WandbLogger, run_dir
 from common.precision import precision_for_hardware
 
@@ -48,6 +49,10 @@ class SaveConfigToRun(SaveConfigCallback):
                 logger.log_hyperparams(resolved)
                 if isinstance(logger, WandbLogger):
                     logger.experiment.save(str(path), base_path=str(directory), policy="now")
+                    checkpoint = trainer.checkpoint_callback
+                    logger.define_metrics(
+                        getattr(checkpoint, "monitor", None), getattr(checkpoint, "mode", "min")
+                    )
             self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
@@ -69,7 +74,7 @@ class TGMCLI(LightningCLI):
                 "data", f"model.init_args.{arg}", compute_fn=data_attribute(attribute), apply_on="instantiate"
             )
         # Always-on callbacks, configurable under their own keys (``checkpoint.monitor: val/dtw`` ...).
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LatestCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
@@ -82,6 +87,7 @@ class TGMCLI(LightningCLI):
         parser.add_lightning_class_args(MediaLogger, "media")
         parser.add_lightning_class_args(MetricSummary, "summary")
         parser.add_lightning_class_args(ResumeRNG, "resume_rng")
+        parser.add_lightning_class_args(NaNGuard, "nan_guard")
 
     def _parse_ckpt_path(self) -> None:
         # checked before Lightning merges a checkpoint's hyperparameters (they hold the linked values too)
@@ -105,6 +111,9 @@ class TGMCLI(LightningCLI):
             init_args = logger.init_args
             if init_args.get("group") is None:  # one W&B group per project, taken from the model's package
                 init_args.group = project_of(config.model.class_path)
+        if self.subcommand == "fit" and config.ckpt_path:
+            # one run, one log: continue the checkpoint's CSV version and W&B run instead of starting new ones
+            resume_loggers(trainer.logger, resume_checkpoint(config.ckpt_path, config.checkpoint.dirpath))
         if self.subcommand in ("validate", "test", "predict") and config.ckpt_path == "best":
             # Lightning knows "best" only inside the process that trained; read it from last.ckpt instead.
             config.ckpt_path = str(best_checkpoint(config.checkpoint.dirpath))
@@ -181,6 +190,36 @@ def import_class(class_path: str) -> type | None:
         return getattr(importlib.import_module(module_name), class_name, None) if module_name else None
     except ImportError:
         return None
+
+
+def resume_checkpoint(ckpt_path: str, dirpath: str | None) -> Path | None:
+    """The file ``fit --ckpt_path`` resumes from: ``last`` is the newest ``last*.ckpt`` in ``checkpoint.dirpath``
+    (as Lightning chooses it); None when there is none (Lightning then starts afresh with a warning)."""
+    if ckpt_path == "last":
+        candidates = (
+            sorted(Path(dirpath).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime) if dirpath else []
+        )
+        return candidates[-1] if candidates else None
+    path = Path(ckpt_path)
+    return path if path.is_file() else None
+
+
+def resume_loggers(logger_config: Any, checkpoint: Path | None) -> None:
+    """Set each configured logger's ``version`` (CSV, TensorBoard) or ``id`` (W&B) to the one recorded in the
+    checkpoint (``LatestCheckpoint`` writes ``checkpoint["loggers"]``), unless the config sets it."""
+    if checkpoint is None or not logger_config or isinstance(logger_config, bool):
+        return
+    import torch
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("loggers") or {}
+    for entry in logger_config if isinstance(logger_config, list) else [logger_config]:
+        cls = import_class(getattr(entry, "class_path", None) or "")
+        recorded = saved.get(f"{cls.__module__}.{cls.__qualname__}") if cls else None
+        if recorded is None:
+            continue
+        key = "id" if issubclass(cls, LightningWandbLogger) else "version"
+        if entry.init_args.get(key) is None:
+            entry.init_args[key] = recorded["version"]
 
 
 def best_checkpoint(dirpath: str | None) -> Path:
@@ -270,7 +309,8 @@ def run_cli(args: list[str] | None = None) -> TGMCLI:
 
 
 def main() -> None:
-    """Entry point of the ``tgm`` console script: bad user input ends in one line and exit code 2."""
+    """Entry point of the ``tgm`` console script. Expected endings are one line on stderr, no traceback:
+    bad user input exits 2, a diverged run (NaN/Inf) 3, SIGTERM 143 after saving ``last.ckpt``."""
     try:
         run_cli()
     except (
@@ -284,6 +324,14 @@ def main() -> None:
             hint = " (the config asks for a GPU; without one use --trainer.accelerator cpu)"
         sys.stderr.write(f"tgm: {error}{hint}\n(set TGM_TRACEBACK=1 for the full traceback)\n")
         raise SystemExit(2) from error
+    except TrainingDiverged as error:
+        if os.environ.get("TGM_TRACEBACK"):
+            raise
+        sys.stderr.write(f"tgm: {error}\n")
+        raise SystemExit(3) from error
+    except SIGTERMException as error:  # Lightning stops after the batch; LatestCheckpoint has saved last.ckpt
+        sys.stderr.write("tgm: stopped by SIGTERM after saving last.ckpt; continue with --ckpt_path last\n")
+        raise SystemExit(143) from error
 
 
 if __name__ == "__main__":

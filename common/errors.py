@@ -14,3 +14,8 @@ class InputError(ValueError):
 
 class MissingInputError(InputError, FileNotFoundError):
     """A file or folder the config names does not exist."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss, gradient norm or weight became NaN or infinite: ``tgm`` prints the message (epoch, step, batch
+    and the last good checkpoint) as one line and exits with code 3."""

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import netrc
 import os
+import socket
+import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import lightning.pytorch as pl
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
+from common.errors import InputError
+
 DEFAULT_PROJECT = "turkish-generative-models"
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+# how long an online run may wait to learn that the W&B server cannot be reached (README: "W&B without network")
+PROBE_TIMEOUT_S = 5.0
 
 
 def wandb_logged_in() -> bool:
@@ -22,7 +33,7 @@ def wandb_logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
+        host = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL).split("://")[-1].rstrip("/")
         return netrc.netrc().authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
@@ -36,13 +47,45 @@ def resolve_wandb_mode(mode: str | None = None) -> str:
     return chosen
 
 
+def wandb_unreachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the W&B server (``WANDB_BASE_URL``) cannot be reached, or None when a TCP connection opens.
+
+    A bounded probe (name lookup included, in a thread) so that a machine without network learns it in
+    ``timeout`` seconds instead of after wandb's own retries (about 90 s).
+    """
+    url = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    host, port = parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
+    result: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as error:
+            result.append(f"{type(error).__name__}: {error.strerror or error}")
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not result:
+        return f"{url} did not answer within {timeout:.0f} s"
+    return f"{url}: {result[0]}" if result[0] else None
+
+
 class WandbLogger(_LightningWandbLogger):
     """Lightning's ``WandbLogger`` with safe defaults for this repo.
 
     * offline unless the user is logged in (or ``WANDB_MODE``/``mode`` says otherwise); offline runs land in
       ``<save_dir>/wandb/offline-run-*`` and are uploaded later with ``wandb sync``;
-    * a bounded ``init_timeout`` so a flaky network fails fast instead of hanging;
-    * checkpoints uploaded as artifacts (``log_model``) only when online, unless set explicitly.
+    * before an online run starts, a 5 s probe of the server: unreachable with online asked for explicitly is one
+      line and exit 2 (:class:`~common.errors.InputError`); online only because a login was found falls back to
+      offline with one warning; ``init_timeout`` bounds a server that answers but does not start the run;
+    * checkpoints uploaded as artifacts (``log_model``) only when online, unless set explicitly;
+    * ``id``: the run to continue (``tgm fit --ckpt_path`` sets it from the checkpoint, Lightning resumes with
+      ``resume="allow"``);
+    * :meth:`define_metrics`: validation metrics plotted against ``epoch``, the monitored metric's best value in
+      the run summary.
     """
 
     def __init__(
@@ -54,7 +97,8 @@ class WandbLogger(_LightningWandbLogger):
         save_dir: str = "runs",
         mode: str | None = None,
         log_model: bool | str | None = None,
-        init_timeout: float = 60.0,
+        init_timeout: float = 30.0,
+        id: str | None = None,
         **kwargs: Any,
     ) -> None:
         import wandb
@@ -73,6 +117,7 @@ class WandbLogger(_LightningWandbLogger):
             mode=resolved,
             log_model=log_model,
             settings=settings,
+            id=id,
             **kwargs,
         )
         self.mode = resolved
@@ -81,16 +126,73 @@ class WandbLogger(_LightningWandbLogger):
 
     @property
     def experiment(self) -> Any:
-        if self._experiment is None and self.fallback_offline:
+        if self._experiment is None and self.mode == "online":
+            unreachable = wandb_unreachable()
+            if unreachable and not self.fallback_offline:
+                raise InputError(
+                    f"W&B: online mode was asked for (mode / WANDB_MODE) but the server cannot be reached "
+                    f"({unreachable}); check the network, or use WANDB_MODE=offline and `wandb sync` later"
+                )
+            if unreachable:
+                self._go_offline(unreachable)
+        if self._experiment is None and self.mode == "online":
             try:
                 return super().experiment
             except Exception as error:  # wandb raises CommError / UsageError / TimeoutError on no network
-                rank_zero_warn(f"W&B: could not start an online run ({type(error).__name__}: {error}); logging "
-                               "offline instead. Upload it later with `wandb sync`.")
-                self.mode = self._wandb_init["mode"] = "offline"
-                self._log_model = False
-                self.fallback_offline = False
+                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                if not self.fallback_offline:
+                    raise InputError(
+                        f"W&B: could not start the online run ({reason}); check the network and `wandb login`, "
+                        "or use WANDB_MODE=offline and `wandb sync` later"
+                    ) from error
+                self._go_offline(reason)
         return super().experiment
+
+    def _go_offline(self, reason: str) -> None:
+        rank_zero_warn(
+            f"W&B: could not start an online run ({reason}); logging offline instead. "
+            "Upload it later with `wandb sync`."
+        )
+        self.mode = self._wandb_init["mode"] = "offline"
+        self._log_model = False
+        self.fallback_offline = False
+
+    def define_metrics(self, monitor: str | None, mode: str = "min") -> None:
+        """Charts that read right on first open: ``val/*`` against ``epoch`` (Lightning logs ``epoch`` with every
+        metric), and the monitored metric's best value (``min``/``max`` as ``checkpoint.mode``) and last value
+        in the run summary, so the runs table compares runs by their best score."""
+        run = self.experiment
+        if not callable(getattr(run, "define_metric", None)):
+            return
+        run.define_metric("epoch", step_metric="trainer/global_step")
+        run.define_metric("val/*", step_metric="epoch")
+        if monitor:
+            run.define_metric(
+                monitor, step_metric="epoch" if monitor.startswith("val/") else None, summary=f"{mode},last"
+            )
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's ``CSVLogger`` that appends to an existing ``metrics.csv`` instead of deleting it, so a resumed
+    run (same ``version``, set from the checkpoint by ``tgm fit --ckpt_path``) keeps one log. Rows logged after
+    the checkpoint and before the interruption appear again with the same steps."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            header = file.readline().strip()
+        self.metrics_keys = sorted(key for key in header.split(",") if key)
 
 
 def run_dir(trainer: pl.Trainer) -> Path:

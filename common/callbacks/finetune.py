@@ -40,9 +40,13 @@ class FreezeUnfreeze(BaseFinetuning):
     ) -> None:
         super().__init__()
         if not modules:
-            raise ValueError("FreezeUnfreeze.modules is empty; name at least one submodule, e.g. 'text_encoder'")
+            raise ValueError(
+                "FreezeUnfreeze.modules is empty; name at least one submodule, e.g. 'text_encoder'"
+            )
         if unfreeze_at_epoch is not None and unfreeze_at_epoch < 0:
-            raise ValueError(f"FreezeUnfreeze.unfreeze_at_epoch must be >= 0 or null, got {unfreeze_at_epoch}")
+            raise ValueError(
+                f"FreezeUnfreeze.unfreeze_at_epoch must be >= 0 or null, got {unfreeze_at_epoch}"
+            )
         self.module_names = list(modules)
         self.unfreeze_at_epoch = unfreeze_at_epoch
         self.unfreeze_lr = unfreeze_lr
@@ -68,7 +72,11 @@ class FreezeUnfreeze(BaseFinetuning):
         self.make_trainable(modules)
         params = self.filter_params(modules, train_bn=True, requires_grad=True)
         params = list({id(param): param for param in self.filter_on_optimizer(optimizer, params)}.values())
-        lr = optimizer.param_groups[0]["lr"] / self.lr_divisor if self.unfreeze_lr is None else float(self.unfreeze_lr)
+        lr = (
+            optimizer.param_groups[0]["lr"] / self.lr_divisor
+            if self.unfreeze_lr is None
+            else float(self.unfreeze_lr)
+        )
         if params:
             optimizer.add_param_group({"params": params, "lr": lr})
 

@@ -25,7 +25,9 @@ class ResumeRNG(pl.Callback):
     def state_key(self) -> str:
         return "ResumeRNG"
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint["rng_states"] = {
             "python": random.getstate(),
             # plain lists and tensors only, so checkpoints stay loadable with torch.load(weights_only=True)
@@ -34,7 +36,9 @@ class ResumeRNG(pl.Callback):
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         states = checkpoint.get("rng_states")
         if states is None:  # a checkpoint written without this callback: nothing to restore
             return

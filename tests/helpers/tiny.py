@@ -139,3 +139,33 @@ class LinkedTinyModule(TinyModule):
         super().__init__(lr=lr, hidden=hidden, count_file=count_file)
         self.save_hyperparameters()
         self.encoder = nn.Linear(in_features, hidden)
+
+
+class DivergingTinyModule(TinyModule):
+    """The tiny model whose loss is NaN at optimizer step ``nan_at_step`` (and, with ``nan_once: false``, at
+    every later step)."""
+
+    def __init__(self, nan_at_step: int = 3, nan_once: bool = True, lr: float = 0.05) -> None:
+        super().__init__(lr=lr)
+        self.nan_at_step = nan_at_step
+        self.nan_once = nan_once
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        step = self.trainer.global_step
+        if step == self.nan_at_step or (step > self.nan_at_step and not self.nan_once):
+            loss = loss * float("nan")
+        return loss
+
+
+class SignalAtStep(pl.Callback):
+    """Send ``signum`` to this process when training reaches optimizer step ``step`` (a pre-emption or a crash
+    at a known point, for the resume tests)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step = step
+        self.signum = signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)

@@ -1,0 +1,219 @@
+"""Runs you can trust: last.ckpt is the latest state, step checkpoints and SIGTERM survive a kill, a resumed run
+keeps its log, a diverging run stops with one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from common.callbacks import LatestCheckpoint, NaNGuard
+from common.errors import TrainingDiverged
+from tests.helpers.tiny import DivergingTinyModule, TinyDataModule, TinyModule
+from tests.test_cli import CSV, ROOT, TINY, fit
+
+BATCHES_PER_EPOCH = 8  # tiny data: 64 samples, batch size 8
+
+
+def saved_step(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+
+
+class LastCkptProbe(pl.Callback):
+    """At the start of each epoch after the first, read which step last.ckpt holds (checkpoint callbacks run
+    after all others, so the previous epoch's saves are done by then)."""
+
+    def __init__(self, last: Path) -> None:
+        self.last = last
+        self.steps: list[int] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch > 0:
+            self.steps.append(saved_step(self.last))
+
+
+def trainer_with(tmp_path: Path, callbacks: list, **kwargs) -> pl.Trainer:
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path, name="t"),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        **kwargs,
+    )
+
+
+def test_last_ckpt_follows_every_validation_when_the_metric_gets_worse(tmp_path):
+    """mode=max on val/mse, which falls as the model learns: from the checkpoint's view the metric gets worse
+    every epoch, so only epoch 0 is top-1. last.ckpt must still hold each epoch's state."""
+    checkpoint = LatestCheckpoint(
+        dirpath=tmp_path / "ckpt",
+        monitor="val/mse",
+        mode="max",
+        save_last=True,
+        filename="epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+    )
+    probe = LastCkptProbe(tmp_path / "ckpt" / "last.ckpt")
+    trainer = trainer_with(tmp_path, [checkpoint, probe], max_epochs=3)
+    trainer.fit(TinyModule(), TinyDataModule())
+    assert probe.steps == [8, 16]
+    assert Path(checkpoint.best_model_path).name == "epoch000.ckpt"  # the metric really got worse
+    assert saved_step(tmp_path / "ckpt" / "last.ckpt") == trainer.global_step == 24
+
+
+def test_last_ckpt_holds_the_end_of_fit_when_it_stops_mid_epoch(tmp_path):
+    checkpoint = LatestCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/mse", save_last=True)
+    trainer = trainer_with(tmp_path, [checkpoint], max_steps=12)
+    trainer.fit(TinyModule(), TinyDataModule())
+    assert saved_step(tmp_path / "ckpt" / "last.ckpt") == 12
+
+
+def test_cli_last_ckpt_is_the_latest_epoch(tmp_path):
+    cli = fit(tmp_path, "--checkpoint.mode", "max", "--trainer.max_epochs", "3")
+    assert saved_step(tmp_path / "ckpt" / "last.ckpt") == cli.trainer.global_step == 24
+    assert (tmp_path / "ckpt" / "epoch000.ckpt").exists() and not (
+        tmp_path / "ckpt" / "epoch002.ckpt"
+    ).exists()
+
+
+def killed_run(tmp_path: Path, signum: int, step: int, *extra: str) -> subprocess.CompletedProcess:
+    """`tgm fit` in a subprocess that receives ``signum`` when training reaches ``step``."""
+    callbacks = tmp_path / "signal.yaml"
+    callbacks.write_text(
+        "trainer:\n  callbacks:\n    - class_path: tests.helpers.tiny.SignalAtStep\n"
+        f"      init_args: {{step: {step}, signum: {int(signum)}}}\n"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "common.cli",
+        "fit",
+        "--config",
+        TINY,
+        "--config",
+        CSV,
+        "--config",
+        str(callbacks),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "csv"),
+        "--checkpoint.dirpath",
+        str(tmp_path / "ckpt"),
+        *extra,
+    ]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def resume(tmp_path: Path):
+    return fit(tmp_path, "--ckpt_path", "last")
+
+
+def test_sigkill_mid_first_epoch_resumes_from_the_step_checkpoint(tmp_path):
+    """every_n_train_steps=4 and a kill at step 6, before the first validation: last.ckpt holds step 4 (a
+    monitored validation metric does not exist yet, which made ModelCheckpoint defer the save)."""
+    killed = killed_run(tmp_path, signal.SIGKILL, 6, "--checkpoint.every_n_train_steps", "4")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert saved_step(tmp_path / "ckpt" / "last.ckpt") == 4
+    resumed = resume(tmp_path)
+    assert resumed.trainer.ckpt_path == str(tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.trainer.current_epoch == 2 and resumed.trainer.global_step == 2 * BATCHES_PER_EPOCH
+
+
+def test_sigterm_saves_last_ckpt_and_exits_with_one_line(tmp_path):
+    """SIGTERM at the start of step 6: Lightning finishes that batch and stops; last.ckpt holds step 7."""
+    stopped = killed_run(tmp_path, signal.SIGTERM, 6)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    assert "tgm: stopped by SIGTERM after saving last.ckpt; continue with --ckpt_path last" in stopped.stderr
+    assert saved_step(tmp_path / "ckpt" / "last.ckpt") == 7
+    resumed = resume(tmp_path)
+    assert resumed.trainer.current_epoch == 2 and resumed.trainer.global_step == 2 * BATCHES_PER_EPOCH
+
+
+def test_resumed_run_appends_to_the_same_csv_version_and_keeps_before(tmp_path):
+    fit(tmp_path, "--trainer.max_epochs", "1")
+    first = json.loads((tmp_path / "csv" / "default" / "version_0" / "metric_summary.json").read_text())
+    fit(tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    assert sorted(p.name for p in (tmp_path / "csv" / "default").iterdir()) == ["version_0"]
+    with open(tmp_path / "csv" / "default" / "version_0" / "metrics.csv", newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("val/mse")]
+    assert [int(row["epoch"]) for row in rows] == [0, 1]  # both runs' validations, in one file
+    summary = json.loads((tmp_path / "csv" / "default" / "version_0" / "metric_summary.json").read_text())
+    assert summary["before"] == first["before"]  # the untrained model, not the resumed one
+    assert summary["at_resume"]["val/mse"] == pytest.approx(first["after"]["val/mse"], rel=1e-5)
+
+
+def test_nan_guard_stops_at_the_first_nan_and_keeps_the_last_good_checkpoint(tmp_path):
+    checkpoint = LatestCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/mse", save_last=True)
+    trainer = trainer_with(tmp_path, [checkpoint, NaNGuard()], max_epochs=3)
+    module = DivergingTinyModule(nan_at_step=11)  # epoch 1, batch 3
+    with pytest.raises(
+        TrainingDiverged, match=r"non-finite loss \(nan\) at epoch 1, step 11, batch 3"
+    ) as error:
+        trainer.fit(module, TinyDataModule())
+    assert str(tmp_path / "ckpt" / "last.ckpt") in str(error.value)
+    assert saved_step(tmp_path / "ckpt" / "last.ckpt") == 8
+    assert all(torch.isfinite(p).all() for p in module.parameters())  # stopped before the step
+
+
+def test_nan_guard_skip_batch_drops_only_the_bad_batch(tmp_path):
+    guard = NaNGuard(action="skip_batch")
+    module = DivergingTinyModule(nan_at_step=3)
+    reference = TinyModule()
+    reference.load_state_dict(module.state_dict())
+    trainer = trainer_with(tmp_path, [guard], max_epochs=1, enable_checkpointing=False)
+    trainer.fit(module, TinyDataModule())
+    assert guard.skipped == 1 and trainer.global_step == BATCHES_PER_EPOCH
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_nan_guard_never_writes_non_finite_weights():
+    module = TinyModule()
+
+    class Stub:
+        current_epoch, global_step, checkpoint_callback = 2, 17, None
+
+    with pytest.raises(TrainingDiverged, match="weight 'head.bias' is not finite at epoch 2, step 17"):
+        NaNGuard().on_save_checkpoint(
+            Stub(), module, {"state_dict": {"head.bias": torch.tensor([float("inf")])}}
+        )
+
+
+def test_diverging_cli_run_exits_non_zero_with_one_line(tmp_path):
+    """The issue's command: lr 1e30 on the tiny config used to finish with exit 0 and val/mse nan."""
+    command = [
+        sys.executable,
+        "-m",
+        "common.cli",
+        "fit",
+        "--config",
+        TINY,
+        "--config",
+        CSV,
+        "--model.init_args.lr",
+        "1e30",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "csv"),
+        "--checkpoint.dirpath",
+        str(tmp_path / "ckpt"),
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "diverged" in line]
+    assert len(lines) == 1 and lines[0].startswith("tgm: training diverged: non-finite loss"), result.stderr
+    assert "epoch 0, step 1, batch 1" in lines[0]
