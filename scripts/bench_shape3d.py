@@ -182,7 +182,7 @@ def bench_voxels(resolutions: list[int], shapes: int) -> list[dict]:
         seconds, mib = measure(lambda r=resolution: [voxelize_mesh(m, r) for m in meshes])
         rows.append(
             {
-                "op": "voxelise (ray parity)",
+                "op": "voxelise (winding number)",
                 "resolution": resolution,
                 "seconds_per_shape": seconds / len(meshes),
                 "peak_mib": mib,
