@@ -8,6 +8,11 @@
 2. Progressive decoding frames/s of the default-sized model with and without the key/value cache.
 3. Training step time (forward + backward + Adam) of the default-sized model.
 
+``--pt-format DIR`` instead checks faithfulness to the original on PT-format data (0-based counters, frame 0 as
+start frame, lengths 10-300, written by ``tests/pose/pt_fixture.py``): it converts a Progressive Transformers
+``Base.yaml`` (small model, ``--pt-epochs``), trains with ``tgm fit``, and prints the decoded/reference length
+ratio per length bucket and the logged dev DTW next to the original ``calculate_dtw`` on the same predictions.
+
 Prints a Markdown table. Timings depend on the machine and on other load; say so when quoting them.
 """
 
@@ -180,6 +185,74 @@ def bench_training_step(trg_size: int, batch: int, frames: int, steps: int) -> l
     ]
 
 
+PT_BASE = """
+data: {src: gloss, trg: skels, files: files, train: DIR/train, dev: DIR/dev, test: DIR/dev,
+       max_sent_length: 300, skip_frames: 1}
+training: {random_seed: 27, optimizer: adam, learning_rate: 0.001, learning_rate_min: 0.0002, weight_decay: 0.0,
+           clip_grad_norm: 5.0, batch_size: 8, scheduling: plateau, patience: 7, decrease_factor: 0.7,
+           early_stopping_metric: dtw, epochs: EPOCHS, validation_freq: 100, logging_freq: 250, eval_metric: dtw,
+           model_dir: DIR/model, overwrite: false, continue: true, shuffle: true, use_cuda: false,
+           max_output_length: 320, keep_last_ckpts: 1, loss: MSE}
+model: {initializer: xavier, bias_initializer: zeros, embed_initializer: xavier, trg_size: 12,
+        just_count_in: false, gaussian_noise: true, noise_rate: 5, future_prediction: 0,
+        encoder: {type: transformer, num_layers: 2, num_heads: 4, embeddings: {embedding_dim: 32, dropout: 0.0},
+                  hidden_size: 32, ff_size: 64, dropout: 0.0},
+        decoder: {type: transformer, num_layers: 2, num_heads: 4, embeddings: {embedding_dim: 32, dropout: 0.0},
+                  hidden_size: 32, ff_size: 64, dropout: 0.0}}
+"""
+
+
+def pt_format_check(directory: str, epochs: int) -> None:
+    """Train a converted PT config on PT-format data; length ratio per bucket and DTW vs the original's."""
+    from pathlib import Path
+
+    import yaml
+
+    from common.cli import run_cli
+    from projects.pose.convert_config import convert
+    from tests.pose.pt_fixture import write_pt_corpus
+    from tests.pose.test_dtw import original_calculate_dtw
+
+    root = Path(directory)
+    data = write_pt_corpus(root, {"train": 240, "dev": 40}, trg_size=12, seed=3, max_glosses=8)
+    config, _ = convert(yaml.safe_load(PT_BASE.replace("DIR", str(root)).replace("EPOCHS", str(epochs))))
+    config["data"]["init_args"].update(cache_dir=str(root / "prepared"), fasttext_dim=32, eval_batch_size=40)
+    config["model"]["init_args"]["torch_num_threads"] = 1
+    (root / "converted.yaml").write_text(yaml.safe_dump(config))
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            str(root / "converted.yaml"),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    module, datamodule = cli.model.eval(), cli.datamodule
+    logged = cli.trainer.validate(module, datamodule, verbose=False)[0]["val/dtw_pt_l1_ref_len"]
+    dev = data["dev"]
+    hyps, ratios = [], []
+    with torch.no_grad():
+        for index, sequence in enumerate(dev):
+            start = torch.from_numpy(sequence[:1])
+            frames, lengths = module.generate([datamodule.datasets["dev"].tokens[index]], start)
+            hyps.append(np.concatenate([sequence[:1], frames[0, : lengths[0]].numpy()]))
+            ratios.append((len(sequence) - 1, int(lengths[0]) / (len(sequence) - 1)))
+    original = float(np.mean(original_calculate_dtw([s[1:] for s in dev], hyps)))
+    print("\n| reference frames | sequences | decoded / reference length |\n|---|---|---|")
+    for low, high in ((9, 49), (50, 99), (100, 199), (200, 299)):
+        bucket = [r for n, r in ratios if low <= n <= high]
+        if bucket:
+            print(
+                f"| {low}-{high} | {len(bucket)} | {np.mean(bucket):.3f} (min {min(bucket):.2f}, max {max(bucket):.2f}) |"
+            )
+    print(
+        f"\nlogged val/dtw_pt_l1_ref_len {logged:.6f}; original calculate_dtw on the same predictions {original:.6f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -189,8 +262,13 @@ def main() -> None:
     parser.add_argument("--trg-size", type=int, default=150)
     parser.add_argument("--python-pairs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on shared CPUs)")
+    parser.add_argument("--pt-format", metavar="DIR", help="run the PT-format check in DIR instead")
+    parser.add_argument("--pt-epochs", type=int, default=60)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.pt_format:
+        pt_format_check(args.pt_format, args.pt_epochs)
+        return
     rows = bench_dtw(args.sequences, args.frames, args.trg_size, args.python_pairs)
     rows += bench_decoding(args.trg_size, batch=16, steps=100)
     rows += bench_training_step(args.trg_size, batch=16, frames=40, steps=10)

@@ -11,6 +11,7 @@ artefact (``prepared``, linked from ``data.prepared_path``) and are saved in the
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -252,7 +253,7 @@ class PoseModule(pl.LightningModule):
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None
         self._token_counts = {"tokens": 0, "subword": 0, "unk": 0}
-        self._unknown: dict[str, int] = {}
+        self._unknown: Counter = Counter()
 
     # ---------------------------------------------------------------------------- vocabulary & FastText
     def load_prepared(self, path: str | Path) -> None:
@@ -327,28 +328,25 @@ class PoseModule(pl.LightningModule):
         ids = [torch.tensor(self.vocab.encode(t)) for t in tokens]
         src = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=self.vocab.pad_index)
         mask = src != self.vocab.pad_index
-        vectors = vector_mask = None
-        fasttext = self.fasttext_vectors() if subwords else None
-        for sentence in tokens if subwords else []:
+        if not subwords:
+            return src.to(self.device), mask.to(self.device), None, None
+        fasttext = self.fasttext_vectors()
+        vectors = torch.zeros(*src.shape, self.net.src_embed.embedding_dim)
+        vector_mask = torch.zeros(src.shape, dtype=torch.bool)
+        for row, sentence in enumerate(tokens):
             self._token_counts["tokens"] += len(sentence)
-        if subwords:
-            width = self.net.src_embed.embedding_dim
-            vectors = torch.zeros(*src.shape, width)
-            vector_mask = torch.zeros(src.shape, dtype=torch.bool)
-            for row, sentence in enumerate(tokens):
-                for column, token in enumerate(sentence):
-                    if token in self.vocab.stoi:
-                        continue
-                    vector = word_vector(fasttext, token) if fasttext is not None else None
-                    if vector is not None and len(vector) == width:
-                        vectors[row, column] = torch.from_numpy(np.asarray(vector, dtype=np.float32))
-                        vector_mask[row, column] = True
-                        self._token_counts["subword"] += 1
-                    else:
-                        self._token_counts["unk"] += 1
-                        self._unknown[token] = self._unknown.get(token, 0) + 1
-            vectors, vector_mask = vectors.to(self.device), vector_mask.to(self.device)
-        return src.to(self.device), mask.to(self.device), vectors, vector_mask
+            for column, token in enumerate(sentence):
+                if token in self.vocab.stoi:
+                    continue
+                vector = word_vector(fasttext, token) if fasttext is not None else None
+                if vector is not None and len(vector) == vectors.shape[-1]:
+                    vectors[row, column] = torch.from_numpy(np.asarray(vector, dtype=np.float32))
+                    vector_mask[row, column] = True
+                    self._token_counts["subword"] += 1
+                else:
+                    self._token_counts["unk"] += 1
+                    self._unknown[token] += 1
+        return src.to(self.device), mask.to(self.device), vectors.to(self.device), vector_mask.to(self.device)
 
     # ------------------------------------------------------------------------------------------- training
     def _check_width(self, frames: Tensor) -> None:
@@ -534,7 +532,7 @@ class PoseModule(pl.LightningModule):
     @override
     def on_predict_epoch_start(self) -> None:
         self._token_counts = {"tokens": 0, "subword": 0, "unk": 0}
-        self._unknown = {}
+        self._unknown = Counter()
 
     @override
     def on_predict_epoch_end(self) -> None:
@@ -549,9 +547,7 @@ class PoseModule(pl.LightningModule):
             f"vocabulary: {counts['subword']} ({100 * counts['subword'] / total:.1f} %) took their FastText "
             f"subword vector, {counts['unk']} ({100 * counts['unk'] / total:.1f} %) fell back to {UNK}"
         )
-        from collections import Counter
-
-        message = unknown_share_message("predict", counts["unk"], total, Counter(self._unknown))
+        message = unknown_share_message("predict", counts["unk"], total, self._unknown)
         if message:
             warnings.warn(message, UserWarning, stacklevel=2)
 

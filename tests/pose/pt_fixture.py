@@ -54,3 +54,39 @@ def write_src_vocab(path: str | Path) -> Path:
     path = Path(path)
     path.write_text("\n".join(["<unk>", "<pad>", "<s>", "</s>", *GLOSSES]) + "\n", encoding="utf-8")
     return path
+
+
+def write_pt_corpus(
+    out_dir: str | Path, counts: dict[str, int], trg_size: int = 6, seed: int = 0, max_glosses: int = 6
+) -> dict[str, list[np.ndarray]]:
+    """A learnable PT-format corpus: each gloss has its own duration (10-50 frames) and motion, a sentence is
+    1-``max_glosses`` glosses, so lengths span about 10-300 frames and follow from the source."""
+    rng = np.random.default_rng(seed)
+    durations = {g: int(rng.integers(10, 51)) for g in GLOSSES}
+    targets = {g: rng.uniform(-0.8, 0.8, trg_size) for g in GLOSSES}
+    rest = np.linspace(-0.5, 0.5, trg_size)
+    out = {}
+    for split, count in counts.items():
+        texts, sequences = [], []
+        for _ in range(count):
+            words = list(rng.choice(GLOSSES, size=int(rng.integers(1, max_glosses + 1))))
+            pieces, current = [rest[None]], rest
+            for word in words:
+                ramp = np.linspace(0.0, 1.0, durations[word])[1:, None]
+                pieces.append(current + ramp * (targets[word] - current))
+                current = targets[word]
+            joints = np.concatenate(pieces)[:300]
+            sequences.append(
+                np.concatenate([joints, progress_counter(len(joints), zero_based=True)[:, None]], 1)
+            )
+            texts.append(" ".join(words))
+        write_split(
+            Path(out_dir) / split,
+            texts,
+            sequences,
+            [f"{split}/{i:05d}" for i in range(count)],
+            src="gloss",
+            decimals=5,
+        )
+        out[split] = sequences
+    return out

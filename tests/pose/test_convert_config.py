@@ -20,6 +20,7 @@ data:
     test: "./Data/tmp/test"
     max_sent_length: 300
     skip_frames: 1
+    src_vocab: "./Configs/src_vocab.txt"
 training:
     random_seed: 27
     optimizer: "adam"
@@ -180,3 +181,75 @@ def test_converted_config_tokenises_as_the_original_and_writes_predictions():
     assert data["lowercase"] is False and data["punctuation"] == "whitespace"
     writers = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("PosePredictionWriter")]
     assert writers and writers[0]["init_args"]["output_dir"] == "./Models/Base/predictions"
+
+
+def test_converted_config_trains_on_original_data_and_predict_writes(tmp_path, capsys):
+    """The original's data, src_vocab and Base.yaml through the converter: no gloss is <unk> (PT tokenisation),
+    fit runs, and ``tgm predict`` writes the same outputs as the default config."""
+    import warnings
+
+    from projects.pose.data import PoseDataModule
+    from projects.pose.formats import read_split
+    from projects.pose.vocabulary import Vocabulary
+    from tests.pose.pt_fixture import write_pt_split, write_src_vocab
+
+    for split, seed in (("train", 1), ("dev", 2), ("test", 3)):
+        write_pt_split(tmp_path / "Data" / split, [12, 15, 20], trg_size=6, seed=seed)
+    write_src_vocab(tmp_path / "src_vocab.txt")
+    text = BASE_YAML.replace("./Data/tmp", str(tmp_path / "Data")).replace(
+        "./Configs/src_vocab.txt", str(tmp_path / "src_vocab.txt")
+    )
+    text = text.replace("./Models/Base", str(tmp_path / "Models")).replace("trg_size: 150", "trg_size: 6")
+    config, _ = convert(yaml.safe_load(text))
+    data = PoseDataModule(
+        **{k: v for k, v in config["data"]["init_args"].items()}, cache_dir=str(tmp_path / "p")
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no unknown-share warning
+        data.prepare_data()
+    data.setup("fit")
+    vocab = Vocabulary.from_file(tmp_path / "src_vocab.txt")
+    assert vocab.unknown(data.datasets["train"].tokens)[0] == 0  # "ES-BEDEUTET" is one known token
+    assert "ES-BEDEUTET" in vocab.stoi
+
+    config["model"]["init_args"]["encoder"] = {
+        "num_layers": 1,
+        "num_heads": 2,
+        "hidden_size": 16,
+        "ff_size": 16,
+        "embeddings": {"embedding_dim": 16},
+    }
+    config["model"]["init_args"]["decoder"] = {
+        "num_layers": 1,
+        "num_heads": 2,
+        "hidden_size": 16,
+        "ff_size": 16,
+        "embeddings": {"embedding_dim": 16},
+    }
+    config["trainer"].update(
+        max_epochs=1,
+        val_check_interval=None,
+        check_val_every_n_epoch=1,
+        logger=False,
+        enable_progress_bar=False,
+    )
+    config["data"]["init_args"].update(cache_dir=str(tmp_path / "p"), fasttext_dim=8, fasttext_epochs=1)
+    path = tmp_path / "converted.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_cli(["fit", "--config", str(path)])
+    sentences = tmp_path / "glosses.txt"
+    sentences.write_text("ES-BEDEUTET VIEL WOLKE\nDRUCK TIEF\n", encoding="utf-8")
+    run_cli(
+        [
+            "predict",
+            "--config",
+            str(path),
+            "--ckpt_path",
+            str(tmp_path / "Models" / "last.ckpt"),
+            "--data.init_args.predict_file",
+            str(sentences),
+        ]
+    )
+    written = read_split(tmp_path / "Models" / "predictions" / "predict", trg_size=6)
+    assert [e.text for e in written] == ["ES-BEDEUTET VIEL WOLKE", "DRUCK TIEF"]
+    assert len(list((tmp_path / "Models" / "predictions" / "videos").glob("*.gif"))) == 2
