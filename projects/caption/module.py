@@ -86,7 +86,9 @@ class CaptionModule(pl.LightningModule):
         self.mapper_config = mapper or MapperConfig()
         self.optimizer_config = optimizer or OptimizerConfig()
         self.decoding = decoding or DecodingConfig()
-        self.save_hyperparameters()
+        # decoding is chosen at inference: kept out of the checkpoint's hyperparameters, which Lightning's CLI
+        # would otherwise re-apply over --model.init_args.decoding.* in predict/test with --ckpt_path
+        self.save_hyperparameters(ignore=["decoding"])
         self.decoder = build_decoder(decoder, decoder_config, vocab_size)
         self.max_positions = int(self.decoder.config.n_positions)
         prefix = self.mapper_config.prefix_length

@@ -164,3 +164,28 @@ def test_predict_needs_only_the_checkpoint_and_prepares_nothing(tiny_fit, tmp_pa
     )
     assert fresh == json.loads((tmp_path / "same.json").read_text("utf-8"))  # same weights, same tokenizer
     assert fresh[0]["image_id"] == 12 and fresh[0]["caption"]
+
+
+def test_decoding_is_chosen_at_predict_time(tiny_fit, tmp_path):
+    root, _ = tiny_fit
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (40, 48), (30, 60, 220)).save(folder / "1.png")
+    cli = run_cli(
+        predict_args(
+            root,
+            root / "ckpt" / "last.ckpt",
+            tmp_path / "beams.json",
+            "--data.init_args.predict_dir",
+            str(folder),
+            "--model.init_args.decoding.num_beams",
+            "3",
+            "--model.init_args.decoding.max_new_tokens",
+            "5",
+        )
+    )
+    assert (cli.model.decoding.num_beams, cli.model.decoding.max_new_tokens) == (
+        3,
+        5,
+    )  # not the checkpoint's 1, 8
+    assert len(json.loads((tmp_path / "beams.json").read_text("utf-8"))[0]["caption"].split()) <= 5
