@@ -309,10 +309,19 @@ def chamfer_distance(
     y, y_lengths, y_normals = _unpack_cloud(y, y_lengths, y_normals)
     if method == "auto" and _P3D is not None and x.device.type != "cpu":
         return _P3D.chamfer_distance(
-            x, y, x_lengths=x_lengths, y_lengths=y_lengths, x_normals=x_normals, y_normals=y_normals,
-            weights=weights, batch_reduction=batch_reduction, point_reduction=point_reduction, norm=norm,
-            single_directional=single_directional, abs_cosine=abs_cosine,
-        )  # fmt: skip
+            x,
+            y,
+            x_lengths=x_lengths,
+            y_lengths=y_lengths,
+            x_normals=x_normals,
+            y_normals=y_normals,
+            weights=weights,
+            batch_reduction=batch_reduction,
+            point_reduction=point_reduction,
+            norm=norm,
+            single_directional=single_directional,
+            abs_cosine=abs_cosine,
+        )
     args = (weights, point_reduction, norm, abs_cosine, method)
     cham_x, normals_x = _chamfer_one_way(x, y, x_lengths, y_lengths, x_normals, y_normals, *args)
     if single_directional:
@@ -363,8 +372,10 @@ class Meshes:
     ) -> None:
         if torch.is_tensor(verts) and torch.is_tensor(faces):
             if verts.ndim != 3 or faces.ndim != 3 or verts.shape[2] != 3 or faces.shape[2] != 3:
-                raise ValueError(f"Meshes: padded verts/faces must be (B, V, 3) / (B, F, 3), got {tuple(verts.shape)}, "
-                                 f"{tuple(faces.shape)}")  # fmt: skip
+                raise ValueError(
+                    f"Meshes: padded verts/faces must be (B, V, 3) / (B, F, 3), got {tuple(verts.shape)}, "
+                    f"{tuple(faces.shape)}"
+                )
             verts, faces = list(verts.unbind(0)), list(faces.unbind(0))
         if not (isinstance(verts, (list, tuple)) and isinstance(faces, (list, tuple))) or len(verts) != len(
             faces
@@ -772,12 +783,41 @@ def voxelize_surface(mesh: trimesh.Trimesh, resolution: int, seed: int = 0) -> n
     return grid
 
 
+def _cubify(occupied: np.ndarray) -> trimesh.Trimesh:
+    """pytorch3d's ``cubify`` in numpy: the square faces between occupied and empty voxels of an (R, R, R) grid,
+    wound outwards, on shared lattice corners (corner (i, j, k) is the low corner of voxel (i, j, k))."""
+    resolution = occupied.shape[0]
+    padded = np.pad(occupied, 1)
+    unit = np.eye(3, dtype=np.int64)
+    quads = []
+    for axis in range(3):
+        u, v = (
+            unit[(axis + 1) % 3],
+            unit[(axis + 2) % 3],
+        )  # (axis, u, v) right-handed: u x v points along +axis
+        for sign in (1, -1):
+            neighbour = np.roll(padded, -sign, axis)[1:-1, 1:-1, 1:-1]
+            cells = np.argwhere(occupied & ~neighbour)  # voxels whose face on this side is exposed
+            low = cells + (unit[axis] if sign > 0 else 0)
+            corners = [low, low + u, low + u + v, low + v]  # counter-clockwise seen from +axis
+            quads.append(np.stack(corners if sign > 0 else corners[::-1], axis=1))
+    quads = np.concatenate(quads)  # (Q, 4, 3) lattice corners
+    ids, inverse = np.unique(
+        np.ravel_multi_index(quads.reshape(-1, 3).T, (resolution + 1,) * 3), return_inverse=True
+    )
+    corners = np.stack(np.unravel_index(ids, (resolution + 1,) * 3), axis=1)
+    quad_ids = inverse.reshape(-1, 4)
+    faces = np.concatenate([quad_ids[:, [0, 1, 2]], quad_ids[:, [0, 2, 3]]]).reshape(-1, 3)
+    return trimesh.Trimesh(corners / resolution - 0.5, faces, process=False)
+
+
 def voxels_to_mesh(
     occupancy: np.ndarray | torch.Tensor, level: float = 0.5, method: str = "marching_cubes"
 ) -> trimesh.Trimesh:
     """Triangle mesh of the ``level`` iso-surface of an (R, R, R) occupancy/probability grid, in unit-cube
-    coordinates, faces wound so normals point outwards (positive volume). ``method="cubify"`` uses
-    ``pytorch3d.ops.cubify`` (blocky, exact voxel faces) when importable, marching cubes otherwise.
+    coordinates, faces wound so normals point outwards (positive volume). ``method="cubify"``: the blocky surface
+    of the voxels above ``level`` (exact voxel faces), by ``pytorch3d.ops.cubify`` when importable, else by
+    :func:`_cubify`.
 
     An all-empty grid gives a mesh with no faces; the grid is padded with empty voxels, so a full grid (or a shape
     touching the border) gives a closed surface: for a full grid, a box."""
@@ -797,6 +837,8 @@ def voxels_to_mesh(
         # mirrors the mesh, so the faces are reversed too to keep them facing outwards
         verts = verts[:, ::-1] * 0.5 * (resolution - 1) / resolution
         return trimesh.Trimesh(verts, faces[:, ::-1], process=False)
+    if method == "cubify":
+        return _cubify(grid > level)
     if not grid.max() > level:
         return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
     from skimage.measure import marching_cubes

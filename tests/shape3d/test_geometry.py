@@ -282,3 +282,25 @@ def test_full_grid_gives_a_closed_box():
         1.0, rel=0.05
     )  # the surface runs half a voxel outside the outer centres
     np.testing.assert_allclose(mesh.bounds, [[-0.5] * 3, [0.5] * 3], atol=1e-6)
+
+
+def test_cubify_fallback_is_the_exact_outward_voxel_surface():
+    """Without pytorch3d, ``method="cubify"`` builds the blocky surface itself: volume = occupied voxels, area = the
+    faces between occupied and empty voxels (counted by loops), normals outwards."""
+    rng = np.random.default_rng(0)
+    grid = (rng.random((7, 7, 7)) > 0.6).astype(np.float32)
+    grid[3, 3, 3] = 1.0
+    exposed = 0
+    for i, j, k in np.argwhere(grid > 0.5):
+        for axis, step in ((0, 1), (0, -1), (1, 1), (1, -1), (2, 1), (2, -1)):
+            n = [i, j, k]
+            n[axis] += step
+            exposed += not (0 <= n[axis] < 7 and grid[tuple(n)] > 0.5)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(geometry, "_P3D", None)
+        mesh = voxels_to_mesh(grid, method="cubify")
+    assert mesh.volume == pytest.approx((grid > 0.5).sum() / 7**3, rel=1e-12)
+    assert mesh.area == pytest.approx(exposed / 7**2, rel=1e-12)
+    single = voxels_to_mesh(np.pad(np.ones((1, 1, 1)), ((2, 1), (0, 3), (1, 2))), method="cubify")
+    assert single.is_watertight and single.volume == pytest.approx(1 / 4**3)
+    np.testing.assert_allclose(single.bounds, [[0.0, -0.5, -0.25], [0.25, -0.25, 0.0]])

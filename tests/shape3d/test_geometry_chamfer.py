@@ -15,8 +15,20 @@ from scipy.spatial import cKDTree
 from common.geometry import chamfer, chamfer_distance, nearest_neighbors
 
 
-def reference_chamfer(x, y, x_lengths, y_lengths, x_normals, y_normals, weights, batch_reduction, point_reduction,
-                      norm, single_directional, abs_cosine):  # fmt: skip
+def reference_chamfer(
+    x,
+    y,
+    x_lengths,
+    y_lengths,
+    x_normals,
+    y_normals,
+    weights,
+    batch_reduction,
+    point_reduction,
+    norm,
+    single_directional,
+    abs_cosine,
+):
     """pytorch3d's documented semantics, one cloud and one point at a time, float64."""
 
     def one_way(a, b, la, lb, na, nb):
@@ -96,17 +108,25 @@ OPTIONS = [
 @pytest.mark.parametrize(
     ("norm", "point", "batch", "single", "use_normals", "abs_cosine", "weighted"), OPTIONS
 )
-def test_every_option_matches_the_reference_values_and_gradients(method, norm, point, batch, single, use_normals,
-                                                                   abs_cosine, weighted):  # fmt: skip
+def test_every_option_matches_the_reference_values_and_gradients(
+    method, norm, point, batch, single, use_normals, abs_cosine, weighted
+):
     x, y, x_normals, y_normals = clouds()
     x.requires_grad_(True)
     y.requires_grad_(True)
     x_lengths, y_lengths = torch.tensor([17, 9, 0]), torch.tensor([13, 13, 5])  # padded clouds, one empty
     kwargs = dict(
-        x_lengths=x_lengths, y_lengths=y_lengths, x_normals=x_normals if use_normals else None,
-        y_normals=y_normals if use_normals else None, weights=torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64) if weighted else None,
-        batch_reduction=batch, point_reduction=point, norm=norm, single_directional=single, abs_cosine=abs_cosine,
-    )  # fmt: skip
+        x_lengths=x_lengths,
+        y_lengths=y_lengths,
+        x_normals=x_normals if use_normals else None,
+        y_normals=y_normals if use_normals else None,
+        weights=torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64) if weighted else None,
+        batch_reduction=batch,
+        point_reduction=point,
+        norm=norm,
+        single_directional=single,
+        abs_cosine=abs_cosine,
+    )
     ours = chamfer_distance(x, y, method=method, **kwargs)
     expected = reference_chamfer(x, y, **kwargs)
     assert (ours[1] is None) == (expected[1] is None)
@@ -120,8 +140,12 @@ def test_every_option_matches_the_reference_values_and_gradients(method, norm, p
     grads = torch.autograd.grad(total, (x, y), allow_unused=True)
     grads_ref = torch.autograd.grad(total_ref, (x, y), allow_unused=True)
     for a, b in zip(grads, grads_ref, strict=True):
-        torch.testing.assert_close(a if a is not None else torch.zeros_like(x), b if b is not None else torch.zeros_like(x),
-                                   rtol=1e-10, atol=1e-12)  # fmt: skip
+        torch.testing.assert_close(
+            a if a is not None else torch.zeros_like(x),
+            b if b is not None else torch.zeros_like(x),
+            rtol=1e-10,
+            atol=1e-12,
+        )
 
 
 @pytest.mark.parametrize("method", ["kdtree", "brute"])
@@ -142,8 +166,14 @@ def test_zero_weights_and_invalid_arguments_as_pytorch3d():
     x.requires_grad_(True)
     loss, loss_normals = chamfer_distance(x, y, weights=torch.zeros(3, dtype=torch.float64))
     assert loss.item() == 0.0 and loss_normals.item() == 0.0 and loss.requires_grad
-    for kwargs in (dict(point_reduction="median"), dict(batch_reduction="max"), dict(norm=3),
-                   dict(point_reduction=None), dict(point_reduction="max", x_normals=x), dict(weights=-torch.ones(3))):  # fmt: skip
+    for kwargs in (
+        dict(point_reduction="median"),
+        dict(batch_reduction="max"),
+        dict(norm=3),
+        dict(point_reduction=None),
+        dict(point_reduction="max", x_normals=x),
+        dict(weights=-torch.ones(3)),
+    ):
         with pytest.raises(ValueError):
             chamfer_distance(x, y, **kwargs)
 

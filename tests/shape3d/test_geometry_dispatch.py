@@ -72,8 +72,12 @@ def stub_pytorch3d(monkeypatch):
     ops.cubify = recorder("cubify", cubify_like_pytorch3d)
     structures.Meshes = StubMeshes
     package.loss, package.ops, package.structures = loss, ops, structures
-    for name, module in {"pytorch3d": package, "pytorch3d.loss": loss, "pytorch3d.ops": ops,
-                         "pytorch3d.structures": structures}.items():  # fmt: skip
+    for name, module in {
+        "pytorch3d": package,
+        "pytorch3d.loss": loss,
+        "pytorch3d.ops": ops,
+        "pytorch3d.structures": structures,
+    }.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(geometry, "_P3D", geometry._load_pytorch3d())
     assert geometry._P3D is not None
@@ -125,8 +129,11 @@ def test_mesh_losses_and_sampling_call_pytorch3d_when_importable(stub_pytorch3d)
     geometry.mesh_normal_consistency(meshes)
     geometry.sample_points_from_meshes(meshes, 10)
     assert stub_pytorch3d == [
-        "mesh_edge_loss", "mesh_laplacian_smoothing", "mesh_normal_consistency", "sample_points_from_meshes",
-    ]  # fmt: skip
+        "mesh_edge_loss",
+        "mesh_laplacian_smoothing",
+        "mesh_normal_consistency",
+        "sample_points_from_meshes",
+    ]
     # float64: pytorch3d's Laplacian builds float32 sparse matrices (mm would fail), so ours runs
     meshes64 = Meshes([torch.rand(4, 3, dtype=torch.float64)], [torch.tensor([[0, 1, 2], [0, 2, 3]])])
     assert geometry.mesh_laplacian_smoothing(meshes64).dtype == torch.float64
@@ -166,10 +173,16 @@ def test_cubify_branch_writes_outward_faces_at_the_right_place(stub_pytorch3d):
     # cubify's cubes are as wide as the voxel-centre spacing mapped to [-1, 1]: 2 / (R - 1) -> our 1 / R
     assert mesh.volume == pytest.approx(3 * voxel**3, rel=1e-6)
     centres = -0.5 + (np.argwhere(grid > 0) + 0.5) * voxel
-    for part, centre in zip(sorted(mesh.split(only_watertight=False), key=lambda m: tuple(m.centroid)),
-                            sorted(centres.tolist()), strict=True):  # fmt: skip
+    for part, centre in zip(
+        sorted(mesh.split(only_watertight=False), key=lambda m: tuple(m.centroid)),
+        sorted(centres.tolist()),
+        strict=True,
+    ):
         np.testing.assert_allclose(part.centroid, centre, atol=1e-6)
         assert part.volume > 0
+    fallback = geometry._cubify(grid > 0.5)  # the branch without pytorch3d builds the same solid
+    assert fallback.volume == pytest.approx(mesh.volume, rel=1e-6)
+    np.testing.assert_allclose(fallback.bounds, mesh.bounds, atol=1e-6)
 
 
 @RunIf(pytorch3d=True)
@@ -187,8 +200,15 @@ def test_fallbacks_match_pytorch3d(monkeypatch):  # pragma: no cover - runs only
         for point, batch in (("mean", "mean"), ("sum", "sum"), ("max", None), (None, None)):
             for single in (False, True):
                 normals = {} if point == "max" else {"x_normals": xn, "y_normals": yn}
-                kwargs = dict(x_lengths=lengths_x, y_lengths=lengths_y, point_reduction=point, batch_reduction=batch,
-                              norm=norm, single_directional=single, **normals)  # fmt: skip
+                kwargs = dict(
+                    x_lengths=lengths_x,
+                    y_lengths=lengths_y,
+                    point_reduction=point,
+                    batch_reduction=batch,
+                    norm=norm,
+                    single_directional=single,
+                    **normals,
+                )
                 ours, theirs = chamfer_distance(x, y, **kwargs), p3d_loss.chamfer_distance(x, y, **kwargs)
                 for a, b in zip(ours, theirs, strict=True):
                     for u, v in zip(
