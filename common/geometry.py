@@ -728,11 +728,15 @@ def _column_crossings(tri: np.ndarray, resolution: int) -> tuple[np.ndarray, ...
     return t[hit], ix[hit], iy[hit], level, np.sign(det[hit]).astype(np.int32)
 
 
-def _fill_columns(ix, iy, level, values, resolution: int) -> np.ndarray:
-    """Per voxel centre the sum of ``values`` of the crossings above it on its column."""
-    counts = np.zeros((resolution, resolution, resolution + 1), dtype=np.int32)
-    np.add.at(counts, (ix, iy, level), values)
-    return np.cumsum(counts[:, :, ::-1], axis=2)[:, :, ::-1][:, :, 1:]
+def _fill_part(grid: np.ndarray, ix, iy, level, values, parity: bool) -> None:
+    """OR into ``grid`` the inside of one closed part from its column crossings: a centre is inside when the
+    ``values`` (signs) of the crossings above it do not cancel (``parity``: when their count is odd). Works on the
+    part's footprint of columns only, so many small parts stay cheap."""
+    x0, y0 = ix.min(), iy.min()
+    counts = np.zeros((ix.max() - x0 + 1, iy.max() - y0 + 1, grid.shape[2] + 1), dtype=np.int32)
+    np.add.at(counts, (ix - x0, iy - y0, level), values)
+    above = np.cumsum(counts[:, :, ::-1], axis=2)[:, :, ::-1][:, :, 1:]
+    grid[x0 : x0 + counts.shape[0], y0 : y0 + counts.shape[1]] |= above % 2 == 1 if parity else above != 0
 
 
 def voxelize_mesh(mesh: trimesh.Trimesh, resolution: int, name: str = "mesh") -> np.ndarray:
@@ -759,14 +763,12 @@ def voxelize_mesh(mesh: trimesh.Trimesh, resolution: int, name: str = "mesh") ->
     tri = np.asarray(mesh.triangles, dtype=np.float64)
     face, ix, iy, level, sign = _column_crossings(tri, resolution)
     parts = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
-    consistent = mesh.is_winding_consistent
+    parity = not mesh.is_winding_consistent
     grid = np.zeros((resolution,) * 3, dtype=bool)
-    for part in np.unique(parts[face]):
-        on_part = parts[face] == part
-        if consistent:
-            grid |= _fill_columns(ix[on_part], iy[on_part], level[on_part], sign[on_part], resolution) != 0
-        else:
-            grid |= _fill_columns(ix[on_part], iy[on_part], level[on_part], 1, resolution) % 2 == 1
+    order = np.argsort(parts[face], kind="stable")
+    for crossings in np.split(order, np.flatnonzero(np.diff(parts[face][order])) + 1):  # one part at a time
+        if len(crossings):
+            _fill_part(grid, ix[crossings], iy[crossings], level[crossings], sign[crossings], parity)
     return grid
 
 
