@@ -210,6 +210,9 @@ def convert(original: dict, source: str = "<config>") -> tuple[dict, list[str]]:
             config["trainer"]["callbacks"][0]["init_args"]["output_dir"] = f"{value}/predictions"
             _set(config, "trainer.default_root_dir", value)
         _set(config, target, value)
+    width = (flat.get("model.encoder") or {}).get("embeddings", {}).get("embedding_dim")
+    if width is not None:  # the FastText trained here gives the source embeddings the original's width
+        config["data"]["init_args"]["fasttext_dim"] = width
     return config, notes
 
 

@@ -79,6 +79,7 @@ def test_base_yaml_maps_one_to_one(tmp_path, capsys):
     assert data["src"] == "gloss" and data["train"] == "./Data/tmp/train" and data["skip_frames"] == 1
     assert data["batch_size"] == 8 and data["trg_size"] == 150 and data["synthetic"] is None
     assert "trg_size" not in model  # linked from the data module
+    assert data["fasttext_dim"] == 512 and data["src_vocab"] == "./Configs/src_vocab.txt"
     assert (
         model["objective"]["loss"] == "mse"
         and model["noise_rate"] == 5
