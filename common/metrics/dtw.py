@@ -6,7 +6,8 @@ Progressive Transformers layout). The counter column is never part of the frame 
 ``"pt"`` -- the Progressive Transformers (Saunders et al., 2020) ``calculate_dtw``, the comparable default,
     logged as ``dtw_pt_l1_ref_len``:
 
-    * the hypothesis's first frame (the BOS frame the decoder was started from) is dropped;
+    * the hypothesis's first frame (the start frame the decoder began from: frame 0 of the original's 0-based
+      data) is dropped; the references are the decoder's targets (``data[1:]`` for the original's data);
     * each sequence is cut at the argmax of its counter column (``seq[:argmax]``, at least one frame);
     * frame cost = sum of absolute differences over joints (the original names it ``euclidean_norm`` but it
       is the L1 distance);
@@ -60,8 +61,10 @@ def dtw_batch(
         return (empty, empty) if return_path_length else empty
     for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
         if x.ndim != 2 or y.ndim != 2 or x.shape[0] == 0 or y.shape[0] == 0 or x.shape[1] != y.shape[1]:
-            raise ValueError(f"dtw_batch: pair {i} has shapes {tuple(x.shape)} and {tuple(y.shape)}; "
-                             "need non-empty T x D sequences with the same D")
+            raise ValueError(
+                f"dtw_batch: pair {i} has shapes {tuple(x.shape)} and {tuple(y.shape)}; "
+                "need non-empty T x D sequences with the same D"
+            )
     device = xs[0].device
     lengths_x = torch.tensor([len(x) for x in xs], device=device)
     lengths_y = torch.tensor([len(y) for y in ys], device=device)
@@ -84,11 +87,15 @@ def dtw_batch(
     steps = torch.zeros_like(acc) if return_path_length else None
     for diagonal in range(2, n + m + 1):
         # predecessors of (i, j): (i-1, j-1) on diagonal k-2 at i-1; (i-1, j) and (i, j-1) on k-1 at i-1 and i
-        candidates = torch.stack([acc[:, diagonal - 2, :-1], acc[:, diagonal - 1, :-1], acc[:, diagonal - 1, 1:]])
+        candidates = torch.stack(
+            [acc[:, diagonal - 2, :-1], acc[:, diagonal - 1, :-1], acc[:, diagonal - 1, 1:]]
+        )
         best, which = candidates.min(dim=0)  # ties: diagonal first, then (i-1, j), then (i, j-1)
         acc[:, diagonal, 1:] += best  # invalid cells hold +inf and stay +inf
         if steps is not None:
-            previous = torch.stack([steps[:, diagonal - 2, :-1], steps[:, diagonal - 1, :-1], steps[:, diagonal - 1, 1:]])
+            previous = torch.stack(
+                [steps[:, diagonal - 2, :-1], steps[:, diagonal - 1, :-1], steps[:, diagonal - 1, 1:]]
+            )
             steps[:, diagonal, 1:] = 1.0 + previous.gather(0, which.unsqueeze(0)).squeeze(0)
     rows = torch.arange(batch, device=device)
     total = acc[rows, lengths_x + lengths_y, lengths_x]
@@ -98,7 +105,10 @@ def dtw_batch(
 
 
 def dtw_many(
-    xs: Sequence[Tensor], ys: Sequence[Tensor], frame_cost: str = "l1", return_path_length: bool = False,
+    xs: Sequence[Tensor],
+    ys: Sequence[Tensor],
+    frame_cost: str = "l1",
+    return_path_length: bool = False,
     chunk_size: int = 128,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """:func:`dtw_batch` over pairs sorted by length and processed in chunks (less padding, bounded memory)."""
@@ -126,7 +136,7 @@ class DynamicTimeWarping(Metric):
 
     ``update(preds, target)`` takes lists of ``T_i x (J + 1)`` tensors (joints + counter), or padded
     ``B x T x (J + 1)`` tensors with ``preds_lengths`` / ``target_lengths``. For ``definition="pt"`` the
-    hypotheses must start with the BOS frame, as the original decoder output does.
+    hypotheses must start with the decoder's start frame, as the original decoder output does.
     """
 
     full_state_update = False
@@ -136,7 +146,9 @@ class DynamicTimeWarping(Metric):
     def __init__(self, definition: str = "pt", **kwargs) -> None:
         super().__init__(**kwargs)
         if definition not in DEFINITIONS:
-            raise ValueError(f"DynamicTimeWarping.definition must be one of {list(DEFINITIONS)}, got '{definition}'")
+            raise ValueError(
+                f"DynamicTimeWarping.definition must be one of {list(DEFINITIONS)}, got '{definition}'"
+            )
         self.definition = definition
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
