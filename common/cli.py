@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 from jsonargparse import set_parsing_settings
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -111,9 +112,12 @@ class TGMCLI(LightningCLI):
             init_args = logger.init_args
             if init_args.get("group") is None:  # one W&B group per project, taken from the model's package
                 init_args.group = project_of(config.model.class_path)
-        if self.subcommand == "fit" and config.ckpt_path:
+        if self.subcommand == "fit":
             # one run, one log: continue the checkpoint's CSV version and W&B run instead of starting new ones
-            resume_loggers(trainer.logger, resume_checkpoint(config.ckpt_path, config.checkpoint.dirpath))
+            checkpoint = resume_checkpoint(
+                config.ckpt_path, config.checkpoint.dirpath, trainer.default_root_dir
+            )
+            resume_loggers(trainer.logger, checkpoint)
         if self.subcommand in ("validate", "test", "predict") and config.ckpt_path == "best":
             # Lightning knows "best" only inside the process that trained; read it from last.ckpt instead.
             config.ckpt_path = str(best_checkpoint(config.checkpoint.dirpath))
@@ -192,9 +196,14 @@ def import_class(class_path: str) -> type | None:
         return None
 
 
-def resume_checkpoint(ckpt_path: str, dirpath: str | None) -> Path | None:
-    """The file ``fit --ckpt_path`` resumes from: ``last`` is the newest ``last*.ckpt`` in ``checkpoint.dirpath``
-    (as Lightning chooses it); None when there is none (Lightning then starts afresh with a warning)."""
+def resume_checkpoint(ckpt_path: str | None, dirpath: str | None, root_dir: str | None) -> Path | None:
+    """The file ``fit --ckpt_path`` resumes from, as Lightning chooses it: ``last`` is the newest ``last*.ckpt``
+    in ``checkpoint.dirpath``; no ``--ckpt_path`` under SLURM is the newest ``hpc_ckpt_N.ckpt`` in
+    ``trainer.default_root_dir`` (written by Lightning's auto-requeue). None when there is none."""
+    if ckpt_path is None:
+        hpc = list(Path(root_dir or ".").glob("hpc_ckpt_*.ckpt")) if SLURMEnvironment.detect() else []
+        hpc = [path for path in hpc if path.stem.removeprefix("hpc_ckpt_").isdigit()]
+        return max(hpc, key=lambda path: int(path.stem.removeprefix("hpc_ckpt_"))) if hpc else None
     if ckpt_path == "last":
         candidates = (
             sorted(Path(dirpath).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime) if dirpath else []

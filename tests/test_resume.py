@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -217,3 +218,23 @@ def test_diverging_cli_run_exits_non_zero_with_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if "diverged" in line]
     assert len(lines) == 1 and lines[0].startswith("tgm: training diverged: non-finite loss"), result.stderr
     assert "epoch 0, step 1, batch 1" in lines[0]
+
+
+def test_resume_checkpoint_is_the_one_lightning_picks(tmp_path, monkeypatch):
+    from common.cli import resume_checkpoint
+
+    (tmp_path / "ckpt").mkdir()
+    for name in ("hpc_ckpt_2.ckpt", "hpc_ckpt_10.ckpt", "ckpt/last.ckpt", "ckpt/last-v1.ckpt"):
+        (tmp_path / name).write_bytes(b"")
+    os.utime(tmp_path / "ckpt" / "last-v1.ckpt", (1, 1))  # last.ckpt is the newest last*.ckpt
+    assert resume_checkpoint("last", str(tmp_path / "ckpt"), str(tmp_path)) == tmp_path / "ckpt" / "last.ckpt"
+    assert resume_checkpoint("last", None, str(tmp_path)) is None
+    assert (
+        resume_checkpoint(str(tmp_path / "ckpt" / "last-v1.ckpt"), None, None)
+        == tmp_path / "ckpt" / "last-v1.ckpt"
+    )
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    assert resume_checkpoint(None, None, str(tmp_path)) is None  # not under SLURM: a fresh run
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "tgm")
+    assert resume_checkpoint(None, None, str(tmp_path)) == tmp_path / "hpc_ckpt_10.ckpt"  # the requeued job
