@@ -159,7 +159,12 @@ def test_media_logger_writes_samples_every_n_epochs(tmp_path):
     trainer = make_trainer(tmp_path, [media], max_epochs=3)
     trainer.fit(TinyModule(), TinyDataModule())
     names = sorted(p.relative_to(tmp_path / "t" / "version_0" / "media").as_posix() for p in media.written)
-    assert names == ["epoch_0000/gradient.png", "epoch_0000/table.csv", "epoch_0002/gradient.png", "epoch_0002/table.csv"]
+    assert names == [
+        "epoch_0000/gradient.png",
+        "epoch_0000/table.csv",
+        "epoch_0002/gradient.png",
+        "epoch_0002/table.csv",
+    ]
     assert all(p.stat().st_size > 0 for p in media.written)
 
 

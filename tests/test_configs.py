@@ -10,7 +10,9 @@ import yaml
 from common.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*/*.yaml") if p.parent.name not in ("trainer", "logger"))
+PROJECT_CONFIGS = sorted(
+    p for p in (ROOT / "configs").glob("*/*.yaml") if p.parent.name not in ("trainer", "logger")
+)
 TINY_CONFIGS = [p for p in PROJECT_CONFIGS if p.name == "tiny.yaml"]
 CSV = str(ROOT / "configs" / "logger" / "csv.yaml")
 
@@ -39,12 +41,22 @@ def test_config_parses(config: Path, capsys):
 
 @pytest.mark.parametrize("config", TINY_CONFIGS, ids=ids(TINY_CONFIGS))
 def test_tiny_config_fast_dev_run(config: Path, tmp_path: Path):
-    cli = run_cli([
-        "fit", "--config", str(config), "--config", CSV,
-        "--trainer.fast_dev_run", "true",
-        "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "csv"),
-        "--checkpoint.dirpath", str(tmp_path / "ckpt"),
-    ])
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--config",
+            CSV,
+            "--trainer.fast_dev_run",
+            "true",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "csv"),
+            "--checkpoint.dirpath",
+            str(tmp_path / "ckpt"),
+        ]
+    )
     assert cli.trainer.state.finished
     assert cli.trainer.global_step >= 1
