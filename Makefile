@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup test test-slow test-all lint train-pose train-3d train-caption train-diffusion \
-        bench-pose bench-3d bench-caption bench-diffusion clean
+        bench-pose bench-3d bench-caption bench-diffusion clean dashboard dashboard-push demo
 
 setup: $(STAMP)
 
@@ -61,6 +61,21 @@ bench-caption: setup
 
 bench-diffusion: setup
 	$(PY) scripts/bench_diffusion.py
+
+# The latest offline W&B run in the terminal, no account needed (`wandb leet`); RUN=runs/wandb/offline-run-... for another.
+dashboard: setup
+	@run="$${RUN:-$$(ls -dt runs/wandb/offline-run-* 2>/dev/null | head -n 1)}"; \
+	if [ -z "$$run" ]; then echo "dashboard: no offline W&B run in runs/wandb yet; train first (e.g. make train-caption)"; exit 1; fi; \
+	echo "dashboard: $(VENV)/bin/wandb leet $$run"; $(VENV)/bin/wandb leet "$$run"
+
+# Save the projects' W&B workspaces (common/dashboards.py) to your entity; PROJECT=pose for one.
+dashboard-push: setup
+	$(PY) -m common.dashboards push $(PROJECT)
+
+# The browser demo of the four models at http://127.0.0.1:7860 (installs gradio on first use); ARGS="--help".
+demo: setup
+	@$(PY) -c "import gradio" 2>/dev/null || $(PY) -m pip install -q -e ".[demo]"
+	$(PY) -m common.demo $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -4,6 +4,7 @@ headless Debian chromium driven by Playwright, on tiny checkpoints trained here.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import re
@@ -11,7 +12,9 @@ import shutil
 import socket
 from pathlib import Path
 
+import imageio.v3 as iio
 import pytest
+import trimesh
 import yaml
 
 from common import demo
@@ -117,6 +120,7 @@ def test_every_tab_answers_in_a_real_browser(tmp_path, one_torch_thread):
     shots.mkdir(parents=True, exist_ok=True)
     try:
         assert app.share is False and app.share_url is None and app.server_name == "127.0.0.1"
+        assert app.max_file_size == 10 * 1024**2  # bytes; gradio refuses larger uploads
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch_persistent_context(
                 str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS,
@@ -138,7 +142,8 @@ def test_every_tab_answers_in_a_real_browser(tmp_path, one_torch_thread):
             page.locator("#pose-input textarea").fill("merhaba dünya")
             run("pose")
             expect(page.locator("#pose-status")).to_contain_text("Done")
-            assert ".gif" in page.locator("#pose-output img").get_attribute("src")
+            video = page.request.get(page.locator("#pose-output img").get_attribute("src")).body()
+            assert iio.imread(video, extension=".gif", index=None).shape[0] > 1  # an animation, as served
             page.screenshot(path=shots / "pose.png", full_page=True)
 
             page.get_by_role("tab", name="shape3d").click()
@@ -147,6 +152,13 @@ def test_every_tab_answers_in_a_real_browser(tmp_path, one_torch_thread):
             run("shape3d")
             expect(page.locator("#shape3d-status")).to_contain_text("Done")
             expect(page.locator("#shape3d-output canvas")).to_be_visible()
+            link = page.locator("#shape3d-output a[data-testid='model3d-download-link']")
+            expect(link).to_have_attribute("href", re.compile(r"\.glb$"))
+            served = trimesh.load(
+                io.BytesIO(page.request.get(link.get_attribute("href")).body()), file_type="glb"
+            )
+            assert len(served.to_geometry().faces) > 0  # the mesh the 3D view shows
+            page.wait_for_timeout(2000)  # let the viewer draw it for the screenshot
             for suffix in (".glb", ".obj", ".ply"):
                 expect(page.locator("#shape3d-files")).to_contain_text(suffix)
             page.screenshot(path=shots / "shape3d.png", full_page=True)
