@@ -169,7 +169,10 @@ def feature_cache_path(paths: Sequence[str | Path], encoder: ClipImageEncoder, c
 
 
 def _load_features(path: Path, key: str, count: int) -> torch.Tensor:
-    stored = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch's own text suggests weights_only=False: never for a cache
+        raise ValueError(f"not a readable feature file ({type(error).__name__})") from None
     if stored.get("key") != key or stored["features"].shape[0] != count:
         raise ValueError(f"holds features for another image set ({stored['features'].shape[0]} rows)")
     return stored["features"]

@@ -200,7 +200,7 @@ def test_corrupt_feature_cache_is_rebuilt_with_one_warning(tmp_path, kind, corru
     with pytest.warns(UserWarning) as record:
         again, hit = cached_features(paths, enc, tmp_path / "cache")
     assert len(record) == 1 and file.name in str(record[0].message) and "rebuilding" in str(record[0].message)
-    assert "weights_only=False" not in str(record[0].message)
+    assert "weights_only" not in str(record[0].message)  # torch's advice to load unsafely is not passed on
     assert not hit
     torch.testing.assert_close(again, first)
     with warnings.catch_warnings():
