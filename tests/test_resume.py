@@ -80,6 +80,23 @@ def test_last_ckpt_holds_the_end_of_fit_when_it_stops_mid_epoch(tmp_path):
     assert saved_step(tmp_path / "ckpt" / "last.ckpt") == 12
 
 
+def test_step_saves_before_a_validation_do_not_hide_it(tmp_path):
+    """every_n_train_steps=4 with 8 batches and saving at validation end: the step save at step 8 (last.ckpt)
+    comes right before the first validation, whose top-k decision and deferred save must still happen."""
+    checkpoint = LatestCheckpoint(
+        dirpath=tmp_path / "ckpt",
+        monitor="val/mse",
+        save_last=True,
+        every_n_train_steps=4,
+        save_on_train_epoch_end=False,
+    )
+    trainer = trainer_with(tmp_path, [checkpoint], max_epochs=1)
+    trainer.fit(TinyModule(), TinyDataModule())
+    assert Path(checkpoint.best_model_path).is_file()
+    assert float(checkpoint.best_model_score) == pytest.approx(float(trainer.callback_metrics["val/mse"]))
+    assert saved_step(tmp_path / "ckpt" / "last.ckpt") == 8
+
+
 def test_cli_last_ckpt_is_the_latest_epoch(tmp_path):
     cli = fit(tmp_path, "--checkpoint.mode", "max", "--trainer.max_epochs", "3")
     assert saved_step(tmp_path / "ckpt" / "last.ckpt") == cli.trainer.global_step == 24

@@ -50,12 +50,14 @@ class LatestCheckpoint(ModelCheckpoint):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._forget_last_only_save(trainer)
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._save_last_now(trainer)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._forget_last_only_save(trainer)
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_last_now(trainer)
@@ -85,7 +87,18 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def _save_last_now(self, trainer: pl.Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            previous = self._last_global_step_saved
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_only_save = (trainer.global_step, previous)
+
+    def _forget_last_only_save(self, trainer: pl.Trainer) -> None:
+        """ModelCheckpoint skips every save at a step where it already saved. When only last.ckpt was written
+        at this step (a step save before the validation that follows it), the validation's top-k decision and
+        the deferred save must still happen, so the step is "unsaved" again."""
+        step, previous = getattr(self, "_last_only_save", (None, 0))
+        if step == trainer.global_step == self._last_global_step_saved:
+            self._last_global_step_saved = previous
+        self._last_only_save = (None, 0)
 
 
 def logger_versions(trainer: pl.Trainer) -> dict[str, dict[str, Any]]:
