@@ -21,6 +21,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from common.callbacks import GradNormLogger, LatestCheckpoint, MediaLogger, MetricSummary, NaNGuard, ResumeRNG
@@ -220,7 +221,14 @@ def resume_loggers(logger_config: Any, checkpoint: Path | None) -> None:
         return
     import torch
 
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("loggers") or {}
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("loggers") or {}
+    except Exception as error:  # unreadable here: Lightning reports it when it restores; the log starts anew
+        rank_zero_warn(
+            f"could not read the loggers' versions from {checkpoint} ({type(error).__name__}); "
+            "the resumed run logs to a new version"
+        )
+        return
     for entry in logger_config if isinstance(logger_config, list) else [logger_config]:
         cls = import_class(getattr(entry, "class_path", None) or "")
         recorded = saved.get(f"{cls.__module__}.{cls.__qualname__}") if cls else None

@@ -255,3 +255,12 @@ def test_resume_checkpoint_is_the_one_lightning_picks(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.setenv("SLURM_JOB_NAME", "tgm")
     assert resume_checkpoint(None, None, str(tmp_path)) == tmp_path / "hpc_ckpt_10.ckpt"  # the requeued job
+
+
+def test_checkpoints_from_plain_model_checkpoint_still_resume():
+    """LatestCheckpoint keeps ModelCheckpoint's state key: older checkpoints restore best/last paths."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    kwargs = {"monitor": "val/mse", "mode": "max", "every_n_train_steps": 4}
+    assert LatestCheckpoint(**kwargs).state_key == ModelCheckpoint(**kwargs).state_key
+    assert LatestCheckpoint(**kwargs).state_key.startswith("ModelCheckpoint{")
