@@ -214,7 +214,7 @@ def pt_format_check(directory: str, epochs: int) -> None:
     from tests.pose.test_dtw import original_calculate_dtw
 
     root = Path(directory)
-    data = write_pt_corpus(root, {"train": 240, "dev": 40}, trg_size=12, seed=3, max_glosses=8)
+    data = write_pt_corpus(root, {"train": 300, "dev": 60}, trg_size=12, seed=3, max_glosses=10)
     config, _ = convert(yaml.safe_load(PT_BASE.replace("DIR", str(root)).replace("EPOCHS", str(epochs))))
     config["data"]["init_args"].update(cache_dir=str(root / "prepared"), fasttext_dim=32, eval_batch_size=40)
     config["model"]["init_args"]["torch_num_threads"] = 1
@@ -242,7 +242,7 @@ def pt_format_check(directory: str, epochs: int) -> None:
             ratios.append((len(sequence) - 1, int(lengths[0]) / (len(sequence) - 1)))
     original = float(np.mean(original_calculate_dtw([s[1:] for s in dev], hyps)))
     print("\n| reference frames | sequences | decoded / reference length |\n|---|---|---|")
-    for low, high in ((9, 49), (50, 99), (100, 199), (200, 299)):
+    for low, high in ((9, 49), (50, 99), (100, 199), (200, 300)):
         bucket = [r for n, r in ratios if low <= n <= high]
         if bucket:
             print(
