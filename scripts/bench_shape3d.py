@@ -247,6 +247,75 @@ def bench_train_step(resolutions: list[int], batch_size: int, steps: int) -> lis
     return rows
 
 
+def bench_refinement(resolutions: list[int], batch_size: int, steps: int) -> list[dict]:
+    """Training step of the default model with the mesh refinement of configs/shape3d/refine.yaml, next to the same
+    step without it, on one batch of motif shapes. An untrained decoder predicts noise, which the refinement skips,
+    so the step meshes the targets (what a trained decoder predicts) while keeping the real step's gradients."""
+    import yaml
+
+    from projects.shape3d.data import ShapeDataModule, normalize_to_unit_cube
+    from projects.shape3d.generate import variants
+    from projects.shape3d.model import surface_samples
+    from projects.shape3d.module import Shape3DModule
+
+    configs = ROOT / "configs" / "shape3d"
+    config = yaml.safe_load((configs / "default.yaml").read_text())["model"]["init_args"]
+    config["refinement"] = yaml.safe_load((configs / "refine.yaml").read_text())["model"]["init_args"][
+        "refinement"
+    ]
+    data = ShapeDataModule()
+    model = Shape3DModule(**config, tokenizer_dir=data.tokenizer_dir, text_vocab_size=data.text_vocab_size)
+    model.train()
+    optimizer = model.configure_optimizers()["optimizer"]
+    rng = np.random.default_rng(0)
+    meshes = [normalize_to_unit_cube(v.build(rng)) for v in variants()[:batch_size]]
+    points, normals = zip(*(surface_samples(m, 2048, seed=i) for i, m in enumerate(meshes)), strict=True)
+    texts = ["ince uzun bir silindir", "sekiz köşeli yıldız motifi"] * (batch_size // 2)
+    res = model.refinement.mesh_resolution
+    target_logits = torch.from_numpy(np.stack([voxelize_mesh(m, res) for m in meshes])).float() * 8 - 4
+    rows = []
+    for resolution in resolutions:
+        model.set_resolution(resolution)
+        batch = {
+            "voxels": torch.from_numpy(np.stack([voxelize_mesh(m, resolution) for m in meshes])).float(),
+            "distances": torch.rand(batch_size, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+            * 0.01,
+            "points": torch.from_numpy(np.stack(points)),
+            "normals": torch.from_numpy(np.stack(normals)),
+        }
+
+        def step(refine: bool, batch: dict = batch) -> None:
+            features = [] if refine else None
+            logits = model(texts, [""] * batch_size, features=features)
+            loss = model._losses(batch, logits)["loss"]
+            if refine:
+                coarse = model._resize(logits, res)
+                as_target = (
+                    coarse + (target_logits - coarse).detach()
+                )  # the targets' values, the prediction's grads
+                loss = loss + model._refinement_losses(batch, as_target, features)["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        timed = {}
+        for refine in (False, True):
+            step(refine)  # warm-up
+            timed[refine] = measure(lambda refine=refine: step(refine), steps)
+        rows.append(
+            {
+                "op": f"+ mesh refinement (x{timed[True][0] / timed[False][0]:.2f} the plain step on the same batch)",
+                "resolution": resolution,
+                "batch": batch_size,
+                "seconds": timed[True][0],
+                "peak_mib": timed[True][1],
+                "plain_seconds": timed[False][0],
+            }
+        )
+        print(f"train step + refinement {resolution}: done", flush=True)
+    return rows
+
+
 def markdown(
     chamfer: list[dict], offsets: list[dict], voxels: list[dict], train: list[dict], threads: int
 ) -> str:
@@ -291,7 +360,8 @@ def markdown(
     ]
     for r in train:
         lines.append(
-            f"| fwd + bwd + AdamW | {r['resolution']}³ | {r['batch']} | {r['seconds']:.2f} | {r['peak_mib']:.0f} |"
+            f"| fwd + bwd + AdamW {r['op'] if r['op'] != 'train step' else ''} | {r['resolution']}³ | {r['batch']} | "
+            f"{r['seconds']:.2f} | {r['peak_mib']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -317,6 +387,7 @@ def main() -> None:
     offsets = bench_offsets(args.offset_points)
     voxels = bench_voxels(args.resolutions, args.shapes)
     train = bench_train_step(args.resolutions, args.batch_size, args.steps)
+    train += bench_refinement(args.resolutions, args.batch_size, args.steps)
     torch.set_num_threads(args.threads)
     table = markdown(chamfer, offsets, voxels, train, args.threads)
     print(table)
