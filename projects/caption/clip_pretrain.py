@@ -166,10 +166,12 @@ def prepare_tiny_clip(clip_config: dict, pretrain: ClipPretrain | None, root: st
         model.save_pretrained(str(temporary))
         if report is not None:
             (temporary / "pretrain_report.json").write_text(json.dumps(report, indent=2))
-        if out.exists():  # another process finished first: theirs is as good as ours
-            shutil.rmtree(temporary)
-        else:
+        try:
             os.replace(temporary, out)
+        except OSError:  # another process finished first (a non-empty directory): theirs is as good as ours
+            if not (out / "config.json").exists():
+                raise
+            shutil.rmtree(temporary, ignore_errors=True)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
