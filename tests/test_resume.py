@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -95,6 +96,22 @@ def test_step_saves_before_a_validation_do_not_hide_it(tmp_path):
     assert Path(checkpoint.best_model_path).is_file()
     assert float(checkpoint.best_model_score) == pytest.approx(float(trainer.callback_metrics["val/mse"]))
     assert saved_step(tmp_path / "ckpt" / "last.ckpt") == 8
+
+
+def test_time_interval_saves_last_ckpt_before_the_first_validation(tmp_path):
+    """train_time_interval (0 s: every batch) writes last.ckpt in the first epoch, like every_n_train_steps."""
+    seen = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step > 0:
+                seen.append((saved_step(tmp_path / "ckpt" / "last.ckpt"), trainer.global_step))
+
+    checkpoint = LatestCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="val/mse", save_last=True, train_time_interval=timedelta(seconds=0)
+    )
+    trainer_with(tmp_path, [checkpoint, Probe()], max_steps=4).fit(TinyModule(), TinyDataModule())
+    assert seen == [(1, 1), (2, 2), (3, 3)]
 
 
 def test_cli_last_ckpt_is_the_latest_epoch(tmp_path):
