@@ -84,8 +84,8 @@ def test_a_copied_run_folder_keeps_its_pictures(tmp_path, monkeypatch):
     assert media.logged_keys == {"media/val_captions"}
 
     copies = tmp_path / "copies"
-    shutil.copytree(run_folder, copies / "run")
-    shutil.copytree(wandb_folder, copies / "wandb_run")
+    shutil.copytree(run_folder, copies / "run", symlinks=True)  # as `cp -r` does: links stay links
+    shutil.copytree(wandb_folder, copies / "wandb_run", symlinks=True)
     shutil.rmtree(tmp_path / "runs")
     shutil.rmtree(tmp_path / "wandb_data", ignore_errors=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -67,13 +68,25 @@ class MediaLogger(pl.Callback):
                 )
                 for item, path in wandb_items.values():
                     if isinstance(item, Table):
-                        for file in files_of(item, path):
-                            run.save(str(file), base_path=str(directory), policy="now")
+                        self._copy_into_wandb_run(
+                            run, [(f, f.relative_to(directory)) for f in files_of(item, path)]
+                        )
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
     ) -> None:
         self.checkpoint_epoch = checkpoint.get("epoch")
+
+    @staticmethod
+    def _copy_into_wandb_run(run, files: list[tuple[Path, Path]]) -> None:
+        """Copy files into the W&B run's own folder (``wandb.save`` of an outside file leaves a symlink, which a
+        copied folder would not resolve) and upload them from there."""
+        files_dir = Path(run.dir)
+        for source, relative in files:
+            target = files_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            run.save(str(target), base_path=str(files_dir), policy="now")
 
     def state_dict(self) -> dict:
         return {"validations_seen": self.validations_seen}
