@@ -141,7 +141,11 @@ class Shape3DModule(pl.LightningModule):
     """Turkish description (+ style text, + optional reference points) -> occupancy grid -> mesh.
 
     Text and style go through the same T5 encoder; the text code (plus the point code when a reference cloud is
-    given) forms the shared latent, the style code drives every AdaIN-3D layer of the decoder.
+    given) forms the shared latent, the style code drives every AdaIN-3D layer of the decoder. With
+    ``refinement.enabled`` a Mesh R-CNN-style head moves the marching-cubes mesh of the prediction, trained with mesh
+    losses next to the voxel losses. Settings come in small groups (:class:`Architecture`, :class:`Losses`,
+    :class:`Optimisation`, :class:`Evaluation`, :class:`Refinement`, :class:`TinyText`); ``tokenizer_dir`` and
+    ``text_vocab_size`` are linked from the datamodule, which prepares the tiny tokenizer.
     """
 
     # model init arg -> datamodule attribute (common.cli links them; a linked key cannot be set in YAML)
