@@ -8,6 +8,7 @@ Useful on a cluster: prepare once on a login node, then start every rank on prep
 from __future__ import annotations
 
 import argparse
+import sys
 
 import yaml
 
@@ -36,8 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", "-c", action="append", required=True, help="a tgm config (repeatable)")
     args = parser.parse_args(argv)
-    datamodule = ShapeDataModule(**data_init_args(args.config))
-    datamodule.prepare_data()
+    try:
+        datamodule = ShapeDataModule(**data_init_args(args.config))
+        datamodule.prepare_data()
+    except InputError as error:  # bad config or data: one line, exit 2, as `tgm` does
+        print(f"prepare: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"[shape3d] prepared {datamodule.root} (tokenizer: {datamodule.tokenizer_dir})")
 
 

@@ -361,3 +361,6 @@ def test_prepare_step_writes_what_fit_needs(tmp_path):
     assert (tmp_path / "gen" / "train.jsonl").exists() and (
         tmp_path / "gen" / "tokenizer" / "tokenizer.json"
     ).exists()
+    with pytest.raises(SystemExit) as exit_info:  # a missing config is one line, exit 2
+        main(["--config", str(tmp_path / "missing.yaml")])
+    assert exit_info.value.code == 2
