@@ -37,6 +37,7 @@ test-all: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 train-pose: setup
 	$(TGM) fit --config configs/pose/default.yaml $(ARGS)
