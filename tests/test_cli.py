@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import yaml
 
 from common.cli import run_cli
 from common.errors import MissingInputError
+from tests.helpers import tgm_command
 from tests.helpers.run_if import RunIf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,63 +84,38 @@ def test_print_config_lists_the_resolved_setup(capsys):
 )
 def test_user_mistakes_name_the_key_or_file(extra, expected):
     """Run as a user would: one short message naming the problem, exit code 2, no traceback."""
-    assert_user_error([sys.executable, "-m", "common.cli", "fit", "--config", TINY, *extra], expected)
+    assert_user_error(tgm_command("fit", TINY, args=extra), expected)
 
 
 def test_missing_pretrained_weights_give_one_clear_line():
     """A model whose __init__ fails (here: a text-encoder directory that does not exist) is reported by its
     message, not by jsonargparse's dump of every init argument."""
     expected = "model.init_args.text_encoder: local directory '/no/such/t5' does not exist"
-    command = [
-        sys.executable,
-        "-m",
-        "common.cli",
+    command = tgm_command(
         "fit",
-        "--config",
         "configs/shape3d/tiny.yaml",
-        "--config",
         "configs/logger/csv.yaml",
-        "--model.init_args.text_encoder",
-        "/no/such/t5",
-    ]
+        args=["--model.init_args.text_encoder", "/no/such/t5"],
+    )
     stderr = assert_user_error(command, expected)
     assert "Given value" not in stderr
 
 
 def test_bad_data_file_during_the_run_is_one_line(tmp_path):
     """Data errors surface after the objects are built (in setup); they too end in one line, exit 2."""
-    command = [
-        sys.executable,
-        "-m",
-        "common.cli",
+    command = tgm_command(
         "fit",
-        "--config",
         "configs/diffusion/tiny.yaml",
-        "--config",
         "configs/logger/csv.yaml",
-        "--data.init_args.source",
-        "emnist",
-        "--data.init_args.data_dir",
-        str(tmp_path),
-    ]
+        args=["--data.init_args.source", "emnist", "--data.init_args.data_dir", str(tmp_path)],
+    )
     stderr = assert_user_error(command, str(tmp_path))
     assert any(line.startswith("tgm: ") and str(tmp_path) in line for line in stderr.splitlines()), stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_gpu_config_without_a_gpu_is_one_clear_line():
-    command = [
-        sys.executable,
-        "-m",
-        "common.cli",
-        "fit",
-        "--config",
-        TINY,
-        "--config",
-        CSV,
-        "--config",
-        "configs/trainer/gpu.yaml",
-    ]
+    command = tgm_command("fit", TINY, CSV, "configs/trainer/gpu.yaml")
     assert_user_error(command, "--trainer.accelerator cpu")
 
 
@@ -272,19 +247,7 @@ def test_model_links_are_read_from_the_last_config_or_flag(tmp_path):
 def test_link_mistakes_are_one_line(tmp_path, extra, expected):
     config = tmp_path / "linked.yaml"
     config.write_text(yaml.safe_dump(LINKED))
-    command = [
-        sys.executable,
-        "-m",
-        "common.cli",
-        "fit",
-        "--config",
-        TINY,
-        "--config",
-        str(config),
-        "--config",
-        CSV,
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        *extra,
-    ]
+    command = tgm_command(
+        "fit", TINY, str(config), CSV, args=["--trainer.default_root_dir", str(tmp_path), *extra]
+    )
     assert_user_error(command, expected)

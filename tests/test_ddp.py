@@ -5,42 +5,39 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
+
+from tests.helpers import tgm_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_two_process_ddp_counts_both_ranks(tmp_path):
     count_file = tmp_path / "count.json"
-    command = [
-        sys.executable,
-        "-m",
-        "common.cli",
+    command = tgm_command(
         "fit",
-        "--config",
         "tests/configs/tiny.yaml",
-        "--config",
         "configs/trainer/ddp.yaml",
-        "--config",
         "configs/logger/csv.yaml",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "2",
-        "--trainer.sync_batchnorm",
-        "false",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "csv"),
-        "--checkpoint.dirpath",
-        str(tmp_path / "ckpt"),
-        "--model.init_args.count_file",
-        str(count_file),
-    ]
+        args=[
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "2",
+            "--trainer.sync_batchnorm",
+            "false",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "csv"),
+            "--checkpoint.dirpath",
+            str(tmp_path / "ckpt"),
+            "--model.init_args.count_file",
+            str(count_file),
+        ],
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from common.callbacks import LatestCheckpoint, NaNGuard
 from common.errors import TrainingDiverged
+from tests.helpers import tgm_command
 from tests.helpers.tiny import DivergingTinyModule, TinyDataModule, TinyModule
 from tests.test_cli import CSV, ROOT, TINY, fit
 
@@ -129,25 +129,21 @@ def killed_run(tmp_path: Path, signum: int, step: int, *extra: str) -> subproces
         "trainer:\n  callbacks:\n    - class_path: tests.helpers.tiny.SignalAtStep\n"
         f"      init_args: {{step: {step}, signum: {int(signum)}}}\n"
     )
-    command = [
-        sys.executable,
-        "-m",
-        "common.cli",
+    command = tgm_command(
         "fit",
-        "--config",
         TINY,
-        "--config",
         CSV,
-        "--config",
         str(callbacks),
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "csv"),
-        "--checkpoint.dirpath",
-        str(tmp_path / "ckpt"),
-        *extra,
-    ]
+        args=[
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "csv"),
+            "--checkpoint.dirpath",
+            str(tmp_path / "ckpt"),
+            *extra,
+        ],
+    )
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -228,24 +224,21 @@ def test_nan_guard_never_writes_non_finite_weights():
 
 def test_diverging_cli_run_exits_non_zero_with_one_line(tmp_path):
     """The issue's command: lr 1e30 on the tiny config used to finish with exit 0 and val/mse nan."""
-    command = [
-        sys.executable,
-        "-m",
-        "common.cli",
+    command = tgm_command(
         "fit",
-        "--config",
         TINY,
-        "--config",
         CSV,
-        "--model.init_args.lr",
-        "1e30",
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "csv"),
-        "--checkpoint.dirpath",
-        str(tmp_path / "ckpt"),
-    ]
+        args=[
+            "--model.init_args.lr",
+            "1e30",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "csv"),
+            "--checkpoint.dirpath",
+            str(tmp_path / "ckpt"),
+        ],
+    )
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 3, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

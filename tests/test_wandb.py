@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 
 import pytest
 
 from common.cli import run_cli
 from common.errors import InputError
 from common.loggers import WandbLogger, wandb_unreachable
+from tests.helpers import tgm_command
 from tests.helpers.run_if import RunIf
 from tests.test_cli import ROOT, TINY
 
@@ -45,22 +45,20 @@ def test_explicit_online_without_network_is_one_line_exit_2(tmp_path):
         "WANDB_DIR": str(tmp_path),
         "WANDB_SILENT": "true",
     }
-    command = [
-        sys.executable,
-        "-m",
-        "common.cli",
+    command = tgm_command(
         "fit",
-        "--config",
         TINY,
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path),
-        "--checkpoint.dirpath",
-        str(tmp_path / "ckpt"),
-    ]
+        args=[
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--checkpoint.dirpath",
+            str(tmp_path / "ckpt"),
+        ],
+    )
     result = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=120, env={**_base_env(), **env}
     )
