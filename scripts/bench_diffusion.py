@@ -56,7 +56,13 @@ def model_args(configs: list[str], data: CharacterDataModule) -> dict:
     args: dict = {}
     for path in configs:
         args.update(((yaml.safe_load(read_text(path)) or {}).get("model") or {}).get("init_args") or {})
-    return {**args, "num_classes": data.num_classes, "class_names": data.class_names}
+    # what `tgm` links from the data module (DiffusionModule.linked_from_data)
+    return {
+        **args,
+        "num_classes": data.num_classes,
+        "class_names": data.class_names,
+        "judge_path": data.judge_path,
+    }
 
 
 def fixed_loader(data: CharacterDataModule, batch_size: int, steps: int) -> DataLoader:
