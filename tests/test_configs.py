@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from common.cli import run_cli
+from tests.helpers import run_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_CONFIGS = sorted(
@@ -50,12 +51,7 @@ def test_tiny_config_fast_dev_run(config: Path, tmp_path: Path):
             CSV,
             "--trainer.fast_dev_run",
             "true",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "csv"),
-            "--checkpoint.dirpath",
-            str(tmp_path / "ckpt"),
+            *run_folders(tmp_path),
         ]
     )
     assert cli.trainer.state.finished

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.helpers import tgm_command
+from tests.helpers import run_folders, tgm_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,12 +28,7 @@ def test_two_process_ddp_counts_both_ranks(tmp_path):
             "false",
             "--trainer.max_epochs",
             "1",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "csv"),
-            "--checkpoint.dirpath",
-            str(tmp_path / "ckpt"),
+            *run_folders(tmp_path),
             "--model.init_args.count_file",
             str(count_file),
         ],

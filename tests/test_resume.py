@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from common.callbacks import LatestCheckpoint, NaNGuard
 from common.errors import TrainingDiverged
-from tests.helpers import tgm_command
+from tests.helpers import run_folders, tgm_command
 from tests.helpers.tiny import DivergingTinyModule, TinyDataModule, TinyModule
 from tests.test_cli import CSV, ROOT, TINY, fit
 
@@ -135,12 +135,7 @@ def killed_run(tmp_path: Path, signum: int, step: int, *extra: str) -> subproces
         CSV,
         str(callbacks),
         args=[
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "csv"),
-            "--checkpoint.dirpath",
-            str(tmp_path / "ckpt"),
+            *run_folders(tmp_path),
             *extra,
         ],
     )
@@ -231,12 +226,7 @@ def test_diverging_cli_run_exits_non_zero_with_one_line(tmp_path):
         args=[
             "--model.init_args.lr",
             "1e30",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "csv"),
-            "--checkpoint.dirpath",
-            str(tmp_path / "ckpt"),
+            *run_folders(tmp_path),
         ],
     )
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)

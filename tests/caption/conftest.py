@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from common.cli import run_cli
+from tests.helpers import run_folders
 
 TINY = "configs/caption/tiny.yaml"
 CSV = "configs/logger/csv.yaml"
@@ -19,12 +20,7 @@ def fit_args(tmp_path: Path, *extra: str) -> list[str]:
         TINY,
         "--config",
         CSV,
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "csv"),
-        "--checkpoint.dirpath",
-        str(tmp_path / "ckpt"),
+        *run_folders(tmp_path),
         *extra,
     ]
 

@@ -12,27 +12,7 @@ from PIL import Image
 
 from common.cli import run_cli
 from common.errors import InputError
-from tests.caption.conftest import predict_args
-
-TINY = "configs/caption/tiny.yaml"
-CSV = "configs/logger/csv.yaml"
-
-
-def fit_args(tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        TINY,
-        "--config",
-        CSV,
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "csv"),
-        "--checkpoint.dirpath",
-        str(tmp_path / "ckpt"),
-        *extra,
-    ]
+from tests.caption.conftest import CSV, TINY, fit_args, predict_args
 
 
 def test_fit_then_predict_writes_coco_results(tiny_fit):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def tgm_command(subcommand: str, *configs: str, args: Sequence[str] = ()) -> list[str]:
@@ -12,3 +13,16 @@ def tgm_command(subcommand: str, *configs: str, args: Sequence[str] = ()) -> lis
     for config in configs:
         command += ["--config", str(config)]
     return [*command, *map(str, args)]
+
+
+def run_folders(tmp_path: str | Path) -> list[str]:
+    """CLI flags that put a test run's folder, CSV log and checkpoints under ``tmp_path``."""
+    tmp_path = Path(tmp_path)
+    return [
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "csv"),
+        "--checkpoint.dirpath",
+        str(tmp_path / "ckpt"),
+    ]

@@ -12,6 +12,7 @@ from common.cli import run_cli
 from projects.pose.data import PoseDataModule
 from projects.pose.formats import read_split
 from projects.pose.generate import generate_corpus
+from tests.helpers import run_folders
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "pose" / "tiny.yaml")
@@ -25,12 +26,7 @@ def common_args(tmp_path: Path) -> list[str]:
         TINY,
         "--config",
         CSV,
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "csv"),
-        "--checkpoint.dirpath",
-        str(tmp_path / "ckpt"),
+        *run_folders(tmp_path),
         "--data.init_args.train",
         str(data / "train"),
         "--data.init_args.dev",

@@ -19,6 +19,7 @@ from projects.shape3d.generate import all_texts
 from projects.shape3d.model import AdaIN3d, VoxelDecoder, occupancy_loss, surface_chamfer_loss
 from projects.shape3d.module import Architecture, Losses, Optimisation, Shape3DModule, TinyText
 from projects.shape3d.text_encoder import TURKISH_ALPHABET, prepare_tokenizer
+from tests.helpers import run_folders
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "shape3d" / "tiny.yaml")
@@ -192,12 +193,7 @@ def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, caplog)
             TINY,
             "--config",
             CSV,
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "csv"),
-            "--checkpoint.dirpath",
-            str(tmp_path / "ckpt"),
+            *run_folders(tmp_path),
             "--trainer.limit_train_batches",
             "2",
         ]
@@ -230,12 +226,7 @@ def test_cli_fit_grows_logs_metrics_then_predict_writes_meshes(tmp_path, caplog)
             TINY,
             "--config",
             CSV,
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "csv"),
-            "--checkpoint.dirpath",
-            str(tmp_path / "ckpt"),
+            *run_folders(tmp_path),
             "--ckpt_path",
             "last",
         ]
