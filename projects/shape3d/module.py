@@ -412,12 +412,8 @@ class Shape3DModule(pl.LightningModule):
         terms["refined_fraction"] = torch.tensor(len(kept) / len(logits))
         return terms
 
-    # ------------------------------------------------------------------ validation
-
-    def on_validation_epoch_start(self) -> None:
-        self._media = []
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def _logits_of(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Occupancy logits of a validation/predict batch, with the decoder's feature volumes when refining."""
         features = [] if self.refiner is not None else None
         logits = self(
             list(batch["text"]),
@@ -426,6 +422,15 @@ class Shape3DModule(pl.LightningModule):
             batch["has_ref"],
             features=features,
         )
+        return logits, features
+
+    # ------------------------------------------------------------------ validation
+
+    def on_validation_epoch_start(self) -> None:
+        self._media = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits, features = self._logits_of(batch)
         losses = self._losses(batch, logits)
         size = len(batch["text"])
         self.log(
@@ -522,14 +527,7 @@ class Shape3DModule(pl.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Occupancy probabilities (B, R, R, R) for each description; :class:`projects.shape3d.writer.MeshWriter`
         turns them into mesh files (export options live there, not in the model's checkpointed hyperparameters)."""
-        features = [] if self.refiner is not None else None
-        logits = self(
-            list(batch["text"]),
-            list(batch["style"]),
-            batch["ref_points"],
-            batch["has_ref"],
-            features=features,
-        )
+        logits, features = self._logits_of(batch)
         prediction = {
             "prob": torch.sigmoid(logits.float()).cpu(),
             "text": list(batch["text"]),
