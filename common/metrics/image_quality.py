@@ -53,14 +53,22 @@ class InceptionExtractor(Extractor):
     def __init__(self, weights_path: str) -> None:
         super().__init__()
         if not Path(weights_path).is_file():
-            raise FileNotFoundError(f"Inception weights '{weights_path}' not found; use the character classifier "
-                                    "extractor (charclf) or put pt_inception-2015-12-05-6726825d.pth there")
+            raise FileNotFoundError(
+                f"Inception weights '{weights_path}' not found; use the character classifier "
+                "extractor (charclf) or put pt_inception-2015-12-05-6726825d.pth there"
+            )
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
-            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"],
-                                          feature_extractor_weights_path=weights_path)
+
+            self.net = NoTrainInceptionV3(
+                name="inception-v3-compat",
+                features_list=["2048", "logits_unbiased"],
+                feature_extractor_weights_path=weights_path,
+            )
         except (ImportError, ModuleNotFoundError) as error:
-            raise ModuleNotFoundError("the Inception extractor needs torch-fidelity (`pip install torch-fidelity`)") from error
+            raise ModuleNotFoundError(
+                "the Inception extractor needs torch-fidelity (`pip install torch-fidelity`)"
+            ) from error
 
     @torch.no_grad()
     def extract(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -135,5 +143,13 @@ def metric_names(extractor: Extractor, prefix: str = "val") -> dict[str, str]:
     return {kind: f"{prefix}/{kind}_{extractor.name}" for kind in ("fid", "is", "cond_acc")}
 
 
-__all__ = ["ConditionalAccuracy", "Extractor", "ExtractorFID", "ExtractorIS", "InceptionExtractor",
-           "Metric", "ReconstructionSSIM", "metric_names"]
+__all__ = [
+    "ConditionalAccuracy",
+    "Extractor",
+    "ExtractorFID",
+    "ExtractorIS",
+    "InceptionExtractor",
+    "Metric",
+    "ReconstructionSSIM",
+    "metric_names",
+]
