@@ -30,10 +30,10 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.io import read_text
+from common.prepare import build_data
 from projects.diffusion.data import CharacterDataModule
 from projects.diffusion.judge import fid_between, load_judge
 from projects.diffusion.module import DiffusionModule, FinalEvaluation
-from projects.diffusion.prepare import data_args
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = str(ROOT / "configs" / "diffusion" / "default.yaml")
@@ -131,7 +131,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     configs = args.config or [DEFAULT_CONFIG]
 
-    data = CharacterDataModule(**data_args(configs))
+    data = build_data(configs)
     data.prepare_data()  # renders the data / trains the judge once (cached)
     data.setup("fit")
     margs = model_args(configs, data)
