@@ -419,9 +419,6 @@ class Meshes:
             return torch.zeros(0, 3, device=self.device)
         return torch.cat(self._verts_list, dim=0)
 
-    def verts_padded(self) -> torch.Tensor:
-        return torch.nn.utils.rnn.pad_sequence(self._verts_list, batch_first=True)
-
     def mesh_to_verts_packed_first_idx(self) -> torch.Tensor:
         counts = self.num_verts_per_mesh()
         return torch.cumsum(counts, 0) - counts
@@ -478,34 +475,11 @@ class Meshes:
     def num_edges_per_mesh(self) -> torch.Tensor:
         return torch.bincount(self.edges_packed_to_mesh_idx(), minlength=len(self))
 
-    def faces_normals_packed(self) -> torch.Tensor:
-        """Unit normals ``(v1 - v0) x (v2 - v0)`` of the packed faces."""
-        verts = self.verts_packed()[self.faces_packed()]
-        normal = torch.linalg.cross(verts[:, 1] - verts[:, 0], verts[:, 2] - verts[:, 0], dim=1)
-        return normal / normal.norm(dim=1, keepdim=True).clamp(min=1e-6)
-
-    def faces_areas_packed(self) -> torch.Tensor:
-        verts = self.verts_packed()[self.faces_packed()]
-        return 0.5 * torch.linalg.cross(verts[:, 1] - verts[:, 0], verts[:, 2] - verts[:, 0], dim=1).norm(
-            dim=1
-        )
-
     def offset_verts(self, vert_offsets_packed: torch.Tensor) -> Meshes:
         """A new batch with every vertex moved by its row of ``vert_offsets_packed`` (sum(V_i), 3) or by one (3,)
         offset: one refinement step of a deforming network (differentiable)."""
         moved = self.verts_packed() + vert_offsets_packed
         return Meshes(list(moved.split(self.num_verts_per_mesh().tolist())), self._faces_list)
-
-    def update_padded(self, new_verts_padded: torch.Tensor) -> Meshes:
-        """A new batch with the same faces and vertices taken from a (B, V, 3) padded tensor."""
-        counts = self.num_verts_per_mesh().tolist()
-        return Meshes([new_verts_padded[i, :n] for i, n in enumerate(counts)], self._faces_list)
-
-    def to(self, device: torch.device | str) -> Meshes:
-        return Meshes([v.to(device) for v in self._verts_list], [f.to(device) for f in self._faces_list])
-
-    def detach(self) -> Meshes:
-        return Meshes([v.detach() for v in self._verts_list], self._faces_list)
 
 
 def _p3d_meshes(meshes):
