@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
+import torch
 
+from projects.pose.data import PoseDataModule
 from projects.pose.formats import progress_counter, write_split
+from projects.pose.module import PoseModule
 
 GLOSSES = [
     "ES-BEDEUTET",
@@ -47,6 +51,57 @@ def write_pt_split(
     write_split(prefix, glosses, sequences, names, src="gloss", decimals=6)
     write_split(prefix, [g.lower() for g in glosses], sequences, names, src="text", decimals=6)
     return sequences
+
+
+def pt_datamodule(
+    tmp_path: Path, train_lengths: list[int], dev_lengths: list[int], trg_size: int = 6, **kwargs
+) -> tuple[PoseDataModule, list[np.ndarray], list[np.ndarray]]:
+    """Gloss-source train/dev splits under ``tmp_path`` and a datamodule over them (a tiny 1-epoch FastText);
+    returns it with the train and dev sequences."""
+    train = write_pt_split(tmp_path / "train", list(train_lengths), trg_size, seed=1)
+    dev = write_pt_split(tmp_path / "dev", list(dev_lengths), trg_size, seed=2)
+    dm = PoseDataModule(
+        train=str(tmp_path / "train"),
+        dev=str(tmp_path / "dev"),
+        test=None,
+        src="gloss",
+        trg_size=trg_size,
+        lowercase=False,
+        punctuation="whitespace",
+        fasttext_dim=8,
+        fasttext_epochs=1,
+        cache_dir=str(tmp_path / "prepared"),
+        **kwargs,
+    )
+    return dm, train, dev
+
+
+BLOCK = {"hidden_size": 16, "num_heads": 2, "num_layers": 1, "ff_size": 16}
+
+
+def tiny_module(dm: PoseDataModule, trg_size: int = 6, **kwargs) -> PoseModule:
+    """A seeded 16-wide one-layer PoseModule over ``dm``'s prepared data; ``kwargs`` replace its settings."""
+    torch.manual_seed(0)
+    kwargs = {
+        "encoder": {**BLOCK, "embeddings": {"embedding_dim": 8}},
+        "decoder": BLOCK,
+        "decoding": {"max_output_length": 20},
+        **kwargs,
+    }
+    return PoseModule(trg_size=trg_size, prepared=dm.prepared_path, **kwargs)
+
+
+def quiet_trainer(**kwargs) -> pl.Trainer:
+    """A CPU trainer without logger, checkpoints, progress bar, summary or sanity validation."""
+    return pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
 
 
 def write_src_vocab(path: str | Path) -> Path:

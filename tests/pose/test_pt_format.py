@@ -3,7 +3,6 @@ frame 0 as the start frame, DTW equal to the original's end-to-end number, and t
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -11,8 +10,7 @@ import torch
 from projects.pose.data import PoseDataModule, collate, counter_end_gap
 from projects.pose.formats import progress_counter
 from projects.pose.model import ProgressiveTransformer
-from projects.pose.module import PoseModule
-from tests.pose.pt_fixture import write_pt_split
+from tests.pose.pt_fixture import pt_datamodule, quiet_trainer, tiny_module
 from tests.pose.test_dtw import original_calculate_dtw
 
 TRG = 6
@@ -66,27 +64,12 @@ def test_perfect_counter_stops_at_the_reference_length(zero_based):
     )
 
 
-def pt_data(tmp_path, lengths_train=(12, 15, 20, 25), lengths_dev=(11, 14, 30)):
-    write_pt_split(tmp_path / "train", list(lengths_train), TRG, seed=1)
-    dev = write_pt_split(tmp_path / "dev", list(lengths_dev), TRG, seed=2)
-    dm = PoseDataModule(
-        train=str(tmp_path / "train"),
-        dev=str(tmp_path / "dev"),
-        test=None,
-        src="gloss",
-        trg_size=TRG,
-        lowercase=False,
-        punctuation="whitespace",
-        fasttext_dim=8,
-        fasttext_epochs=1,
-        cache_dir=str(tmp_path / "prepared"),
-        eval_batch_size=2,
-    )
-    return dm, dev
+def pt_data(tmp_path):
+    return pt_datamodule(tmp_path, [12, 15, 20, 25], [11, 14, 30], TRG, eval_batch_size=2)
 
 
 def test_frame_zero_is_the_start_frame_of_pt_data(tmp_path):
-    dm, dev = pt_data(tmp_path)
+    dm, _, dev = pt_data(tmp_path)
     dm.setup("fit")
     batch = collate([dm.datasets["dev"][i] for i in range(3)])
     np.testing.assert_allclose(batch["start_frames"].numpy(), np.stack([d[0] for d in dev]), atol=1e-6)
@@ -99,29 +82,10 @@ def test_frame_zero_is_the_start_frame_of_pt_data(tmp_path):
 
 
 def test_logged_dtw_equals_the_original_end_to_end_number(tmp_path):
-    dm, dev = pt_data(tmp_path)
+    dm, train, dev = pt_data(tmp_path)
     dm.prepare_data()
-    torch.manual_seed(0)
-    module = PoseModule(
-        trg_size=TRG,
-        prepared=dm.prepared_path,
-        encoder={
-            "hidden_size": 16,
-            "num_heads": 2,
-            "num_layers": 1,
-            "ff_size": 16,
-            "embeddings": {"embedding_dim": 8},
-        },
-        decoder={"hidden_size": 16, "num_heads": 2, "num_layers": 1, "ff_size": 16},
-        decoding={"max_output_length": 40},
-    )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    module = tiny_module(dm, TRG, decoding={"max_output_length": 40})
+    trainer = quiet_trainer()
     module.setup("fit")
     assert float(module.end_gap) == pytest.approx(1.0)  # 0-based counters: the last target is 1 step before 1
     logged = trainer.validate(module, dm, verbose=False)[0]
@@ -136,8 +100,7 @@ def test_logged_dtw_equals_the_original_end_to_end_number(tmp_path):
     expected = np.mean(original_calculate_dtw([s[1:] for s in dev], hyps))
     assert logged["val/dtw_pt_l1_ref_len"] == pytest.approx(expected, rel=1e-5)
     # the mean-pose baseline: the same definition, training mean pose held for each reference's length
-    mean = np.concatenate([s[1:] for s in write_pt_split(tmp_path / "again", [12, 15, 20, 25], TRG, seed=1)])
-    mean = mean[:, :-1].mean(0)
+    mean = np.concatenate([s[1:] for s in train])[:, :-1].mean(0)
     baseline = [
         np.concatenate([s[:1], np.concatenate([np.tile(mean, (len(s) - 1, 1)), s[1:, -1:]], 1)]) for s in dev
     ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -13,61 +12,23 @@ import torch
 from common.errors import InputError
 from projects.pose.data import PoseDataModule
 from projects.pose.module import PoseModule
-from tests.pose.pt_fixture import write_pt_split
+from tests.pose.pt_fixture import BLOCK, pt_datamodule, quiet_trainer, tiny_module
 
 TRG = 6
-BLOCK = {"hidden_size": 16, "num_heads": 2, "num_layers": 1, "ff_size": 16}
 
 
-def fit(tmp_path, max_epochs=1, **trainer_args):
-    write_pt_split(tmp_path / "train", [12, 14, 16, 18], TRG, seed=1)
-    write_pt_split(tmp_path / "dev", [12, 15], TRG, seed=2)
-    dm = PoseDataModule(
-        train=str(tmp_path / "train"),
-        dev=str(tmp_path / "dev"),
-        test=None,
-        src="gloss",
-        trg_size=TRG,
-        lowercase=False,
-        punctuation="whitespace",
-        fasttext_dim=8,
-        fasttext_epochs=1,
-        cache_dir=str(tmp_path / "prepared"),
-        batch_size=1,
-    )
+def prepared_data(tmp_path) -> PoseDataModule:
+    dm, _, _ = pt_datamodule(tmp_path, [12, 14, 16, 18], [12, 15], TRG, batch_size=1)
     dm.prepare_data()
     return dm
-
-
-def tiny(dm, **kwargs) -> PoseModule:
-    torch.manual_seed(0)
-    kwargs = {
-        "encoder": {**BLOCK, "embeddings": {"embedding_dim": 8}},
-        "decoder": BLOCK,
-        "decoding": {"max_output_length": 20},
-        **kwargs,
-    }
-    return PoseModule(trg_size=TRG, prepared=dm.prepared_path, **kwargs)
-
-
-def trainer(**kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kwargs,
-    )
 
 
 def test_learning_rate_min_ends_training(tmp_path):
     """The original stops once the learning rate is below learning_rate_min (here it was a floor and training
     went on to max_epochs)."""
-    dm = fit(tmp_path)
-    module = tiny(dm, optimiser={"learning_rate": 1e-3, "learning_rate_min": 2e-3})
-    run = trainer(max_epochs=5)
+    dm = prepared_data(tmp_path)
+    module = tiny_module(dm, TRG, optimiser={"learning_rate": 1e-3, "learning_rate_min": 2e-3})
+    run = quiet_trainer(max_epochs=5)
     run.fit(module, dm)
     assert run.global_step == 4  # one epoch of 4 batches, then the first validation ends it
     assert run.current_epoch <= 1
@@ -75,9 +36,9 @@ def test_learning_rate_min_ends_training(tmp_path):
 
 def test_patience_counts_validations_every_n_steps(tmp_path):
     """validation_freq (steps) -> val_check_interval: the plateau scheduler steps at every validation."""
-    dm = fit(tmp_path)
-    module = tiny(dm, optimiser={"patience": 0, "decrease_factor": 0.5})
-    run = trainer(max_epochs=2, val_check_interval=2, check_val_every_n_epoch=None)
+    dm = prepared_data(tmp_path)
+    module = tiny_module(dm, TRG, optimiser={"patience": 0, "decrease_factor": 0.5})
+    run = quiet_trainer(max_epochs=2, val_check_interval=2, check_val_every_n_epoch=None)
     run.fit(module, dm)
     assert run.global_step == 8
     assert module._plateau.last_epoch == 4  # 4 validations (every 2 of 8 steps), 4 scheduler steps
@@ -86,16 +47,17 @@ def test_patience_counts_validations_every_n_steps(tmp_path):
 
 
 def test_embedding_freeze_and_scale_and_encoder_freeze(tmp_path):
-    dm = fit(tmp_path)
-    scaled = tiny(
+    dm = prepared_data(tmp_path)
+    scaled = tiny_module(
         dm,
+        TRG,
         encoder={**BLOCK, "freeze": True, "embeddings": {"embedding_dim": 8, "scale": True, "freeze": True}},
     )
     scaled.setup("fit")
     assert not scaled.net.src_embed.weight.requires_grad
     assert not any(p.requires_grad for p in scaled.net.encoder_layers.parameters())
     assert all(p.requires_grad for p in scaled.net.decoder_layers.parameters())
-    plain = tiny(dm)
+    plain = tiny_module(dm, TRG)
     plain.setup("fit")
     plain.net.load_state_dict(scaled.net.state_dict())
     src = torch.tensor([[4, 5, 3]])
@@ -133,7 +95,7 @@ def test_oov_words_get_fasttext_subword_vectors(tmp_path):
         cache_dir=str(tmp_path / "prepared"),
     )
     dm.prepare_data()
-    module = tiny(dm)
+    module = tiny_module(dm, TRG)
     module.setup("fit")
     oov = "okullarımız"
     assert oov not in module.vocab.stoi
