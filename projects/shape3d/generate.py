@@ -94,8 +94,7 @@ def _j(rng: np.random.Generator, value: float, spread: float = 0.08) -> float:
 
 
 def _scaled(mesh: trimesh.Trimesh, sx: float, sy: float, sz: float) -> trimesh.Trimesh:
-    mesh.apply_scale(1.0)
-    mesh.apply_transform(np.diag([sx, sy, sz, 1.0]))
+    mesh.apply_scale((sx, sy, sz))
     return mesh
 
 
