@@ -202,9 +202,7 @@ def test_converted_config_trains_on_original_data_and_predict_writes(tmp_path, c
     )
     text = text.replace("./Models/Base", str(tmp_path / "Models")).replace("trg_size: 150", "trg_size: 6")
     config, _ = convert(yaml.safe_load(text))
-    data = PoseDataModule(
-        **{k: v for k, v in config["data"]["init_args"].items()}, cache_dir=str(tmp_path / "p")
-    )
+    data = PoseDataModule(**config["data"]["init_args"], cache_dir=str(tmp_path / "p"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no unknown-share warning
         data.prepare_data()
@@ -213,20 +211,14 @@ def test_converted_config_trains_on_original_data_and_predict_writes(tmp_path, c
     assert vocab.unknown(data.datasets["train"].tokens)[0] == 0  # "ES-BEDEUTET" is one known token
     assert "ES-BEDEUTET" in vocab.stoi
 
-    config["model"]["init_args"]["encoder"] = {
-        "num_layers": 1,
-        "num_heads": 2,
-        "hidden_size": 16,
-        "ff_size": 16,
-        "embeddings": {"embedding_dim": 16},
-    }
-    config["model"]["init_args"]["decoder"] = {
-        "num_layers": 1,
-        "num_heads": 2,
-        "hidden_size": 16,
-        "ff_size": 16,
-        "embeddings": {"embedding_dim": 16},
-    }
+    for part in ("encoder", "decoder"):  # a fresh dict each: no YAML aliases in the dump
+        config["model"]["init_args"][part] = {
+            "num_layers": 1,
+            "num_heads": 2,
+            "hidden_size": 16,
+            "ff_size": 16,
+            "embeddings": {"embedding_dim": 16},
+        }
     config["trainer"].update(
         max_epochs=1,
         val_check_interval=None,
