@@ -7,10 +7,19 @@ from pathlib import Path
 import pytest
 
 from common.cli import run_cli
-from tests.helpers import run_folders
+from tests.helpers import checkpoint_run, run_folders
 
 TINY = "configs/caption/tiny.yaml"
 CSV = "configs/logger/csv.yaml"
+TINY_CLIP = {
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "projection_dim": 16,
+}
 
 
 def fit_args(tmp_path: Path, *extra: str) -> list[str]:
@@ -32,12 +41,7 @@ def predict_args(tmp_path: Path, ckpt: Path, output: Path, *extra: str) -> list[
         TINY,
         "--config",
         CSV,
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "csv"),
-        "--ckpt_path",
-        str(ckpt),
+        *checkpoint_run(tmp_path, ckpt),
         "--trainer.callbacks.init_args.output",
         str(output),
         *extra,

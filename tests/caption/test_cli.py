@@ -13,6 +13,7 @@ from PIL import Image
 from common.cli import run_cli
 from common.errors import InputError
 from tests.caption.conftest import CSV, TINY, fit_args, predict_args
+from tests.helpers import checkpoint_run
 
 
 def test_fit_then_predict_writes_coco_results(tiny_fit):
@@ -29,21 +30,7 @@ def test_fit_then_predict_writes_coco_results(tiny_fit):
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     assert "caption_tokenizer" in torch.load(ckpt, map_location="cpu", weights_only=False)
 
-    tested = run_cli(
-        [
-            "test",
-            "--config",
-            TINY,
-            "--config",
-            CSV,
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "csv"),
-            "--ckpt_path",
-            str(ckpt),
-        ]
-    )
+    tested = run_cli(["test", "--config", TINY, "--config", CSV, *checkpoint_run(tmp_path, ckpt)])
     assert {"test/bleu4_13a", "test/loss"} <= set(tested.trainer.callback_metrics)
 
     folder = tmp_path / "images"
@@ -52,25 +39,7 @@ def test_fit_then_predict_writes_coco_results(tiny_fit):
         Image.new("RGB", (40, 48), colour).save(folder / name)
     (folder / "readme.txt").write_text("not an image")
     output = tmp_path / "out" / "captions.json"
-    run_cli(
-        [
-            "predict",
-            "--config",
-            TINY,
-            "--config",
-            CSV,
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "csv"),
-            "--ckpt_path",
-            str(ckpt),
-            "--data.init_args.predict_dir",
-            str(folder),
-            "--trainer.callbacks.init_args.output",
-            str(output),
-        ]
-    )
+    run_cli(predict_args(tmp_path, ckpt, output, "--data.init_args.predict_dir", str(folder)))
     results = json.loads(output.read_text("utf-8"))
     assert [r["image_id"] for r in results] == [12, "kedi"]
     assert all(set(r) == {"image_id", "caption"} and isinstance(r["caption"], str) for r in results)

@@ -17,6 +17,7 @@ from common.cli import run_cli
 from projects.diffusion.export import export_pipeline
 from projects.diffusion.module import DiffusionModule
 from tests.diffusion.conftest import TINY_UNET
+from tests.helpers import checkpoint_run
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs/diffusion/tiny.yaml")
@@ -173,14 +174,9 @@ def test_predict_writes_images_per_class(tiny_run, tmp_path):
             TINY,
             "--config",
             CSV,
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "csv"),
+            *checkpoint_run(tmp_path, root / "ckpt" / "last.ckpt"),
             "--trainer.callbacks.init_args.output_dir",
             str(tmp_path / "png"),
-            "--ckpt_path",
-            str(root / "ckpt" / "last.ckpt"),
         ]
     )
     names = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
@@ -199,14 +195,9 @@ def test_validate_names_files_by_the_checkpoint_epoch(tiny_run, tmp_path):
             TINY,
             "--config",
             CSV,
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "csv"),
+            *checkpoint_run(tmp_path, root / "ckpt" / "epoch001.ckpt"),
             "--data.init_args.judge_cache_dir",
             str(root.parent / "clf"),
-            "--ckpt_path",
-            str(root / "ckpt" / "epoch001.ckpt"),
         ]
     )
     run = Path(cli.trainer.logger.log_dir)

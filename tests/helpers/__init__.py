@@ -26,3 +26,16 @@ def run_folders(tmp_path: str | Path) -> list[str]:
         "--checkpoint.dirpath",
         str(tmp_path / "ckpt"),
     ]
+
+
+def checkpoint_run(tmp_path: str | Path, ckpt: str | Path) -> list[str]:
+    """CLI flags of a validate/test/predict run from ``ckpt`` with its folder and CSV log under ``tmp_path``."""
+    tmp_path = Path(tmp_path)
+    return [
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "csv"),
+        "--ckpt_path",
+        str(ckpt),
+    ]
