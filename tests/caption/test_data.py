@@ -12,16 +12,8 @@ from PIL import Image
 from projects.caption import generate as shapes
 from projects.caption.data import CaptionDataModule, ClipSpec, TokenizerSpec, collate
 from projects.caption.readers import read_caption_file
+from tests.caption.conftest import TINY_CLIP
 
-TINY_CLIP = {
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "projection_dim": 16,
-}
 SMALL = {"tokenizer": TokenizerSpec(vocab_size=300), "clip": ClipSpec(config=TINY_CLIP)}
 
 

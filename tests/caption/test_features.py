@@ -11,16 +11,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from projects.caption import features as feats
 from projects.caption.features import BadImageError, ClipImageEncoder, Preprocess, cached_features
-
-TINY_CLIP = {
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "projection_dim": 16,
-}
+from tests.caption.conftest import TINY_CLIP
 
 
 def encoder(seed: int = 0) -> ClipImageEncoder:

@@ -13,16 +13,7 @@ from projects.caption import generate as shapes
 from projects.caption.data import train_tokenizer
 from projects.caption.model import IGNORE_INDEX, MapperConfig, caption_loss
 from projects.caption.module import CaptionModule, DecodingConfig
-
-TINY_CLIP = {
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "projection_dim": 16,
-}
+from tests.caption.conftest import TINY_CLIP
 
 
 def tiny_gpt2(vocab_size: int = 300) -> dict:
