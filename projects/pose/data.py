@@ -204,9 +204,7 @@ class PoseDataModule(pl.LightningDataModule):
         if self.synthetic is not None:
             generate_corpus(Path(self.paths["train"]).parent, **self.synthetic)
         path = Path(self.prepared_path)
-        cached = load_cache(
-            path, lambda p: torch.load(p, map_location="cpu", weights_only=True), "prepared data"
-        )
+        cached = read_prepared(path)
         if cached is not None and cached.get("train_stamp") == self._train_stamp():
             return
         prepared = self._prepare()
@@ -357,6 +355,11 @@ class PoseDataModule(pl.LightningDataModule):
     @override
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")
+
+
+def read_prepared(path: str | Path) -> dict | None:
+    """The artefact ``prepare_data`` writes, or None when it is missing (a corrupt one is removed, one warning)."""
+    return load_cache(path, lambda p: torch.load(p, map_location="cpu", weights_only=True), "prepared data")
 
 
 def counter_end_gap(targets: list[np.ndarray]) -> float:

@@ -25,9 +25,9 @@ from torch import Tensor
 from typing_extensions import override
 
 from common.errors import InputError
-from common.io import load_cache
 from common.media import Video
 from common.metrics.dtw import DynamicTimeWarping
+from projects.pose.data import read_prepared
 from projects.pose.embeddings import load_fasttext, word_vector
 from projects.pose.model import ProgressiveTransformer
 from projects.pose.skeleton import render_side_by_side
@@ -258,9 +258,7 @@ class PoseModule(pl.LightningModule):
     # ---------------------------------------------------------------------------- vocabulary & FastText
     def load_prepared(self, path: str | Path) -> None:
         """Vocabulary, FastText embedding matrix and pose statistics from the data module's prepared artefact."""
-        prepared = load_cache(
-            path, lambda p: torch.load(p, map_location="cpu", weights_only=True), "prepared data"
-        )
+        prepared = read_prepared(path)
         if prepared is None:
             raise InputError(
                 f"model.init_args.prepared: '{path}' does not exist or could not be read; the data "
