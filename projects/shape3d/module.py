@@ -436,15 +436,7 @@ class Shape3DModule(pl.LightningModule):
         self.log(
             "val/loss", losses["loss"], batch_size=size, sync_dist=True
         )  # epoch mean over every rank's batches
-        eval_res = batch["eval_voxels"].shape[-1]
-        eval_logits = (
-            logits
-            if logits.shape[-1] == eval_res
-            else F.interpolate(
-                logits[:, None].float(), size=(eval_res,) * 3, mode="trilinear", align_corners=False
-            )[:, 0]
-        )
-        prob = torch.sigmoid(eval_logits.float())
+        prob = torch.sigmoid(self._resize(logits, batch["eval_voxels"].shape[-1]))
         self.val_iou(prob, batch["eval_voxels"])
         count = self.evaluation.chamfer_points
         mc_meshes = [voxels_to_mesh(p.cpu(), 0.5) for p in prob]
