@@ -50,6 +50,13 @@ def write_set(root: Path, rows: list[dict], fmt: str = "jsonl") -> Path:
     return path
 
 
+def write_splits(root: Path) -> None:
+    """``train.jsonl`` and ``val.jsonl``, each the three good rows of :func:`write_set`."""
+    for name in ("train", "val"):
+        write_set(root, [])
+        (root / "captions.jsonl").rename(root / f"{name}.jsonl")
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_reads_meshes_and_captions(tmp_path, fmt):
     path = write_set(tmp_path, [], fmt)
@@ -165,10 +172,7 @@ def test_augmentation_is_consistent_for_voxels_points_and_meshes(tmp_path):
 
 
 def test_datamodule_targets_follow_the_resolution(tmp_path):
-    write_set(tmp_path, [])
-    (tmp_path / "captions.jsonl").rename(tmp_path / "train.jsonl")
-    write_set(tmp_path, [])
-    (tmp_path / "captions.jsonl").rename(tmp_path / "val.jsonl")
+    write_splits(tmp_path)
     dm = ShapeDataModule(
         data_dir=str(tmp_path),
         num_points=64,
@@ -298,9 +302,7 @@ def test_datamodule_passes_the_epoch_to_the_training_set(tmp_path):
     from lightning.fabric.utilities.data import _set_sampler_epoch
     from torch.utils.data import DistributedSampler
 
-    for name in ("train", "val"):
-        write_set(tmp_path, [])
-        (tmp_path / "captions.jsonl").rename(tmp_path / f"{name}.jsonl")
+    write_splits(tmp_path)
     dm = ShapeDataModule(
         data_dir=str(tmp_path),
         num_points=32,
@@ -328,9 +330,7 @@ def test_datamodule_passes_the_epoch_to_the_training_set(tmp_path):
 def test_tokenizer_is_prepared_once_atomically_and_setup_only_reads(tmp_path, monkeypatch):
     from projects.shape3d.text_encoder import load_tokenizer
 
-    for name in ("train", "val"):
-        write_set(tmp_path, [])
-        (tmp_path / "captions.jsonl").rename(tmp_path / f"{name}.jsonl")
+    write_splits(tmp_path)
     dm = ShapeDataModule(
         data_dir=str(tmp_path), num_points=32, reference=ReferencePoints(num_points=8), cache=False
     )
