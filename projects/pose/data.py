@@ -228,20 +228,9 @@ class PoseDataModule(pl.LightningDataModule):
             fasttext_file = str(Path(self.fasttext_path).expanduser())
             vectors = load_fasttext(fasttext_file)
         else:
-            vectors = train_fasttext(
-                tokens,
-                Path(self.cache_dir) / "fasttext",
-                vector_size=self.fasttext_dim,
-                epochs=self.fasttext_epochs,
-            )
-            fasttext_file = str(
-                fasttext_cache_path(
-                    tokens,
-                    Path(self.cache_dir) / "fasttext",
-                    vector_size=self.fasttext_dim,
-                    epochs=self.fasttext_epochs,
-                )
-            )
+            settings = {"vector_size": self.fasttext_dim, "epochs": self.fasttext_epochs}
+            vectors = train_fasttext(tokens, Path(self.cache_dir) / "fasttext", **settings)
+            fasttext_file = str(fasttext_cache_path(tokens, Path(self.cache_dir) / "fasttext", **settings))
         weights, counts = embedding_matrix(vocab, vectors)
         rank_zero_info(f"source embeddings from FastText: {len(vocab)} tokens, {counts}")
         starts, targets = zip(*(train.start_and_targets(i) for i in range(len(train))), strict=True)
