@@ -330,10 +330,8 @@ def main() -> None:
     bad user input exits 2, a diverged run (NaN/Inf) 3, SIGTERM 143 after saving ``last.ckpt``."""
     try:
         run_cli()
-    except (
-        InputError,
-        MisconfigurationException,
-    ) as error:  # bad data / a set-up Lightning refuses (no GPU ...)
+    # bad data, or a set-up Lightning refuses (a GPU config without a GPU ...)
+    except (InputError, MisconfigurationException) as error:
         if os.environ.get("TGM_TRACEBACK"):
             raise
         hint = ""

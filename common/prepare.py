@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 import yaml
 from jsonargparse import ArgumentParser
 
+from common.cli import import_class
 from common.errors import InputError
 from common.io import read_text
 
@@ -74,8 +75,7 @@ def build_model(configs: list[str], data: pl.LightningDataModule) -> pl.Lightnin
     section = config_sections(configs).get("model", {})
     if "class_path" not in section:
         raise InputError("the configs give no model.class_path")
-    module_name, _, class_name = section["class_path"].rpartition(".")
-    model_class = getattr(__import__(module_name, fromlist=[class_name]), class_name)
+    model_class = import_class(section["class_path"])
     links = {arg: getattr(data, name) for arg, name in getattr(model_class, "linked_from_data", {}).items()}
     return _instantiate("model", pl.LightningModule, merge(section, {"init_args": links}))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -61,10 +62,8 @@ class NaNGuard(pl.Callback):
         if self._bad_loss is not None:
             problem = f"non-finite loss ({self._bad_loss})"
         elif grads and not _scaler_checks_gradients(trainer):
-            norm = float(
-                torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-            )
-            if not torch.isfinite(torch.tensor(norm)):
+            norm = float(torch.nn.utils.get_total_norm(grads))  # what clip_grad_norm_ computes
+            if not math.isfinite(norm):
                 problem = f"non-finite gradient norm ({norm})"
         self._bad_loss = None
         # every rank takes the same decision (a NaN loss on one rank must not leave the others waiting)
