@@ -23,13 +23,7 @@ from common.geometry import (
 )
 from common.metrics.geometry import ChamferDistance, VoxelIoU
 from tests.helpers.run_if import RunIf
-
-
-def kdtree_chamfer(x: np.ndarray, y: np.ndarray) -> float:
-    """Reference: squared nearest-neighbour distance, mean per direction, both directions summed."""
-    d_xy, _ = cKDTree(y).query(x)
-    d_yx, _ = cKDTree(x).query(y)
-    return float((d_xy**2).mean() + (d_yx**2).mean())
+from tests.shape3d.references import kdtree_chamfer
 
 
 @pytest.mark.parametrize("method", ["brute", "kdtree"])

@@ -13,6 +13,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from common.geometry import chamfer, chamfer_distance, nearest_neighbors
+from tests.shape3d.references import kdtree_chamfer
 
 
 def reference_chamfer(
@@ -178,12 +179,6 @@ def test_zero_weights_and_invalid_arguments_as_pytorch3d():
             chamfer_distance(x, y, **kwargs)
 
 
-def kdtree_reference(x: np.ndarray, y: np.ndarray) -> float:
-    d_xy, _ = cKDTree(y).query(x)
-    d_yx, _ = cKDTree(x).query(y)
-    return float((d_xy**2).mean() + (d_yx**2).mean())
-
-
 @pytest.mark.parametrize("offset", [0.0, 100.0, 1e3, 1e4])
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
 def test_brute_force_path_is_exact_at_any_offset_and_scale(offset, scale):
@@ -192,7 +187,7 @@ def test_brute_force_path_is_exact_at_any_offset_and_scale(offset, scale):
     rng = np.random.default_rng(int(offset) + int(1000 * scale))
     x = ((rng.random((1, 1000, 3)) - 0.5) * scale + offset).astype(np.float32)
     y = ((rng.random((1, 800, 3)) - 0.5) * scale + offset).astype(np.float32)
-    expected = kdtree_reference(x[0].astype(np.float64), y[0].astype(np.float64))
+    expected = kdtree_chamfer(x[0].astype(np.float64), y[0].astype(np.float64))
     value = chamfer(torch.from_numpy(x), torch.from_numpy(y), method="brute").item()
     assert value == pytest.approx(expected, rel=1e-5)
     # the nearest neighbours themselves, in float64 (x64 inputs are searched and measured in float64)
@@ -208,5 +203,5 @@ def test_float64_is_accepted_and_kept(method):
     loss = chamfer(x, y, method=method)
     assert loss.dtype == torch.float64
     assert loss.item() == pytest.approx(
-        np.mean([kdtree_reference(a, b) for a, b in zip(x.numpy(), y.numpy(), strict=True)]), rel=1e-12
+        np.mean([kdtree_chamfer(a, b) for a, b in zip(x.numpy(), y.numpy(), strict=True)]), rel=1e-12
     )
