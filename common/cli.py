@@ -306,12 +306,13 @@ def build_parser_kwargs() -> dict:
     return {**shared, **per_subcommand}
 
 
-def run_cli(args: list[str] | None = None) -> TGMCLI:
-    """Build and run the CLI; ``args`` replaces ``sys.argv[1:]`` (for Python callers and tests)."""
+def run_cli(args: list[str] | None = None, cli_class: type[TGMCLI] | None = None) -> TGMCLI:
+    """Build and run the CLI; ``args`` replaces ``sys.argv[1:]`` (for Python callers and tests); ``cli_class``
+    a :class:`TGMCLI` subclass with extra hooks (the demo sets predict-time model settings with one)."""
     # ``omegaconf+`` resolves ${...} after all config files are merged, so one file can refer to a key set in
     # another; absolute paths like ${data.init_args.batch_size} are read relative to the subcommand's root.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    return TGMCLI(
+    return (cli_class or TGMCLI)(
         links=model_links(sys.argv[1:] if args is None else args),
         model_class=LightningModule,
         datamodule_class=None,

@@ -188,8 +188,6 @@ def _predict_cli(args: list[str], settings: dict[str, Any]) -> None:
     """``tgm predict`` with ``args`` through :func:`common.cli.run_cli`; ``settings`` are model init args that win
     over the checkpoint's (a plain ``--model.init_args.X`` flag is overwritten by the checkpoint's hyperparameters,
     which LightningCLI applies after parsing), set wherever they are in the (nested) init args."""
-    from unittest import mock
-
     import common.cli
 
     class PredictCLI(common.cli.TGMCLI):
@@ -199,9 +197,7 @@ def _predict_cli(args: list[str], settings: dict[str, Any]) -> None:
             if set(settings) - found:
                 raise DemoError(f"this checkpoint's model has no {', '.join(sorted(set(settings) - found))}")
 
-    # run_cli builds the CLI exactly as `tgm` does; only the class is swapped for the one that applies settings
-    with mock.patch.object(common.cli, "TGMCLI", PredictCLI):
-        common.cli.run_cli(args)
+    common.cli.run_cli(args, cli_class=PredictCLI)  # built exactly as `tgm` builds it, plus the settings
 
 
 _LOCK = threading.Lock()  # one prediction at a time: the CLI seeds and sets torch threads process-wide
