@@ -11,6 +11,7 @@ Three rules every reader in the repo follows:
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -95,8 +96,6 @@ def load_cache(path: str | Path, load: Callable[[Path], T], what: str = "cache")
             stacklevel=2,
         )
         if path.is_dir():
-            import shutil
-
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
