@@ -30,7 +30,7 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.io import read_text
-from common.prepare import build_data
+from common.prepare import build_data, build_model
 from projects.diffusion.data import CharacterDataModule
 from projects.diffusion.judge import fid_between, load_judge
 from projects.diffusion.module import DiffusionModule, FinalEvaluation
@@ -52,17 +52,10 @@ class StepTimer(pl.Callback):
         self.starts.append(time.perf_counter())
 
 
-def model_args(configs: list[str], data: CharacterDataModule) -> dict:
-    args: dict = {}
-    for path in configs:
-        args.update(((yaml.safe_load(read_text(path)) or {}).get("model") or {}).get("init_args") or {})
-    # what `tgm` links from the data module (DiffusionModule.linked_from_data)
-    return {
-        **args,
-        "num_classes": data.num_classes,
-        "class_names": data.class_names,
-        "judge_path": data.judge_path,
-    }
+def fresh_module(configs: list[str], data: CharacterDataModule) -> DiffusionModule:
+    """The configs' model as `tgm` builds it (links from the data module), from the same seed every time."""
+    torch.manual_seed(0)
+    return build_model(configs, data)
 
 
 def fixed_loader(data: CharacterDataModule, batch_size: int, steps: int) -> DataLoader:
@@ -73,9 +66,7 @@ def fixed_loader(data: CharacterDataModule, batch_size: int, steps: int) -> Data
     )
 
 
-def bench_lightning(args: dict, loader: DataLoader, warmup: int) -> float:
-    torch.manual_seed(0)
-    module = DiffusionModule(**args)
+def bench_lightning(module: DiffusionModule, loader: DataLoader, warmup: int) -> float:
     timer = StepTimer()
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -95,10 +86,8 @@ def bench_lightning(args: dict, loader: DataLoader, warmup: int) -> float:
     return statistics.median(steps[warmup:])
 
 
-def bench_bare(args: dict, loader: DataLoader, warmup: int) -> float:
+def bench_bare(module: DiffusionModule, loader: DataLoader, warmup: int) -> float:
     """The same work as Lightning's loop, written out: loss, backward, clip, AdamW + LR schedule, EMA."""
-    torch.manual_seed(0)
-    module = DiffusionModule(**args)
     optimizers = module.configure_optimizers()
     optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
     module.train()
@@ -134,14 +123,13 @@ def main() -> None:
     data = build_data(configs)
     data.prepare_data()  # renders the data / trains the judge once (cached)
     data.setup("fit")
-    margs = model_args(configs, data)
     batch_size, warmup = data.batch_size, 5
 
     # 1. training step: Lightning vs bare PyTorch
     loader = fixed_loader(data, batch_size, args.train_steps + warmup)
-    bench_bare(margs, loader, warmup)  # untimed: one-off costs (allocator, kernels) hit whichever runs first
-    lightning_s = bench_lightning(margs, loader, warmup)
-    bare_s = bench_bare(margs, loader, warmup)
+    bench_bare(fresh_module(configs, data), loader, warmup)  # untimed: one-off costs hit whichever runs first
+    lightning_s = bench_lightning(fresh_module(configs, data), loader, warmup)
+    bare_s = bench_bare(fresh_module(configs, data), loader, warmup)
 
     # 2. samplers on the trained checkpoint, judged by the converged judge
     dirpath = None
@@ -152,8 +140,7 @@ def main() -> None:
         module = DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu")
         source = str(ckpt)
     else:
-        torch.manual_seed(0)
-        module = DiffusionModule(**margs)
+        module = fresh_module(configs, data)
         source = f"UNTRAINED model ({ckpt} not found: train first)"
     module.eval()
     judge, report = load_judge(data.judge_path, data.class_names)
@@ -180,7 +167,7 @@ def main() -> None:
     keys = module.metric_keys
     print(
         f"\nthreads={torch.get_num_threads()}  batch={batch_size}  image={data.image_size}x{data.image_size}  "
-        f"UNet={margs['unet']['block_out_channels']}  guidance={module.hparams.guidance_scale}  "
+        f"UNet={list(module.unet.config.block_out_channels)}  guidance={module.hparams.guidance_scale}  "
         f"data={data.data_dir} ({len(data.train_set)} train / {len(reference)} held-out)"
     )
     print(f"\nTraining step (median of {args.train_steps}, batch {batch_size}):")
