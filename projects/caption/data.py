@@ -153,33 +153,6 @@ def load_tokenizer(name_or_path: str):
 
 
 # ---------------------------------------------------------------------------------------------- datasets
-class PairDataset(Dataset):
-    """Training: one item per (image, caption) pair, so each epoch sees every caption once (as ClipCap)."""
-
-    def __init__(
-        self,
-        records: list[CaptionRecord],
-        token_ids: list[list[list[int]]],
-        features: torch.Tensor | None,
-        preprocess: Preprocess | None,
-    ) -> None:
-        self.records, self.token_ids, self.features, self.preprocess = (
-            records,
-            token_ids,
-            features,
-            preprocess,
-        )
-        self.pairs = [(i, j) for i, caps in enumerate(token_ids) for j in range(len(caps))]
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> dict:
-        i, j = self.pairs[index]
-        item = {"input_ids": self.token_ids[i][j], "image_id": self.records[i].image_id}
-        return item | image_input(self.records[i].path, i, self.features, self.preprocess)
-
-
 class ImageDataset(Dataset):
     """Validation / test / predict: one item per image with all its reference captions (if any)."""
 
@@ -190,12 +163,8 @@ class ImageDataset(Dataset):
         features: torch.Tensor | None,
         preprocess: Preprocess | None,
     ) -> None:
-        self.records, self.token_ids, self.features, self.preprocess = (
-            records,
-            token_ids,
-            features,
-            preprocess,
-        )
+        self.records, self.token_ids = records, token_ids
+        self.features, self.preprocess = features, preprocess
 
     def __len__(self) -> int:
         return len(self.records)
@@ -206,6 +175,28 @@ class ImageDataset(Dataset):
         if self.token_ids is not None:
             item["input_ids"] = self.token_ids[index][0]  # teacher-forced val loss on the first reference
         return item | image_input(record.path, index, self.features, self.preprocess)
+
+
+class PairDataset(ImageDataset):
+    """Training: one item per (image, caption) pair, so each epoch sees every caption once (as ClipCap)."""
+
+    def __init__(
+        self,
+        records: list[CaptionRecord],
+        token_ids: list[list[list[int]]],
+        features: torch.Tensor | None,
+        preprocess: Preprocess | None,
+    ) -> None:
+        super().__init__(records, token_ids, features, preprocess)
+        self.pairs = [(i, j) for i, caps in enumerate(token_ids) for j in range(len(caps))]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        i, j = self.pairs[index]
+        item = {"input_ids": self.token_ids[i][j], "image_id": self.records[i].image_id}
+        return item | image_input(self.records[i].path, i, self.features, self.preprocess)
 
 
 def image_input(path: Path, index: int, features: torch.Tensor | None, preprocess: Preprocess | None) -> dict:
