@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup test test-slow test-all lint train-pose train-3d train-caption train-diffusion \
-        bench-pose bench-3d bench-caption bench-diffusion clean dashboard dashboard-push demo
+        bench-pose bench-3d bench-caption bench-diffusion bench-scale gpu-check clean dashboard dashboard-push demo
 
 setup: $(STAMP)
 
@@ -62,6 +62,17 @@ bench-caption: setup
 
 bench-diffusion: setup
 	$(PY) scripts/bench_diffusion.py
+
+# Preparation cost at 1x, 10x and the real datasets' sizes (or a stated fraction): cold, warm, peak RSS, growth.
+bench-scale: setup
+	$(PY) scripts/bench_scale_pose.py
+	$(PY) scripts/bench_scale_shape3d.py
+	$(PY) scripts/bench_scale_caption.py
+	$(PY) scripts/bench_scale_diffusion.py
+
+# The real-size configs for a few steps in bf16 on the GPU: throughput, MFU, peak memory (one line on CPU-only).
+gpu-check: setup
+	bash scripts/gpu_check.sh
 
 # The latest offline W&B run in the terminal, no account needed (`wandb leet`); RUN=runs/wandb/offline-run-... for another.
 dashboard: setup
