@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from common.errors import InputError, MissingInputError
-from common.io import atomic_path, load_cache, read_lines
+from common.io import atomic_file_group, load_cache, read_lines
 from projects.pose.vocabulary import PAD, PUNCTUATION_MODES, Vocabulary, tokenize
 
 
@@ -37,7 +37,13 @@ def load_fasttext(path: str | Path, what: str = "data.init_args.fasttext_path"):
         raise MissingInputError(f"{what}: FastText model file '{path}' does not exist")
     if path.suffix == ".bin":
         return load_facebook_vectors(str(path))
-    vectors = FastText.load(str(path)).wv
+    try:
+        vectors = FastText.load(str(path)).wv
+    except FileNotFoundError as error:  # gensim keeps arrays of 10M+ values in side files next to the model
+        raise MissingInputError(
+            f"{what}: FastText model '{path}' needs its side file '{error.filename}', which does not exist; "
+            f"keep every '{path.name}.*' file next to the model"
+        ) from None
     if not hasattr(vectors, "buckets_word"):
         raise InputError(f"{what}: '{path}' is not a FastText model (no subword n-grams)")
     return vectors
@@ -64,9 +70,22 @@ def train_fasttext(
         return cached
     rank_zero_info(f"training FastText ({vector_size}-d) on {len(sentences)} sentences -> {path}")
     model = fit_fasttext(sentences, vector_size, epochs, min_n, max_n, seed, bucket=20000, min_count=1)
-    with atomic_path(path) as temporary:  # readers never see half a file
-        model.save(str(temporary), separately=[])  # one file: no side-car .npy arrays to rename
+    save_fasttext(model, path)
     return model.wv
+
+
+def save_fasttext(model, path: str | Path) -> None:
+    """Write ``model`` to ``path`` as one unit: Facebook's single ``.bin`` file, or a gensim ``.model`` with the
+    side files gensim adds for arrays of 10,485,760+ values (``<path>.wv.vectors_ngrams.npy``: ``bucket x dim``,
+    e.g. the default 200,000 buckets at any dim >= 53). The side files land before the main file, so a reader
+    that finds the model finds its arrays."""
+    with atomic_file_group(path) as temporary:
+        if Path(path).suffix == ".bin":
+            from gensim.models.fasttext import save_facebook_model
+
+            save_facebook_model(model, str(temporary))
+        else:
+            model.save(str(temporary))
 
 
 def fasttext_cache_path(
@@ -194,13 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     model = fit_fasttext(
         sentences, args.dim, args.epochs, args.min_n, args.max_n, args.seed, args.bucket, args.min_count
     )
-    with atomic_path(args.out) as temporary:
-        if args.out.suffix == ".bin":
-            from gensim.models.fasttext import save_facebook_model
-
-            save_facebook_model(model, str(temporary))
-        else:
-            model.save(str(temporary), separately=[])
+    save_fasttext(model, args.out)
     tokens = sum(len(s) for s in sentences)
     print(
         f"FastText {args.dim}-d on {len(sentences)} sentences ({tokens} tokens, {len(model.wv)} words) -> {args.out}"

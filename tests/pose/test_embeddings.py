@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import InputError
 from projects.pose.data import PoseDataModule
 from projects.pose.embeddings import embedding_matrix, load_fasttext, train_fasttext
 from projects.pose.formats import progress_counter, write_split
@@ -194,3 +195,38 @@ def test_train_command_writes_a_model_configs_can_use(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", str(corpus), str(tmp_path / "x.model")])
     assert exit_info.value.code == 2 and "corpus.txt:1: not UTF-8" in capsys.readouterr().err
+
+
+def test_train_command_with_side_files_writes_a_loadable_model(tmp_path, capsys):
+    """Issue 23: gensim keeps arrays of >= 10,485,760 values (bucket x dim) in side files; the README's command
+    (200,000 buckets) with dim 53 is the smallest such case. Every file of the model must land under its name."""
+    from projects.pose.embeddings import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Okul güzel.\nBen okula gidiyorum.\n", encoding="utf-8")
+    out = tmp_path / "FastText_large.model"
+    main(["train", str(corpus), str(out), "--dim", "53", "--epochs", "1", "--bucket", "200000"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "FastText_large.model",
+        "FastText_large.model.wv.vectors_ngrams.npy",
+        "corpus.txt",
+    ]
+    vectors = load_fasttext(out)
+    assert vectors.vectors_ngrams.shape == (200000, 53) and np.abs(vectors["okullarımız"]).sum() > 0
+    (tmp_path / "FastText_large.model.wv.vectors_ngrams.npy").unlink()  # copied without its side file
+    with pytest.raises(
+        FileNotFoundError, match=r"needs its side file .*FastText_large.model.wv.vectors_ngrams.npy"
+    ) as error:
+        load_fasttext(out)
+    assert isinstance(error.value, InputError) and "\n" not in str(error.value)
+
+
+def test_trained_fasttext_cache_with_side_files_is_reused(tmp_path):
+    """The automatic cache: 20,000 buckets x 525 dims = 10.5M values goes to a side file; it must be found."""
+    first = train_fasttext(SENTENCES[:4], tmp_path, vector_size=525, epochs=1)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 2 and names[1] == f"{names[0]}.wv.vectors_ngrams.npy"
+    mtime = (tmp_path / names[0]).stat().st_mtime_ns
+    second = train_fasttext(SENTENCES[:4], tmp_path, vector_size=525, epochs=1)
+    assert (tmp_path / names[0]).stat().st_mtime_ns == mtime  # loaded, not rebuilt
+    np.testing.assert_array_equal(first["okullarımız"], second["okullarımız"])
