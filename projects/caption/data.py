@@ -1,9 +1,11 @@
 """Caption data: the tokenizer, the datasets, and the LightningDataModule (readers are in ``readers.py``).
 
-Preparation runs once, in ``prepare_data`` (rank 0; ``python -m projects.caption.prepare`` does the same):
-generate the default set, build the tiny CLIP (``clip_pretrain.py``), train the BPE tokenizer, compute the
-CLIP feature caches. Every artefact is cached by what it depends on and written atomically. ``setup`` only
-reads files and loads those artefacts, on every rank.
+Preparation runs once, in ``prepare_data`` (Lightning calls it on one process per node while the others wait;
+``python -m projects.caption.prepare`` does the same): generate the default set, build the tiny CLIP
+(``clip_pretrain.py``), train the BPE tokenizer, tokenize the captions, and scan the images once (decoded in
+DataLoader workers, CLIP in batches on the trainer's device; ``features.scan_images``). Every artefact is cached by
+what it depends on and written atomically. ``setup`` only reads the caption files and loads those artefacts on
+every rank: a warm launch costs one ``stat`` per image, never a decode.
 
 What the model must agree on (CLIP, its embedding size, the tokenizer, vocabulary size, the caption length
 limit) is exposed as attributes that ``tgm`` links into the model (``CaptionModule.linked_from_data``); they are
@@ -17,12 +19,13 @@ import json
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
@@ -36,10 +39,12 @@ from projects.caption.clip_pretrain import ClipPretrain, prepare_tiny_clip, tiny
 from projects.caption.features import (
     BadImageError,
     ClipImageEncoder,
+    ImageScan,
     Preprocess,
-    cached_features,
-    load_cached_features,
+    directory_identity,
+    encode_images,
     load_rgb,
+    scan_images,
 )
 from projects.caption.readers import (
     CaptionRecord,
@@ -152,6 +157,40 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+def _load_token_ids(path: Path, count: int) -> list[list[int]]:
+    with np.load(path) as stored:
+        flat, lengths = stored["flat"], stored["lengths"]
+    if len(lengths) != count or int(lengths.sum()) != len(flat):
+        raise ValueError(f"holds token ids of {len(lengths)} captions, expected {count}")
+    values, ends = flat.tolist(), np.cumsum(lengths).tolist()
+    return [values[end - n : end] for end, n in zip(ends, lengths.tolist(), strict=True)]
+
+
+def tokenize_captions(captions: Sequence[str], tokenizer, cache_dir: str | Path) -> list[list[int]]:
+    """Token ids of each caption plus the end token, cached by (tokenizer, captions): a warm launch of COCO's
+    590k captions reads one file instead of tokenizing again (in ``prepare_data`` and in ``setup`` on every rank)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest = hashlib.sha256((backend.to_str() if backend is not None else tokenizer.name_or_path).encode())
+    digest.update(str(tokenizer.eos_token_id).encode() + b"\0" + "\0".join(captions).encode())
+    path = Path(cache_dir) / f"tokens-{digest.hexdigest()[:20]}.npz"
+    stored = load_cache(path, lambda f: _load_token_ids(f, len(captions)), what="caption token cache")
+    if stored is not None:
+        return stored
+    eos = tokenizer.eos_token_id
+    ids = (
+        [x + [eos] for x in tokenizer(list(captions), add_special_tokens=False)["input_ids"]]
+        if captions
+        else []
+    )
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        np.savez(
+            handle,
+            flat=np.fromiter((t for x in ids for t in x), dtype=np.int32),
+            lengths=np.array([len(x) for x in ids], dtype=np.int64),
+        )
+    return ids
+
+
 # ---------------------------------------------------------------------------------------------- datasets
 class ImageDataset(Dataset):
     """Validation / test / predict: one item per image with all its reference captions (if any)."""
@@ -160,11 +199,13 @@ class ImageDataset(Dataset):
         self,
         records: list[CaptionRecord],
         token_ids: list[list[list[int]]] | None,
-        features: torch.Tensor | None,
+        features: np.ndarray | None,
         preprocess: Preprocess | None,
+        rows: list[int] | None = None,
     ) -> None:
         self.records, self.token_ids = records, token_ids
         self.features, self.preprocess = features, preprocess
+        self.rows = rows if rows is not None else list(range(len(records)))  # record -> row of ``features``
 
     def __len__(self) -> int:
         return len(self.records)
@@ -174,7 +215,7 @@ class ImageDataset(Dataset):
         item = {"image_id": record.image_id, "references": record.captions, "path": str(record.path)}
         if self.token_ids is not None:
             item["input_ids"] = self.token_ids[index][0]  # teacher-forced val loss on the first reference
-        return item | image_input(record.path, index, self.features, self.preprocess)
+        return item | image_input(record.path, self.rows[index], self.features, self.preprocess)
 
 
 class PairDataset(ImageDataset):
@@ -184,10 +225,11 @@ class PairDataset(ImageDataset):
         self,
         records: list[CaptionRecord],
         token_ids: list[list[list[int]]],
-        features: torch.Tensor | None,
+        features: np.ndarray | None,
         preprocess: Preprocess | None,
+        rows: list[int] | None = None,
     ) -> None:
-        super().__init__(records, token_ids, features, preprocess)
+        super().__init__(records, token_ids, features, preprocess, rows)
         self.pairs = [(i, j) for i, caps in enumerate(token_ids) for j in range(len(caps))]
 
     def __len__(self) -> int:
@@ -196,12 +238,12 @@ class PairDataset(ImageDataset):
     def __getitem__(self, index: int) -> dict:
         i, j = self.pairs[index]
         item = {"input_ids": self.token_ids[i][j], "image_id": self.records[i].image_id}
-        return item | image_input(self.records[i].path, i, self.features, self.preprocess)
+        return item | image_input(self.records[i].path, self.rows[i], self.features, self.preprocess)
 
 
-def image_input(path: Path, index: int, features: torch.Tensor | None, preprocess: Preprocess | None) -> dict:
-    if features is not None:
-        return {"features": features[index]}
+def image_input(path: Path, row: int, features: np.ndarray | None, preprocess: Preprocess | None) -> dict:
+    if features is not None:  # a copy of one row of the memory-mapped scan
+        return {"features": torch.from_numpy(np.array(features[row]))}
     if preprocess is None:
         raise RuntimeError("caption data: neither cached features nor a CLIP preprocessing is set up")
     try:
@@ -240,6 +282,17 @@ def _fingerprint(path: str | None) -> list | None:
     return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
 
 
+def _hub_snapshot(name: str) -> Path | None:
+    """The local hub-cache folder of a hub model, when it is there (its files identify the weights)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+    except Exception:  # noqa: BLE001 - not a valid repo id: the caller hashes the loaded weights instead
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
 # ---------------------------------------------------------------------------------------------- datamodule
 class CaptionDataModule(pl.LightningDataModule):
     """Image-caption data for :class:`projects.caption.module.CaptionModule`.
@@ -247,7 +300,9 @@ class CaptionDataModule(pl.LightningDataModule):
     With no ``train_file``, the shipped shapes set (``generated``) is used. Splits: each record's own ``split``
     (Karpathy JSON, a CSV/JSONL ``split`` column; ``restval`` counts as train) wins; otherwise the file it came
     from (``train_file`` / ``val_file`` / ``test_file``) decides. Image embeddings come from the feature cache
-    (``use_feature_cache``) or CLIP runs on pixels every step. ``predict_file`` (a caption file, e.g. COCO
+    (``use_feature_cache``) or CLIP runs on pixels every step. ``num_workers`` null: 0 for loaders that read
+    cached features (a row of a memory map: workers would only add start-up and copies), ``min(4, cores - 1)``
+    for loaders that decode images; ``prepare_workers`` null: ``min(8, cores)`` decode during preparation. ``predict_file`` (a caption file, e.g. COCO
     annotations: its images and ids) or ``predict_dir`` (every image of a folder) is what ``tgm predict`` captions.
     """
 
@@ -268,7 +323,9 @@ class CaptionDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 128,
-        num_workers: int = 0,
+        num_workers: int | None = None,
+        prepare_workers: int | None = None,
+        prepare_batch_size: int = 256,
     ) -> None:
         super().__init__()
         if on_bad_input not in ("error", "skip"):
@@ -289,8 +346,10 @@ class CaptionDataModule(pl.LightningDataModule):
         self.tokenizer = None
         self.skipped: Counter = Counter()
         self.cache_hits: dict[str, bool] = {}
-        self._features: dict[str, torch.Tensor] = {}
+        self.rows: dict[str, list[int]] = {}  # record -> row of the split's scan
+        self._features: dict[str, np.ndarray] = {}
         self._encoder: ClipImageEncoder | None = None
+        self._read: tuple | None = None  # the caption files as read once in this process
 
     # -- what the model is linked to (cheap: nothing is built)
     @property
@@ -367,9 +426,10 @@ class CaptionDataModule(pl.LightningDataModule):
 
     @override
     def prepare_data(self) -> None:
-        """Generate the default set, build the tiny CLIP, train the tokenizer and compute the feature caches,
-        each only when its cache is missing. ``predict`` needs none of it (the checkpoint holds CLIP, mapper,
-        GPT-2 and tokenizer)."""
+        """Generate the default set, build the tiny CLIP, train the tokenizer, tokenize the captions and scan the
+        images (checks, CLIP features on the trainer's device), each only when its cache is missing. Bad input
+        with ``on_bad_input: error`` stops here, before training. ``predict`` needs none of it (the checkpoint
+        holds CLIP, mapper, GPT-2 and tokenizer)."""
         if self._predicting():
             return
         if self.uses_generated_set:
@@ -377,20 +437,17 @@ class CaptionDataModule(pl.LightningDataModule):
         if self.clip.name is None:
             root = self.generated.root if self.clip.pretrain is not None else self.cache_root
             prepare_tiny_clip(self.clip.config, self.clip.pretrain, root)
-        by_split, problems = self._read_splits()
         if self.tokenizer_spec.name is None:
+            by_split, _, _ = self._read_splits()
             captions = [c for record in by_split["train"] for c in record.captions]
             train_tokenizer(captions, self.tokenizer_spec.vocab_size, self.cache_root, self.tokenizer_source)
-        tokenizer = self._load_tokenizer()
-        kept = {split: self._tokenize(records, tokenizer, problems)[0] for split, records in by_split.items()}
-        if (
-            self.hparams.on_bad_input == "error"
-        ):  # fail before any CLIP work; "skip" is reported once, by setup
+        _, problems = self._prepared_splits()
+        if self.hparams.on_bad_input == "error":  # "skip" is reported once, by setup
             problems.handle("error", "caption data")
-        if self.hparams.use_feature_cache:
-            for records in kept.values():
-                if records:
-                    cached_features([r.path for r in records], self.encoder(), self.cache_root)
+        if self._encoder is not None:  # only needed to compute features: free it (and the device's memory)
+            self._encoder = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     # -- loading (every rank)
     def encoder(self) -> ClipImageEncoder:
@@ -412,6 +469,43 @@ class CaptionDataModule(pl.LightningDataModule):
             self._encoder = ClipImageEncoder(model, self.clip.name or "tiny-clip")
         return self._encoder
 
+    def clip_identity(self) -> dict:
+        """What the cached features depend on, without loading CLIP: the source, its weight files' (name, size,
+        mtime) (a ``save_pretrained`` folder or the hub cache's snapshot; otherwise a hash of the loaded weights)
+        and the preprocessing."""
+        source = self.clip_source
+        folder = Path(source) if Path(source).is_dir() else _hub_snapshot(source)
+        weights = directory_identity(folder) if folder is not None else self.encoder().identity()
+        return {"source": source, "weights": weights, "preprocess": asdict(self._preprocess())}
+
+    def _device(self) -> torch.device:
+        """The trainer's device (its root device under DDP), CPU without a trainer."""
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _workers(self, decodes: bool) -> int:
+        if self.hparams.num_workers is not None:
+            return self.hparams.num_workers
+        return min(4, max((os.cpu_count() or 1) - 1, 0)) if decodes else 0
+
+    def _prepare_workers(self) -> int:
+        if self.hparams.prepare_workers is not None:
+            return self.hparams.prepare_workers
+        return min(8, os.cpu_count() or 1)
+
+    def _scan(self, paths: list[Path]) -> ImageScan:
+        """The stored scan of ``paths`` (computed once: every image decoded once, CLIP on the trainer's device)."""
+        features = self.hparams.use_feature_cache
+        return scan_images(
+            paths,
+            self.cache_root,
+            self.clip_identity() if features else None,
+            self.encoder if features else None,
+            self.hparams.prepare_batch_size,
+            self._prepare_workers(),
+            self._device(),
+        )
+
     def _load_tokenizer(self):
         source = self.tokenizer_source
         if self.tokenizer_spec.name is None and not Path(source).is_file():
@@ -432,8 +526,12 @@ class CaptionDataModule(pl.LightningDataModule):
             ]
         return [("train", h.train_file), ("val", h.val_file), ("test", h.test_file)]
 
-    def _read_splits(self) -> tuple[dict[str, list[CaptionRecord]], Problems]:
-        """Records per split after the caption and image checks (before the caption-length check)."""
+    def _read_splits(self) -> tuple[dict[str, list[CaptionRecord]], Problems, int]:
+        """Records per split after the caption checks (images are checked by the scan), the problems so far and
+        how many records were listed."""
+        if self._read is not None:  # prepare_data reads them for the tokenizer and for the checks
+            by_split, problems, listed = self._read
+            return dict(by_split), Problems(list(problems.items)), listed
         problems = Problems()
         by_split: dict[str, list[CaptionRecord]] = {"train": [], "val": [], "test": []}
         for default_split, file in self._sources():
@@ -450,7 +548,32 @@ class CaptionDataModule(pl.LightningDataModule):
         listed = sum(len(records) for records in by_split.values())
         for split in by_split:
             by_split[split] = check_records(by_split[split], problems)
-        if not by_split["train"]:
+        self._read = (dict(by_split), Problems(list(problems.items)), listed)
+        return by_split, problems, listed
+
+    def _prepared_splits(self) -> tuple[dict[str, dict], Problems]:
+        """Per split: records, token ids, their rows in the split's scan and the scan's features (None without
+        the feature cache), after every check; and all problems found. Cheap when prepared: the caption files are
+        read, each image is ``stat``-ed, token ids and scans are read from the cache."""
+        by_split, problems, listed = self._read_splits()
+        tokenizer = self._load_tokenizer()
+        captions = [c for records in by_split.values() for record in records for c in record.captions]
+        ids = iter(tokenize_captions(captions, tokenizer, self.cache_root))
+        splits = {}
+        for split, records in by_split.items():
+            kept, kept_ids = self._drop_long(records, ids, problems)
+            scan = self._scan([r.path for r in kept]) if kept else ImageScan(None, {}, True)
+            for row, (reason, detail) in sorted(scan.problems.items()):
+                problems.add(reason, f"{kept[row].source}: {detail}")
+            rows = [row for row in range(len(kept)) if row not in scan.problems]
+            splits[split] = {
+                "records": [kept[row] for row in rows],
+                "token_ids": [kept_ids[row] for row in rows],
+                "rows": rows,
+                "features": scan.features,
+                "hit": scan.hit,
+            }
+        if not splits["train"]["records"]:
             missing = problems.counts()["missing image file"]
             if missing:  # typically a wrong image_root: say which files were looked for
                 root = self.hparams.image_root or "null: each caption file's folder"
@@ -460,25 +583,26 @@ class CaptionDataModule(pl.LightningDataModule):
                     f"(check data.init_args.image_root: {root})"
                 )
             raise InputError("caption data: no training images (check data.init_args.train_file)")
-        if not by_split["val"]:
+        if not splits["val"]["records"]:
             raise InputError("caption data: no validation images; give val_file or records with split 'val'")
-        return by_split, problems
+        self.tokenizer = tokenizer
+        return splits, problems
 
-    def _tokenize(self, records: list[CaptionRecord], tokenizer, problems: Problems):
-        """Token ids (caption + end token) per caption; captions over ``max_caption_tokens`` are bad input."""
-        eos = tokenizer.eos_token_id
+    def _drop_long(self, records: list[CaptionRecord], ids, problems: Problems):
+        """Records and their captions' token ids (``ids`` yields them in order); captions over
+        ``max_caption_tokens`` (end token included) are bad input, records left without captions are dropped."""
         kept_records, kept_ids = [], []
         for record in records:
             ids_per_caption, captions = [], []
             for caption in record.captions:
-                ids = tokenizer(caption, add_special_tokens=False)["input_ids"] + [eos]
-                if len(ids) > self.max_caption_tokens:
+                tokens = next(ids)
+                if len(tokens) > self.max_caption_tokens:
                     problems.add(
                         f"caption longer than max_caption_tokens={self.max_caption_tokens}",
-                        f"{record.source} (image {record.image_id!r}): {len(ids)} tokens: {caption[:60]!r}",
+                        f"{record.source} (image {record.image_id!r}): {len(tokens)} tokens: {caption[:60]!r}",
                     )
                     continue
-                ids_per_caption.append(ids)
+                ids_per_caption.append(tokens)
                 captions.append(caption)
             if ids_per_caption:
                 kept_records.append(
@@ -489,20 +613,20 @@ class CaptionDataModule(pl.LightningDataModule):
 
     @override
     def setup(self, stage: str | None = None) -> None:
+        """Load what ``prepare_data`` prepared (every rank): no image is decoded and no CLIP runs when it did."""
         if stage == "predict":
             self._setup_predict()
             return
         if "train" in self.records:  # already set up (fit, then validate or test)
             return
-        by_split, problems = self._read_splits()
-        self.tokenizer = self._load_tokenizer()
-        for split, records in by_split.items():
-            self.records[split], self.token_ids[split] = self._tokenize(records, self.tokenizer, problems)
+        splits, problems = self._prepared_splits()
+        for split, prepared in splits.items():
+            self.records[split], self.token_ids[split] = prepared["records"], prepared["token_ids"]
+            self.rows[split] = prepared["rows"]
+            if prepared["features"] is not None and prepared["records"]:
+                self._features[split] = prepared["features"]
+                self.cache_hits[split] = prepared["hit"]
         self.skipped = problems.handle(self.hparams.on_bad_input, "caption data")
-        if self.hparams.use_feature_cache:
-            for split, records in self.records.items():
-                if records:
-                    self._features[split] = self._load_features(split, [r.path for r in records])
         rank_zero_info(
             "caption data: "
             + ", ".join(
@@ -512,13 +636,6 @@ class CaptionDataModule(pl.LightningDataModule):
             + f", vocab={len(self.tokenizer)}"
             + (f", skipped={dict(self.skipped)}" if self.skipped else "")
         )
-
-    def _load_features(self, split: str, paths: list[Path]) -> torch.Tensor:
-        features = load_cached_features(paths, self.encoder(), self.cache_root)
-        self.cache_hits[split] = features is not None
-        if features is None:  # not prepared (e.g. images changed since prepare_data): compute it now
-            features, _ = cached_features(paths, self.encoder(), self.cache_root)
-        return features
 
     def _setup_predict(self) -> None:
         h = self.hparams
@@ -531,31 +648,42 @@ class CaptionDataModule(pl.LightningDataModule):
                 "caption predict: set data.init_args.predict_dir (a folder of images) or "
                 "data.init_args.predict_file (COCO annotations / a caption file)"
             )
-        problems = Problems()  # no captions needed in predict: only the image checks apply
-        readable = check_records(
-            [CaptionRecord(r.image_id, r.path, ["-"], None, r.source) for r in records], problems
-        )
+        problems = (
+            Problems()
+        )  # no captions needed in predict: only the image checks apply (not cached: nothing
+        bad = encode_images([r.path for r in records], None, 64, self._workers(decodes=True))  # is prepared)
+        for row, (reason, detail) in sorted(bad.items()):
+            problems.add(reason, f"{records[row].source}: {detail}")
         self.skipped = problems.handle(h.on_bad_input, "caption predict")
-        self.records["predict"] = [CaptionRecord(r.image_id, r.path, [], None, r.source) for r in readable]
+        self.records["predict"] = [
+            CaptionRecord(r.image_id, r.path, [], None, r.source)
+            for row, r in enumerate(records)
+            if row not in bad
+        ]
 
     # -- loaders
     def _preprocess(self) -> Preprocess:
         return Preprocess(image_size=int(self._clip_vision_config().image_size))
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: ImageDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = self._workers(decodes=dataset.features is None)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
+            num_workers=workers,
             collate_fn=partial(collate, pad_id=self.pad_id),
-            persistent_workers=self.hparams.num_workers > 0,
+            persistent_workers=workers > 0,
         )
 
     @override
     def train_dataloader(self) -> DataLoader:
         dataset = PairDataset(
-            self.records["train"], self.token_ids["train"], self._features.get("train"), self._preprocess()
+            self.records["train"],
+            self.token_ids["train"],
+            self._features.get("train"),
+            self._preprocess(),
+            self.rows["train"],
         )
         return self._loader(dataset, self.hparams.batch_size, shuffle=True)
 
@@ -563,7 +691,11 @@ class CaptionDataModule(pl.LightningDataModule):
         if not self.records.get(split):
             raise InputError(f"caption data: the '{split}' split is empty")
         dataset = ImageDataset(
-            self.records[split], self.token_ids[split], self._features.get(split), self._preprocess()
+            self.records[split],
+            self.token_ids[split],
+            self._features.get(split),
+            self._preprocess(),
+            self.rows[split],
         )
         return self._loader(dataset, self.hparams.eval_batch_size, shuffle=False)
 

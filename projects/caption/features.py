@@ -1,10 +1,12 @@
-"""CLIP image encoder, image decoding, CLIP preprocessing, and the on-disk cache of image embeddings.
+"""CLIP image encoder, image decoding, CLIP preprocessing, and the on-disk scan of an image set.
 
 The encoder is always frozen, so its output for a given image never changes during training: computing it once
 per (image set, CLIP weights, preprocessing) and reading it back from disk saves the ViT forward on every step
-(ClipCap's ``parse_coco.py`` does the same as a preparation step). The cache file name is a hash of exactly those
-three things (file paths with sizes and mtimes; the model's name, config and a hash of its weights; image size and
-normalisation), so changing any of them computes a new file instead of reusing stale features.
+(ClipCap's ``parse_coco.py`` does the same as a preparation step). One pass (:func:`scan_images`) decodes every
+image exactly once, in DataLoader workers, runs CLIP in batches on the given device, and stores what it found: the
+``N x D`` features (one ``.npy`` that training memory-maps) and which files are missing or unreadable. Its folder
+name is a hash of the files' (path, size, mtime), the CLIP's identity and the preprocessing, so a warm launch costs
+one ``stat`` per image and never decodes; changing any of them computes a new scan instead of reusing a stale one.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,11 +23,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, UnidentifiedImageError
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from common.errors import InputError
-from common.io import atomic_path, load_cache
+from common.io import atomic_dir, load_cache
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one folder per scan (features.npy + scan.json), problems recorded
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
@@ -135,74 +138,174 @@ class ClipImageEncoder(nn.Module):
 
 
 def file_fingerprint(paths: Sequence[str | Path]) -> list[list]:
-    """(absolute path, size, mtime_ns) per file: changes when a file is replaced, edited or touched."""
+    """(absolute path, size, mtime_ns) per file, ``None`` size/mtime for a missing one: one ``stat`` per file,
+    changes when a file is replaced, edited or touched."""
     rows = []
     for path in paths:
         try:
             stat = os.stat(path)
-        except FileNotFoundError as error:
-            raise BadImageError(f"image file not found: {path}") from error
-        rows.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+            rows.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+        except FileNotFoundError:
+            rows.append([os.path.abspath(path), None, None])
     return rows
 
 
-def cache_key(paths: Sequence[str | Path], encoder: ClipImageEncoder) -> str:
-    payload = {"version": CACHE_VERSION, "files": file_fingerprint(paths), "encoder": encoder.identity()}
+def directory_identity(folder: str | Path) -> list[list]:
+    """The files of a ``save_pretrained`` folder as (name, size, mtime_ns): identifies the weights with a few
+    ``stat`` calls instead of loading and hashing them (a rewritten folder gets new mtimes, hence a new key)."""
+    folder = Path(folder)
+    return [
+        [p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns]
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    ]
+
+
+def scan_key(paths: Sequence[str | Path], identity: dict | None) -> str:
+    """What a scan depends on: the files and, when it computes features, the encoder's identity."""
+    payload = {"version": CACHE_VERSION, "files": file_fingerprint(paths), "encoder": identity}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class ImageFiles(Dataset):
+    """``(index, CLIP pixels or None, (reason, detail) or None)`` per file: decoding runs in DataLoader workers,
+    and a bad file is reported instead of stopping the pass."""
+
+    def __init__(self, paths: Sequence[str | Path], preprocess: Preprocess | None) -> None:
+        self.paths, self.preprocess = list(paths), preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, tuple[str, str] | None]:
+        path = self.paths[index]
+        if not os.path.exists(path):
+            return index, None, ("missing image file", str(path))
+        try:
+            image = load_rgb(path)
+        except BadImageError as error:
+            cause = error.__cause__
+            detail = f"{path} ({type(cause).__name__ if cause else 'BadImageError'}: {cause or error})"
+            return index, None, ("unreadable image file", detail)
+        return index, (self.preprocess(image) if self.preprocess is not None else None), None
+
+
+def _collate_scan(items: list[tuple]) -> list[tuple]:
+    return items
+
+
+@dataclass
+class ImageScan:
+    """What one pass over an image set found: ``features`` (``N x D`` float32, memory-mapped; rows of bad files
+    are zeros; None for a check-only scan) and ``problems`` (row -> (reason, detail))."""
+
+    features: np.ndarray | None
+    problems: dict[int, tuple[str, str]]
+    hit: bool
 
 
 @torch.no_grad()
 def encode_images(
-    paths: Sequence[str | Path], encoder: ClipImageEncoder, batch_size: int = 64
-) -> torch.Tensor:
-    """Run CLIP over image files in batches; ``N x D`` float32 features on CPU."""
-    device = next(encoder.parameters()).device
-    chunks = []
-    for start in range(0, len(paths), batch_size):
-        pixels = torch.stack([encoder.preprocess(load_rgb(p)) for p in paths[start : start + batch_size]])
-        chunks.append(encoder(pixels.to(device)).float().cpu())
-    return torch.cat(chunks) if chunks else torch.zeros(0, encoder.embed_dim)
+    paths: Sequence[str | Path],
+    encoder: ClipImageEncoder | None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str | None = None,
+    out: np.ndarray | None = None,
+) -> dict[int, tuple[str, str]]:
+    """Decode every file once (``num_workers`` DataLoader workers) and, with an ``encoder``, write its CLIP
+    embedding into row ``i`` of ``out`` (batches on ``device``). Returns the problems by row."""
+    if encoder is not None and device is not None:
+        encoder.to(device)
+    device = next(encoder.parameters()).device if encoder is not None else None
+    files = ImageFiles(paths, encoder.preprocess if encoder is not None else None)
+    loader = DataLoader(
+        files,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate_scan,
+        pin_memory=device is not None and device.type == "cuda",
+    )
+    problems: dict[int, tuple[str, str]] = {}
+    for items in loader:
+        good = [(index, pixels) for index, pixels, problem in items if problem is None]
+        problems |= {index: problem for index, _, problem in items if problem is not None}
+        if encoder is not None and good:
+            pixels = torch.stack([p for _, p in good]).to(device, non_blocking=True)
+            embeds = encoder(pixels).float().cpu().numpy()
+            out[[index for index, _ in good]] = embeds
+    return problems
 
 
-def feature_cache_path(paths: Sequence[str | Path], encoder: ClipImageEncoder, cache_dir: str | Path) -> Path:
-    return Path(cache_dir) / f"clip_features-{cache_key(paths, encoder)[:20]}.pt"
+def _load_scan(folder: Path, key: str, count: int) -> ImageScan:
+    meta = json.loads((folder / "scan.json").read_text("utf-8"))
+    if meta.get("key") != key or meta.get("rows") != count:
+        raise ValueError(f"holds a scan of another image set ({meta.get('rows')} rows)")
+    features = None
+    if meta.get("features"):
+        features = np.load(folder / "features.npy", mmap_mode="r")
+        if features.shape[0] != count:
+            raise ValueError(f"features.npy has {features.shape[0]} rows, expected {count}")
+    problems = {int(row): (reason, detail) for row, (reason, detail) in meta["problems"].items()}
+    return ImageScan(features, problems, hit=True)
 
 
-def _load_features(path: Path, key: str, count: int) -> torch.Tensor:
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch's own text suggests weights_only=False: never for a cache
-        raise ValueError(f"not a readable feature file ({type(error).__name__})") from None
-    if stored.get("key") != key or stored["features"].shape[0] != count:
-        raise ValueError(f"holds features for another image set ({stored['features'].shape[0]} rows)")
-    return stored["features"]
+def scan_images(
+    paths: Sequence[str | Path],
+    cache_dir: str | Path,
+    identity: dict | None = None,
+    make_encoder: Callable[[], ClipImageEncoder] | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str | None = None,
+) -> ImageScan:
+    """The stored scan of ``paths`` (features when ``identity``/``make_encoder`` are given, else only the image
+    checks), computing and storing it on a miss.
 
-
-def load_cached_features(
-    paths: Sequence[str | Path], encoder: ClipImageEncoder, cache_dir: str | Path
-) -> torch.Tensor | None:
-    """The cached features of ``paths``, or None when there is no usable cache (a corrupt one is removed with
-    one warning)."""
-    key = cache_key(paths, encoder)
-    path = Path(cache_dir) / f"clip_features-{key[:20]}.pt"
-    return load_cache(path, lambda p: _load_features(p, key, len(paths)), what="caption CLIP feature cache")
+    A hit costs one ``stat`` per file (the key) and a memory map: no image is decoded, no CLIP is loaded. A miss
+    decodes each image once in ``num_workers`` workers and runs ``make_encoder()`` on ``device`` in batches. The
+    folder is written atomically; a corrupt one is removed and rebuilt with one warning.
+    """
+    key = scan_key(paths, identity)
+    kind = "clip_features" if identity is not None else "image_checks"
+    folder = Path(cache_dir) / f"{kind}-{key[:20]}"
+    what = "caption CLIP feature cache" if identity is not None else "caption image-check cache"
+    stored = load_cache(folder, lambda f: _load_scan(f, key, len(paths)), what=what)
+    if stored is not None:
+        return stored
+    encoder = make_encoder() if identity is not None else None
+    if identity is not None:
+        rank_zero_info(
+            f"caption: computing CLIP features for {len(paths)} images on {device or 'cpu'} -> {folder}"
+        )
+    with atomic_dir(folder) as temporary:
+        features = None
+        if encoder is not None:
+            features = np.lib.format.open_memmap(
+                temporary / "features.npy", mode="w+", dtype=np.float32, shape=(len(paths), encoder.embed_dim)
+            )
+        problems = encode_images(paths, encoder, batch_size, num_workers, device, features)
+        if features is not None:
+            features.flush()
+            del features
+        meta = {"key": key, "rows": len(paths), "features": encoder is not None, "problems": problems}
+        (temporary / "scan.json").write_text(json.dumps(meta, ensure_ascii=False), "utf-8")
+    scan = _load_scan(folder, key, len(paths))
+    return ImageScan(scan.features, scan.problems, hit=False)
 
 
 def cached_features(
-    paths: Sequence[str | Path], encoder: ClipImageEncoder, cache_dir: str | Path, batch_size: int = 64
+    paths: Sequence[str | Path],
+    encoder: ClipImageEncoder,
+    cache_dir: str | Path,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, bool]:
-    """Features of ``paths`` (in order) from ``cache_dir``, computing and storing them on a miss.
-
-    Returns ``(features, hit)``. The file is written atomically (temp file + rename), so an interrupted run
-    never leaves a truncated cache behind; a corrupt or truncated file is rebuilt with one warning.
-    """
-    features = load_cached_features(paths, encoder, cache_dir)
-    if features is not None:
-        return features, True
-    key = cache_key(paths, encoder)
-    path = Path(cache_dir) / f"clip_features-{key[:20]}.pt"
-    rank_zero_info(f"caption: computing CLIP features for {len(paths)} images -> {path}")
-    features = encode_images(paths, encoder, batch_size)
-    with atomic_path(path) as temporary:
-        torch.save({"key": key, "features": features}, temporary)
-    return features, False
+    """Features of ``paths`` (in order) from ``cache_dir``, computing and storing them on a miss; a missing or
+    unreadable image is a :class:`BadImageError` naming it. Returns ``(features, hit)``."""
+    scan = scan_images(paths, cache_dir, encoder.identity(), lambda: encoder, batch_size, num_workers, device)
+    if scan.problems:
+        reason, detail = scan.problems[min(scan.problems)]
+        raise BadImageError(f"{reason}: {detail}")
+    return torch.from_numpy(np.array(scan.features)), scan.hit

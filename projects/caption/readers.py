@@ -1,4 +1,4 @@
-"""Caption file readers (COCO / Karpathy JSON, CSV/TSV, JSONL), image checks, and the predict image lists.
+"""Caption file readers (COCO / Karpathy JSON, CSV/TSV, JSONL), caption checks, and the predict image lists.
 
 Every file format becomes a list of :class:`CaptionRecord` (one image, all its captions, optional split).
 Bad input never disappears silently: each problem (missing or unreadable image, annotation for an unknown
@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from common.errors import InputError, MissingInputError
 from common.io import read_text
-from projects.caption.features import BadImageError, load_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 # COCO file names: COCO_val2014_000000391895.jpg (2014 sets) or 000000391895.jpg (2017 sets) -> image id 391895
@@ -179,36 +177,9 @@ def read_caption_file(
     raise InputError(f"{file}: unknown caption file type '{suffix}' (use .json, .jsonl, .csv or .tsv)")
 
 
-_checked: dict[
-    tuple[str, int, int], str | None
-] = {}  # (path, size, mtime) -> problem; prepare and setup share it
-
-
-def image_problem(path: Path) -> tuple[str, str] | None:
-    """``(reason, detail)`` when the image is missing or does not decode completely, else None.
-
-    Decodes every pixel (``load()``): ``verify()`` alone passes a truncated JPEG, which then fails mid-epoch
-    outside the ``on_bad_input`` policy. Results are remembered per (path, size, mtime) in this process.
-    """
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        return "missing image file", str(path)
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _checked:
-        try:
-            load_rgb(path)
-            _checked[key] = None
-        except BadImageError as error:
-            cause = error.__cause__
-            _checked[key] = f"{path} ({type(cause).__name__ if cause else 'BadImageError'}: {cause or error})"
-    return None if _checked[key] is None else ("unreadable image file", _checked[key])
-
-
-def check_records(
-    records: list[CaptionRecord], problems: Problems, check_images: bool = True
-) -> list[CaptionRecord]:
-    """Drop (and report) empty captions, images without captions and missing/unreadable images."""
+def check_records(records: list[CaptionRecord], problems: Problems) -> list[CaptionRecord]:
+    """Drop (and report) empty captions and images without captions. Images are checked by the one decoding pass
+    of ``features.scan_images`` (cached with the files' fingerprint), not here."""
     kept = []
     for record in records:
         captions = []
@@ -223,11 +194,6 @@ def check_records(
         if not captions:
             problems.add("image without captions", f"{record.source} (image {record.image_id!r})")
             continue
-        if check_images:
-            problem = image_problem(record.path)
-            if problem is not None:
-                problems.add(problem[0], f"{record.source}: {problem[1]}")
-                continue
         kept.append(record)
     return kept
 

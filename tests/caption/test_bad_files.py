@@ -187,19 +187,23 @@ def corruptions() -> list:
     ]
 
 
+@pytest.mark.parametrize("name", ["features.npy", "scan.json"])
 @pytest.mark.parametrize(("kind", "corrupt"), corruptions(), ids=[c[0] for c in corruptions()])
-def test_corrupt_feature_cache_is_rebuilt_with_one_warning(tmp_path, kind, corrupt):
+def test_corrupt_feature_cache_is_rebuilt_with_one_warning(tmp_path, kind, corrupt, name):
     paths = []
     for k in range(3):
         write_image(tmp_path / f"{k}.png", (60 * k, 100, 200))
         paths.append(tmp_path / f"{k}.png")
     enc = encoder()
     first, _ = cached_features(paths, enc, tmp_path / "cache")
-    (file,) = (tmp_path / "cache").glob("clip_features-*.pt")
+    (folder,) = (tmp_path / "cache").glob("clip_features-*")
+    file = folder / name
     file.write_bytes(corrupt(file.read_bytes()))
     with pytest.warns(UserWarning) as record:
         again, hit = cached_features(paths, enc, tmp_path / "cache")
-    assert len(record) == 1 and file.name in str(record[0].message) and "rebuilding" in str(record[0].message)
+    assert (
+        len(record) == 1 and folder.name in str(record[0].message) and "rebuilding" in str(record[0].message)
+    )
     assert "weights_only" not in str(record[0].message)  # torch's advice to load unsafely is not passed on
     assert not hit
     torch.testing.assert_close(again, first)

@@ -186,7 +186,7 @@ def test_datamodule_feeds_cached_features_and_reuses_the_cache(tmp_path, monkeyp
     monkeypatch.setattr(
         feats,
         "encode_images",
-        lambda paths, enc, batch_size=64: calls.append(len(paths)) or real(paths, enc, batch_size),
+        lambda paths, enc, *args: calls.append(len(paths)) or real(paths, enc, *args),
     )
     dm = datamodule(tmp_path, batch_size=3)
     dm.prepare_data()  # computes the features of train (4 images) and val (2 images) once
