@@ -255,16 +255,34 @@ def best_checkpoint(dirpath: str | None) -> Path:
     import torch
 
     # mmap: only the small callback states are read, not the weights and optimiser tensors
-    states = torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {})
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+    states = checkpoint.get("callbacks", {})
+    monitors = []
     for key, state in states.items():
-        if key.startswith("ModelCheckpoint") and state.get("best_model_path"):
+        if not key.startswith("ModelCheckpoint"):
+            continue
+        if state.get("best_model_path"):
             best = Path(state["best_model_path"])
             if not best.is_file():
                 raise MissingInputError(
                     f"--ckpt_path best: {last} names {best} as best, but it does not exist"
                 )
             return best
-    raise InputError(f"--ckpt_path best: {last} records no best checkpoint (is checkpoint.monitor set?)")
+        monitors.append(state.get("monitor"))
+    where = f"epoch {checkpoint.get('epoch')}, step {checkpoint.get('global_step')}"
+    if any(monitors):
+        monitor = next(m for m in monitors if m)
+        reason = (
+            f"it was written at {where}, before any validation had measured checkpoint.monitor '{monitor}' "
+            "(best files are chosen at validations), or with checkpoint.save_top_k 0"
+        )
+    elif monitors:
+        reason = f"it was written at {where} with no checkpoint.monitor and no top-k file saved"
+    else:
+        reason = f"it was written at {where} without a ModelCheckpoint callback"
+    raise InputError(
+        f"--ckpt_path best: {last} records no best checkpoint: {reason}; use --ckpt_path last instead"
+    )
 
 
 UNION_FAILURE = "Does not validate against any of the Union subtypes"

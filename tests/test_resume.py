@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from common.callbacks import LatestCheckpoint, NaNGuard
+from common.cli import run_cli
 from common.errors import TrainingDiverged
 from tests.helpers import run_folders, tgm_command
 from tests.helpers.tiny import DivergingTinyModule, TinyDataModule, TinyModule
@@ -264,3 +265,110 @@ def test_checkpoints_from_plain_model_checkpoint_still_resume():
     kwargs = {"monitor": "val/mse", "mode": "max", "every_n_train_steps": 4}
     assert LatestCheckpoint(**kwargs).state_key == ModelCheckpoint(**kwargs).state_key
     assert LatestCheckpoint(**kwargs).state_key.startswith("ModelCheckpoint{")
+
+
+def measured_mse(path: Path) -> float:
+    """val/mse of the weights stored in ``path``, measured again on the tiny validation set."""
+    module = TinyModule()
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+    x, y = TinyDataModule()._dataset(1).tensors
+    with torch.no_grad():
+        return float(torch.nn.functional.mse_loss(module(x), y))
+
+
+def test_step_saves_keep_best_files_true_to_their_scores(tmp_path):
+    """every_n_train_steps=6 with validations at steps 8, 16, 24: Lightning ranked the step saves (12, 18) with
+    the previous validation's score, so epoch002.ckpt held step-18 weights tagged with the step-16 score. Every
+    best file must hold the weights its score was measured on, and each validation's weights get ranked."""
+    checkpoint = LatestCheckpoint(
+        dirpath=tmp_path / "ckpt",
+        monitor="val/mse",
+        save_top_k=-1,
+        save_last=True,
+        every_n_train_steps=6,
+        filename="epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+    )
+    trainer_with(tmp_path, [checkpoint], max_epochs=3).fit(TinyModule(), TinyDataModule())
+    assert sorted(saved_step(Path(path)) for path in checkpoint.best_k_models) == [8, 16, 24]
+    for path, score in checkpoint.best_k_models.items():
+        assert float(score) == pytest.approx(measured_mse(Path(path)), rel=1e-5), path
+
+
+def test_time_interval_saves_are_ranked_at_the_next_validation(tmp_path):
+    """A save every batch (train_time_interval 0 s) ranks nothing itself: the best file is a validation's."""
+    checkpoint = LatestCheckpoint(
+        dirpath=tmp_path / "ckpt",
+        monitor="val/mse",
+        mode="max",  # the metric falls, so the first validation stays best
+        save_last=True,
+        train_time_interval=timedelta(seconds=0),
+    )
+    trainer_with(tmp_path, [checkpoint], max_epochs=2).fit(TinyModule(), TinyDataModule())
+    best = Path(checkpoint.best_model_path)
+    assert saved_step(best) == 8
+    assert float(checkpoint.best_model_score) == pytest.approx(measured_mse(best), rel=1e-5)
+
+
+def test_last_ckpt_links_the_best_file_when_they_are_the_same_state(tmp_path):
+    """val/mse improves every epoch: last.ckpt and the best file are the same state, stored once (a hard link);
+    --ckpt_path last resumes from it and --ckpt_path best finds the best file."""
+    fit(tmp_path, "--trainer.max_epochs", "2")
+    last, best = tmp_path / "ckpt" / "last.ckpt", tmp_path / "ckpt" / "epoch001.ckpt"
+    assert os.path.samefile(last, best)
+    resumed = fit(tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    assert resumed.trainer.global_step == 3 * BATCHES_PER_EPOCH
+    assert os.path.samefile(last, tmp_path / "ckpt" / "epoch002.ckpt")
+    assert not best.exists()  # top-1: the older best file went, last.ckpt kept its own name
+    validated = run_cli(
+        ["validate", "--config", TINY, "--config", CSV, *run_folders(tmp_path), "--ckpt_path", "best"]
+    )
+    assert validated.trainer.ckpt_path == str(tmp_path / "ckpt" / "epoch002.ckpt")
+
+
+def test_rewriting_last_ckpt_leaves_the_linked_best_file_alone(tmp_path):
+    """mode=max: epoch 0 stays best and last.ckpt starts as its link; the later full saves of last.ckpt must
+    replace the link, not write through it into epoch000.ckpt."""
+    checkpoint = LatestCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="val/mse", mode="max", save_last=True, filename="best"
+    )
+    probe = LastCkptProbe(tmp_path / "ckpt" / "last.ckpt")
+    trainer_with(tmp_path, [checkpoint, probe], max_epochs=3).fit(TinyModule(), TinyDataModule())
+    assert probe.steps == [8, 16]
+    assert saved_step(tmp_path / "ckpt" / "best.ckpt") == 8
+    assert saved_step(tmp_path / "ckpt" / "last.ckpt") == 24
+    assert not os.path.samefile(tmp_path / "ckpt" / "best.ckpt", tmp_path / "ckpt" / "last.ckpt")
+
+
+def test_link_or_copy_falls_back_to_a_symlink(tmp_path, monkeypatch):
+    from common.callbacks.checkpoint import link_or_copy
+
+    source = tmp_path / "best.ckpt"
+    source.write_bytes(b"state")
+    (tmp_path / "last.ckpt").write_bytes(b"old")
+
+    def no_hard_links(*args, **kwargs):
+        raise OSError("hard links not supported here")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    assert link_or_copy(source, tmp_path / "last.ckpt") == "symlink"
+    assert (tmp_path / "last.ckpt").read_bytes() == b"state" and (tmp_path / "last.ckpt").is_symlink()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--trainer.max_steps", "4"], "written at epoch 0, step 4, before any validation had measured"),
+        (["--checkpoint.save_top_k", "0"], "or with checkpoint.save_top_k 0"),
+    ],
+)
+def test_ckpt_path_best_without_a_best_file_says_why(tmp_path, extra, expected):
+    """The old message asked "is checkpoint.monitor set?" although it was: the run had stopped before its
+    first validation."""
+    from common.cli import best_checkpoint
+    from common.errors import InputError
+
+    fit(tmp_path, "--trainer.max_epochs", "1", *extra)
+    with pytest.raises(InputError, match="records no best checkpoint") as error:
+        best_checkpoint(str(tmp_path / "ckpt"))
+    assert expected in str(error.value) and "--ckpt_path last" in str(error.value)
