@@ -30,44 +30,104 @@ from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from common.errors import InputError
-from common.io import atomic_path, load_cache
+from common.io import atomic_dir, atomic_path, load_cache
 from projects.pose.embeddings import embedding_matrix, fasttext_cache_path, load_fasttext, train_fasttext
-from projects.pose.formats import Example, PoseDataError, counters_are_zero_based, read_lines, read_split
+from projects.pose.formats import Example, PoseDataError, iter_split, read_lines
 from projects.pose.generate import generate_corpus
 from projects.pose.vocabulary import Vocabulary, tokenize, unknown_share_message
 
 COUNTER_CONVENTIONS = ("auto", "zero_based", "one_based")
 PREPARED_VERSION = 1
+SPLIT_VERSION = 1
+
+
+class SplitArrays:
+    """A prepared split: every frame of every sequence in one memory-mapped float32 array (``frames.f32``, rows =
+    frames, nanoGPT's ``train.bin`` habit) with ``offsets.npy`` (sequence ``i`` is rows ``offsets[i]:offsets[i+1]``)
+    and the sentences and names in ``texts.json``. Opening it reads no frames; pages come from the file (shared by
+    every process) as batches ask for them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
+        self.offsets = np.load(self.folder / "offsets.npy")
+        self._frames: np.ndarray | None = None  # opened on first use, in each DataLoader worker
+
+    @property
+    def frames(self) -> np.ndarray:
+        if self._frames is None:
+            shape = (self.meta["frames"], self.meta["width"])
+            self._frames = (
+                np.memmap(self.folder / "frames.f32", dtype=np.float32, mode="r", shape=shape)
+                if shape[0]
+                else np.zeros(shape, dtype=np.float32)
+            )
+        return self._frames
+
+    def __getstate__(self) -> dict:  # spawned workers open their own map instead of receiving a copy
+        return {**self.__dict__, "_frames": None}
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def length(self, index: int) -> int:
+        return int(self.offsets[index + 1] - self.offsets[index])
+
+    def sequence(self, index: int) -> np.ndarray:
+        return np.array(self.frames[self.offsets[index] : self.offsets[index + 1]])
+
+    def texts_and_names(self) -> tuple[list[str], list[str]]:
+        data = json.loads((self.folder / "texts.json").read_text(encoding="utf-8"))
+        return data["texts"], data["names"]
 
 
 class PoseDataset(Dataset):
-    """Examples of one split. ``zero_based``: frame 0 is each sequence's start frame and the targets are the
-    frames after it (the original); otherwise the start frame is zeros and every frame is a target."""
+    """Examples of one split (``rows`` of its prepared arrays; None frames for prediction inputs).
+    ``zero_based``: frame 0 is each sequence's start frame and the targets are the frames after it (the
+    original); otherwise the start frame is zeros and every frame is a target."""
 
     def __init__(
-        self, examples: list[Example], lowercase: bool, punctuation: str, zero_based: bool = False
+        self,
+        texts: list[str],
+        names: list[str],
+        lowercase: bool,
+        punctuation: str,
+        zero_based: bool = False,
+        arrays: SplitArrays | None = None,
     ) -> None:
-        self.examples = examples
-        self.tokens = [tokenize(e.text, lowercase, punctuation) for e in examples]
+        self.texts = texts
+        self.names = names
+        self.tokens = [tokenize(text, lowercase, punctuation) for text in texts]
         self.zero_based = zero_based
+        self.arrays = arrays
+        self.rows = list(range(len(texts)))
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these examples (by their position in the split)."""
+        self.texts = [self.texts[i] for i in rows]
+        self.names = [self.names[i] for i in rows]
+        self.tokens = [self.tokens[i] for i in rows]
+        self.rows = [self.rows[i] for i in rows]
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.texts)
+
+    def num_frames(self, index: int) -> int:
+        return self.arrays.length(self.rows[index])
 
     def start_and_targets(self, index: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-        frames = self.examples[index].frames
-        if frames is None:
+        if self.arrays is None:
             return None, None
+        frames = self.arrays.sequence(self.rows[index])
         if self.zero_based:
             return frames[0], frames[1:]
         return np.zeros(frames.shape[1], dtype=frames.dtype), frames
 
     def __getitem__(self, index: int) -> dict:
-        example = self.examples[index]
         start, targets = self.start_and_targets(index)
         return {
-            "name": example.name,
-            "text": example.text,
+            "name": self.names[index],
+            "text": self.texts[index],
             "tokens": self.tokens[index],
             "frames": targets,
             "start": start,
@@ -190,30 +250,85 @@ class PoseDataModule(pl.LightningDataModule):
         digest = hashlib.sha1(json.dumps(self._settings(), sort_keys=True).encode("utf-8")).hexdigest()[:16]
         return str(Path(self.cache_dir) / f"prepared_{digest}.pt")
 
-    def _train_stamp(self) -> list:
-        prefix = self.paths["train"]
+    def _stamp(self, split: str) -> list:
+        """Size and modification time of the split's files: what decides whether its prepared arrays are current
+        (stat calls only, no reading)."""
+        prefix = self.paths[split]
         return [
             [str(path), path.stat().st_size, path.stat().st_mtime_ns]
-            for path in (Path(f"{prefix}.{ext}") for ext in (self.src, self.trg))
+            for path in (Path(f"{prefix}.{ext}") for ext in (self.src, self.trg, self.files))
             if path.is_file()
         ]
 
+    def _train_stamp(self) -> list:
+        return self._stamp("train")
+
+    def split_folder(self, split: str) -> Path:
+        """Where ``prepare_data`` puts the split's memory-mapped arrays (by its files and reading settings)."""
+        settings = {
+            "version": SPLIT_VERSION,
+            "prefix": str(Path(self.paths[split]).resolve()),
+            "ext": [self.src, self.trg, self.files],
+            "trg_size": self.trg_size,
+            "skip_frames": self.skip_frames,
+            "counter": self.counter,
+        }
+        digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+        return Path(self.cache_dir) / f"split_{digest}"
+
+    def _current_split(self, split: str) -> SplitArrays | None:
+        """The split's prepared arrays when they match its files now, else None (stat calls and a small json)."""
+        folder = self.split_folder(split)
+        meta = folder / "meta.json"
+        if not meta.is_file():
+            return None
+        arrays = load_cache(folder, SplitArrays, f"prepared {split} split")
+        return arrays if arrays is not None and arrays.meta["stamp"] == self._stamp(split) else None
+
+    def prepare_split(self, split: str) -> SplitArrays:
+        """Parse the split's files once into memory-mapped arrays (unless current ones exist) and open them."""
+        if self.paths[split] is None:
+            raise PoseDataError(f"data.init_args.{split} is not set")
+        arrays = self._current_split(split)
+        if arrays is not None:
+            return arrays
+        folder = self.split_folder(split)
+        with atomic_dir(folder) as temporary:
+            write_split_arrays(
+                temporary,
+                self.paths[split],
+                self.trg_size,
+                self.src,
+                self.trg,
+                self.files,
+                self.skip_frames,
+                self.counter,
+                self._stamp(split),
+            )
+        rank_zero_info(f"data: prepared {split} split {self.paths[split]} -> {folder}")
+        return SplitArrays(folder)
+
     @override
     def prepare_data(self) -> None:
-        """Generate the corpus (when configured) and prepare the source artefact; both are reused when current."""
+        """Generate the corpus (when configured), parse each split once into memory-mapped arrays and prepare the
+        source artefact; everything is reused while current (a warm launch only stats the files)."""
         if self.synthetic is not None:
             generate_corpus(Path(self.paths["train"]).parent, **self.synthetic)
+        self.prepare_split("train")
+        for split in ("dev", "test"):
+            prefix = self.paths[split]
+            if prefix is not None and Path(f"{prefix}.{self.trg}").is_file():
+                self.prepare_split(split)  # a missing test split fails at `tgm test`, not at `fit`
         path = Path(self.prepared_path)
         cached = read_prepared(path)
         if cached is not None and cached.get("train_stamp") == self._train_stamp():
             return
-        prepared = self._prepare()
+        prepared = self._prepare(self._read("train"))
         with atomic_path(path) as temporary:
             torch.save(prepared, temporary)
         rank_zero_info(f"data: prepared vocabulary and source embeddings -> {path}")
 
-    def _prepare(self) -> dict:
-        train = self._read("train")
+    def _prepare(self, train: PoseDataset) -> dict:
         tokens = train.tokens
         if self.src_vocab:
             vocab = Vocabulary.from_file(self.src_vocab)
@@ -233,25 +348,25 @@ class PoseDataModule(pl.LightningDataModule):
             fasttext_file = str(fasttext_cache_path(tokens, Path(self.cache_dir) / "fasttext", **settings))
         weights, counts = embedding_matrix(vocab, vectors)
         rank_zero_info(f"source embeddings from FastText: {len(vocab)} tokens, {counts}")
-        starts, targets = zip(*(train.start_and_targets(i) for i in range(len(train))), strict=True)
+        mean_pose, start_pose, end_gap = pose_statistics(train)
         return {
             "train_stamp": self._train_stamp(),
             "vocab": list(vocab.itos),
             "embeddings": weights,
             "embedding_counts": counts,
             "fasttext_path": fasttext_file,
-            "mean_pose": torch.from_numpy(np.concatenate(targets)[:, :-1].mean(axis=0)),
-            "start_pose": torch.from_numpy(np.stack(starts).mean(axis=0)),
-            "counter_end_gap": counter_end_gap(list(targets)),
+            "mean_pose": mean_pose,
+            "start_pose": start_pose,
+            "counter_end_gap": end_gap,
             "zero_based": train.zero_based,
         }
 
     def _read(self, split: str) -> PoseDataset:
+        """Open the split's prepared arrays (preparing them first when ``prepare_data`` has not) as a dataset;
+        training pairs longer than ``max_sent_length`` are dropped, as the original does."""
+        arrays = self.prepare_split(split)
         prefix = self.paths[split]
-        if prefix is None:
-            raise PoseDataError(f"data.init_args.{split} is not set")
-        examples = read_split(prefix, self.trg_size, self.src, self.trg, self.files, self.skip_frames)
-        if not examples:
+        if not len(arrays):
             what = {"train": "training", "dev": "dev (validation)", "test": "test"}[split]
             hint = (
                 " or set trainer.limit_val_batches: 0 to train without validation" if split == "dev" else ""
@@ -260,40 +375,33 @@ class PoseDataModule(pl.LightningDataModule):
                 f"{prefix}.{self.src}: the {what} split is empty (0 lines); give data.init_args."
                 f"{split} a prefix with examples{hint}"
             )
-        zero_based = self.counter == "zero_based" or (
-            self.counter == "auto" and counters_are_zero_based([e.frames for e in examples])
+        texts, names = arrays.texts_and_names()
+        dataset = PoseDataset(
+            texts, names, self.lowercase, self.punctuation, arrays.meta["zero_based"], arrays
         )
-        if zero_based:
-            for number, example in enumerate(examples, start=1):
-                if len(example.frames) < 2:
-                    raise PoseDataError(
-                        f"{prefix}.{self.trg}:{number}: one frame after skip_frames; with 0-based "
-                        "counters frame 0 is the start frame and at least one target must follow"
-                    )
-        dataset = PoseDataset(examples, self.lowercase, self.punctuation, zero_based)
         if split == "train":  # the original filters training pairs only
             keep = [
                 i
-                for i, (e, t) in enumerate(zip(examples, dataset.tokens, strict=True))
-                if len(t) <= self.max_sent_length and len(e.frames) <= self.max_sent_length
+                for i, tokens in enumerate(dataset.tokens)
+                if len(tokens) <= self.max_sent_length and arrays.length(i) <= self.max_sent_length
             ]
-            self.num_filtered = len(examples) - len(keep)
+            self.num_filtered = len(dataset) - len(keep)
             if self.num_filtered:
                 rank_zero_info(
-                    f"data: skipped {self.num_filtered} of {len(examples)} training pairs longer than "
+                    f"data: skipped {self.num_filtered} of {len(dataset)} training pairs longer than "
                     f"max_sent_length={self.max_sent_length} (tokens or frames)"
                 )
-            dataset.examples = [examples[i] for i in keep]
-            dataset.tokens = [dataset.tokens[i] for i in keep]
             if not keep:
                 raise PoseDataError(
-                    f"{prefix}: all {len(examples)} training pairs are longer than "
+                    f"{prefix}: all {len(dataset)} training pairs are longer than "
                     f"max_sent_length={self.max_sent_length} (tokens or frames)"
                 )
+            dataset.keep(keep)
         return dataset
 
     @override
     def setup(self, stage: str | None = None) -> None:
+        """Open what ``prepare_data`` wrote (memory-mapped; nothing is parsed when it is current)."""
         wanted = {"fit": ["train", "dev"], "validate": ["dev"], "test": ["test"], "predict": []}.get(
             stage or "fit", ["train", "dev"]
         )
@@ -316,7 +424,9 @@ class PoseDataModule(pl.LightningDataModule):
             examples.append(Example(name=f"sentence_{number:05d}", text=line.strip(), frames=None))
         if not examples:
             raise PoseDataError(f"{self.predict_file}: no sentences")
-        return PoseDataset(examples, self.lowercase, self.punctuation)
+        return PoseDataset(
+            [e.text for e in examples], [e.name for e in examples], self.lowercase, self.punctuation
+        )
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
@@ -357,10 +467,82 @@ def counter_end_gap(targets: list[np.ndarray]) -> float:
     Target ``k`` (1-based) has counter ``k * step``; the last one is 1 with 1-based counters (gap 0) and
     ``1 - step`` once frame 0 is the start frame of 0-based data (gap 1). Decoding stops by this gap.
     """
-    gaps = []
-    for frames in targets:
-        last = float(frames[-1, -1])
-        if last > 0:
-            step = last / len(frames)
-            gaps.append((1.0 - last) / step)
+    return counter_end_gap_of([(len(frames), float(frames[-1, -1])) for frames in targets])
+
+
+def counter_end_gap_of(ends: list[tuple[int, float]]) -> float:
+    """:func:`counter_end_gap` from each target sequence's (length, last counter)."""
+    gaps = [(1.0 - last) / (last / length) for length, last in ends if last > 0]
     return float(np.median(gaps)) if gaps else 0.0
+
+
+def write_split_arrays(
+    folder: Path,
+    prefix: str,
+    trg_size: int,
+    src: str,
+    trg: str,
+    files: str,
+    skip_frames: int,
+    counter: str,
+    stamp: list,
+) -> None:
+    """Parse ``<prefix>.<src|trg|files>`` once, line by line, into ``folder``: ``frames.f32`` (all frames, float32),
+    ``offsets.npy``, ``texts.json`` and ``meta.json`` (the files' stamp, the counter convention). Memory holds one
+    line at a time plus the sentences.
+
+    ``counter: auto`` is 0-based when every sequence starts with counter 0 and 1-based when none does; a split
+    that mixes both (one sequence starting at 0.0001 among 0-based ones) is one error naming that line, since it
+    would silently switch how the whole split is evaluated."""
+    offsets, texts, names, first_counters = [0], [], [], []
+    width = trg_size + 1
+    with open(folder / "frames.f32", "wb") as handle:
+        for example in iter_split(prefix, trg_size, src, trg, files, skip_frames):
+            handle.write(np.ascontiguousarray(example.frames, dtype=np.float32).tobytes())
+            offsets.append(offsets[-1] + len(example.frames))
+            texts.append(example.text)
+            names.append(example.name)
+            first_counters.append(float(example.frames[0, -1]))
+    starts_at_zero = np.array(first_counters) == 0.0
+    zero_based = counter == "zero_based" or (
+        counter == "auto" and bool(starts_at_zero.size) and bool(starts_at_zero.all())
+    )
+    if counter == "auto" and starts_at_zero.any() and not starts_at_zero.all():
+        majority = bool(starts_at_zero.sum() * 2 >= starts_at_zero.size)
+        line = int(np.flatnonzero(starts_at_zero != majority)[0])
+        zeros = int(starts_at_zero.sum())
+        raise PoseDataError(
+            f"{prefix}.{trg}:{line + 1}: the first counter is {first_counters[line]:g}, but {zeros} of "
+            f"{len(first_counters)} sequences of this split start at counter 0 and the others do not: one counter "
+            "convention per split (0-based: frame 0 has counter 0 and is the start frame, as the original; "
+            "1-based: the first frame has counter 1/N); fix the line or set data.init_args.counter"
+        )
+    lengths = np.diff(offsets)
+    if zero_based and lengths.size and lengths.min() < 2:
+        line = int(np.argmin(lengths))
+        raise PoseDataError(
+            f"{prefix}.{trg}:{line + 1}: one frame after skip_frames; with 0-based counters frame 0 is the start "
+            "frame and at least one target must follow"
+        )
+    np.save(folder / "offsets.npy", np.array(offsets, dtype=np.int64))
+    (folder / "texts.json").write_text(
+        json.dumps({"texts": texts, "names": names}, ensure_ascii=False), "utf-8"
+    )
+    meta = {"stamp": stamp, "width": width, "frames": int(offsets[-1]), "zero_based": zero_based}
+    (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def pose_statistics(train: PoseDataset) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The training targets' mean pose, the mean start frame and the counter's end gap, one sequence at a time
+    (memory: one sequence, not the split)."""
+    total, starts, count, targets_end = None, None, 0, []
+    for index in range(len(train)):
+        start, targets = train.start_and_targets(index)
+        joints = targets[:, :-1].astype(np.float64)
+        total = joints.sum(axis=0) if total is None else total + joints.sum(axis=0)
+        starts = start.astype(np.float64) if starts is None else starts + start
+        count += len(targets)
+        targets_end.append((len(targets), float(targets[-1, -1])))
+    mean_pose = torch.from_numpy((total / count).astype(np.float32))
+    start_pose = torch.from_numpy((starts / len(train)).astype(np.float32))
+    return mean_pose, start_pose, counter_end_gap_of(targets_end)

@@ -104,7 +104,11 @@ def test_max_sent_length_filters_train_only_and_counts(tmp_path):
     for split in ("train", "dev"):
         write_corpus(tmp_path / split, ["bir iki üç dört", "beş", "altı yedi"], [3, 9, 4])
     dm = PoseDataModule(
-        train=str(tmp_path / "train"), dev=str(tmp_path / "dev"), trg_size=TRG, max_sent_length=4
+        train=str(tmp_path / "train"),
+        dev=str(tmp_path / "dev"),
+        trg_size=TRG,
+        max_sent_length=4,
+        cache_dir=str(tmp_path / "prep"),
     )
     dm.setup("fit")
     assert dm.num_filtered == 1  # the 9-frame pair

@@ -114,7 +114,13 @@ def test_project_data_keeps_a_zero_start_frame(tmp_path):
 
     frames = np.concatenate([np.ones((5, TRG)), progress_counter(5)[:, None]], 1)
     write_split(tmp_path / "train", ["ev okul"], [frames], ["a"])
-    dm = PoseDataModule(train=str(tmp_path / "train"), dev=str(tmp_path / "train"), test=None, trg_size=TRG)
+    dm = PoseDataModule(
+        train=str(tmp_path / "train"),
+        dev=str(tmp_path / "train"),
+        test=None,
+        trg_size=TRG,
+        cache_dir=str(tmp_path / "prep"),
+    )
     dm.setup("fit")
     item = dm.datasets["train"][0]
     assert not dm.datasets["train"].zero_based and len(item["frames"]) == 5 and not item["start"].any()
