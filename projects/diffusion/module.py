@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image as PILImage
 from PIL import ImageDraw
 from torch import Tensor
+from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from common.errors import InputError
@@ -32,7 +34,9 @@ from common.metrics.image_quality import (
     ConditionalAccuracy,
     ExtractorFID,
     ExtractorIS,
+    ImageStatistics,
     InceptionExtractor,
+    PixelFeatures,
     ReconstructionSSIM,
     metric_names,
 )
@@ -56,10 +60,12 @@ class Optimisation:
 
 @dataclass
 class Sampling:
-    """A sampler (``ddpm``, ``ddim``, ``dpmsolver++``) and its number of steps."""
+    """A sampler (``ddpm``, ``ddim``, ``dpmsolver++``; settings in ``pipeline.SAMPLER_SETTINGS``), its number of
+    steps and DDIM's ``eta`` (0 deterministic, 1 stochastic; ignored by the others)."""
 
     sampler: str = "ddim"
     steps: int = 25
+    eta: float = 0.0
 
 
 @dataclass
@@ -72,6 +78,7 @@ class FinalEvaluation:
     sampler: str = "ddim"
     steps: int = 25
     batch_size: int = 250
+    eta: float = 0.0
 
 
 class DiffusionModule(pl.LightningModule):
@@ -203,6 +210,13 @@ class DiffusionModule(pl.LightningModule):
         self.val_is = ExtractorIS(extractor)
         self.val_ssim = ReconstructionSSIM()
         self.val_acc = ConditionalAccuracy(extractor) if self.num_classes is not None else None
+        # the second opinion: FID on pixels (no learned blind spots) and what a person sees at a glance
+        self.pixels = PixelFeatures()
+        self.val_fid_pixels = ExtractorFID(self.pixels)
+        self.val_stats_fake, self.val_stats_real = ImageStatistics(), ImageStatistics()
+        # x0 error per noise level: where the model has (not) learned to denoise
+        self.val_x0_rmse = torch.nn.ModuleDict({str(t): MeanMetric() for t in self.x0_timesteps()})
+        self.fid_floors: dict[str, float] | None = None  # real vs real at the validation count, once per run
 
     @property
     def judge_reliable(self) -> bool:
@@ -298,8 +312,13 @@ class DiffusionModule(pl.LightningModule):
         sampler: str,
         steps: int,
         generator: torch.Generator | None = None,
+        eta: float = 0.0,
     ) -> Tensor:
-        """EMA samples in [-1, 1]; ``labels`` (class-conditional models) picks the character of each."""
+        """EMA samples in [-1, 1]; ``labels`` (class-conditional models) picks the character of each.
+
+        Between sampler steps a SIGTERM the trainer received stops sampling (``SIGTERMException``, which
+        Lightning and ``LatestCheckpoint`` turn into a saved ``last.ckpt`` and exit 143): a validation batch of
+        the original UNet takes many minutes on a CPU, longer than SLURM's 90 s signal window."""
         if self.num_classes is not None and labels is None:
             raise InputError("this model is class-conditional: pass one label per sample")
         if labels is not None:
@@ -307,7 +326,13 @@ class DiffusionModule(pl.LightningModule):
         with self.ema_weights() as unet:
             pipe = self.pipeline(sampler, unet)
             class_labels = self._class_labels(labels) if labels is not None else None
-            return pipe(num_samples, class_labels, steps, generator).images
+            return pipe(
+                num_samples, class_labels, steps, generator, eta=eta, step_callback=self._stop_on_sigterm
+            ).images
+
+    def _stop_on_sigterm(self, step: int, timestep: int) -> None:
+        if self._trainer is not None and getattr(self._trainer, "received_sigterm", False):
+            raise SIGTERMException
 
     def _generator(self, offset: int) -> torch.Generator:
         rank = self.trainer.global_rank if self._trainer is not None else 0
@@ -342,35 +367,98 @@ class DiffusionModule(pl.LightningModule):
             abar = self.noise_scheduler.alphas_cumprod.to(self.device)[self.hparams.ssim_timestep]
             eps = unet(noisy, t, class_labels=class_labels).sample
             self.val_ssim.update((noisy - (1 - abar).sqrt() * eps) / abar.sqrt(), images)
-        # 3. samples for the same labels as the real batch: FID / IS / conditional accuracy
+            # 3. x0 error per noise level (unclipped x0 estimate, RMSE in [-1, 1] units): the learning curve
+            #    of each part of the schedule; samplers lean on clipping where it is large
+            for level, metric in self.val_x0_rmse.items():
+                t = torch.full((len(images),), int(level), device=self.device, dtype=torch.long)
+                noise = torch.randn(images.shape, generator=generator, device=self.device)
+                x0 = self.x0_estimate(unet, self.noise_scheduler.add_noise(images, noise, t), t, class_labels)
+                metric.update(((x0 - images) ** 2).mean(dim=(1, 2, 3)).sqrt())
+        # 4. samples for the same labels as the real batch: FID (judge and pixels) / IS / accuracy / statistics
         fake = self.generate(
             labels if self.num_classes is not None else None,
             len(images),
             self.validation.sampler,
             self.validation.steps,
             generator,
+            self.validation.eta,
         )
-        self.val_fid.update(images, real=True)
-        self.val_fid.update(fake, real=False)
+        for fid in (self.val_fid, self.val_fid_pixels):
+            fid.update(images, real=True)
+            fid.update(fake, real=False)
+        self.val_stats_real.update(images)
+        self.val_stats_fake.update(fake)
         self.val_is.update(fake)
         if self.val_acc is not None:
             self.val_acc.update(fake, labels)
+
+    def x0_timesteps(self) -> list[int]:
+        """Noise levels of the x0-error curve: 10 %, 30 %, ..., 90 % of the schedule and its last step."""
+        steps = self.noise_scheduler.config.num_train_timesteps
+        return [round(f * steps) for f in (0.1, 0.3, 0.5, 0.7, 0.9)] + [steps - 1]
+
+    def x0_estimate(self, unet, noisy: Tensor, t: Tensor, class_labels: Tensor | None) -> Tensor:
+        """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), unclipped."""
+        abar = self.noise_scheduler.alphas_cumprod.to(self.device)[t].view(-1, 1, 1, 1)
+        eps = unet(noisy, t, class_labels=class_labels).sample
+        return (noisy - (1 - abar).sqrt() * eps) / abar.sqrt()
+
+    def real_vs_real_floors(self, real: Tensor, other_real: Tensor) -> dict[str, float]:
+        """FID of real images against as many other real images in both feature spaces: the best a generator
+        can score at this sample count (FID's bias grows as the count shrinks)."""
+        floors = {}
+        for extractor in (self.extractor_net, self.pixels):
+            fid = ExtractorFID(extractor).to(self.device)
+            for start in range(0, len(real), 500):
+                fid.update(real[start : start + 500].to(self.device), real=True)
+            for start in range(0, len(other_real), 500):
+                fid.update(other_real[start : start + 500].to(self.device), real=False)
+            floors[f"fid_floor_{extractor.name}"] = float(fid.compute())
+        return floors
+
+    @override
+    def on_validation_start(self) -> None:
+        """The real-vs-real FID floors at the validation sample count, once per run (a few hundred images
+        through the judge; needs the data module's ``floor_images``)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.fid_floors is not None or datamodule is None or not hasattr(datamodule, "floor_images"):
+            return
+        real, other = datamodule.floor_images(len(datamodule.val_set))
+        self.fid_floors = self.real_vs_real_floors(real, other)
 
     @override
     def on_validation_epoch_end(self) -> None:
         with torch.random.fork_rng(
             devices=[]
         ):  # IS shuffles its splits with the global RNG; keep training's intact
+            fake_stats, real_stats = self.val_stats_fake.compute(), self.val_stats_real.compute()
             values = {
                 self.metric_keys["fid"]: self.val_fid.compute(),
+                "val/fid_pixels": self.val_fid_pixels.compute(),
                 self.metric_keys["is"]: self.val_is.compute()[0],
                 f"val/ssim_x0_t{self.hparams.ssim_timestep}": self.val_ssim.compute(),
+                "val/background": fake_stats["background"],
+                "val/background_real": real_stats["background"],
+                "val/saturation": fake_stats["saturation"],
+                "val/saturation_real": real_stats["saturation"],
+                **{f"val/x0_rmse_t{t}": m.compute() for t, m in self.val_x0_rmse.items()},
             }
             if self.val_acc is not None:
                 values[self.metric_keys["cond_acc"]] = self.val_acc.compute()
-        for metric in (self.val_fid, self.val_is, self.val_ssim, self.val_acc):
+        for metric in (
+            self.val_fid,
+            self.val_fid_pixels,
+            self.val_is,
+            self.val_ssim,
+            self.val_acc,
+            self.val_stats_fake,
+            self.val_stats_real,
+            *self.val_x0_rmse.values(),
+        ):
             if metric is not None:
                 metric.reset()
+        for key, value in (self.fid_floors or {}).items():
+            values[f"val/{key}"] = torch.tensor(value)
         if self.judge_report is not None:
             values["val/judge_acc"] = torch.tensor(self.judge_report.val_acc)
         self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=True)
@@ -381,10 +469,11 @@ class DiffusionModule(pl.LightningModule):
             self._write_csv(values, self._epoch_name())
 
     def _epoch_name(self) -> str:
-        """``before_training`` for the sanity check, else ``epoch_<N>``: the training epoch, or under
+        """``before_training`` for the sanity check (``at_resume`` when fit resumed), else ``epoch_<N>``: the training epoch, or under
         ``tgm validate`` the epoch of the checkpoint being validated."""
         if self.trainer.sanity_checking:
-            return "before_training"
+            # a resumed run's sanity check scores the resumed model: never overwrite the untrained one's file
+            return "before_training" if self.trainer.ckpt_path is None else "at_resume"
         epoch = self.current_epoch
         if self.trainer.state.fn != "fit" and self.checkpoint_epoch is not None:
             epoch = self.checkpoint_epoch
@@ -411,15 +500,26 @@ class DiffusionModule(pl.LightningModule):
     # ---------------------------------------------------------------- final evaluation
     @torch.no_grad()
     def evaluate_samples(
-        self, reference: Tensor, labels: Tensor, settings: FinalEvaluation
+        self,
+        reference: Tensor,
+        labels: Tensor,
+        settings: FinalEvaluation,
+        floor_images: Tensor | None = None,
     ) -> dict[str, float]:
-        """FID / IS / conditional accuracy of ``settings.num_samples`` samples (labels cycled from ``labels``)
-        against ``reference`` images, with fixed noise. Works without a trainer (the benchmark uses it)."""
+        """FID (judge and pixels) / IS / conditional accuracy / background and saturation of
+        ``settings.num_samples`` samples (labels cycled from ``labels``) against ``reference`` images, with fixed
+        noise; with ``floor_images`` (other real images) also the real-vs-real floors at the same count and the
+        real images' statistics. Works without a trainer (the benchmark uses it)."""
         extractor = self.extractor_net
         fid, inception = ExtractorFID(extractor).to(self.device), ExtractorIS(extractor).to(self.device)
+        fid_pixels = ExtractorFID(PixelFeatures()).to(self.device)
+        stats, real_stats = ImageStatistics().to(self.device), ImageStatistics().to(self.device)
         accuracy = ConditionalAccuracy(extractor).to(self.device) if self.num_classes is not None else None
         for start in range(0, len(reference), settings.batch_size):
-            fid.update(reference[start : start + settings.batch_size].to(self.device), real=True)
+            chunk = reference[start : start + settings.batch_size].to(self.device)
+            fid.update(chunk, real=True)
+            fid_pixels.update(chunk, real=True)
+            real_stats.update(chunk)
         wanted = labels.repeat(-(-settings.num_samples // len(labels)))[: settings.num_samples]
         for start in range(0, settings.num_samples, settings.batch_size):
             chunk = wanted[start : start + settings.batch_size].to(self.device)
@@ -430,18 +530,31 @@ class DiffusionModule(pl.LightningModule):
                 settings.sampler,
                 settings.steps,
                 generator,
+                settings.eta,
             )
             fid.update(images, real=False)
+            fid_pixels.update(images, real=False)
+            stats.update(images)
             inception.update(images)
             if accuracy is not None:
                 accuracy.update(images, chunk)
         with torch.random.fork_rng(devices=[]):
+            fake, real = stats.compute(), real_stats.compute()
             result = {
                 self.metric_keys["fid"]: float(fid.compute()),
+                "val/fid_pixels": float(fid_pixels.compute()),
                 self.metric_keys["is"]: float(inception.compute()[0]),
+                "val/background": float(fake["background"]),
+                "val/background_real": float(real["background"]),
+                "val/saturation": float(fake["saturation"]),
+                "val/saturation_real": float(real["saturation"]),
             }
         if accuracy is not None:
             result[self.metric_keys["cond_acc"]] = float(accuracy.compute())
+        if floor_images is not None:
+            pick = torch.randperm(len(floor_images), generator=torch.Generator().manual_seed(0))
+            other = floor_images[pick[: settings.num_samples]]
+            result.update({f"val/{k}": v for k, v in self.real_vs_real_floors(reference, other).items()})
         return result
 
     @override
@@ -453,9 +566,12 @@ class DiffusionModule(pl.LightningModule):
         if datamodule is None:
             return
         reference, labels = (torch.cat(parts) for parts in zip(*datamodule.test_dataloader(), strict=True))
+        floor_images = (
+            datamodule.floor_images(settings.num_samples)[1] if hasattr(datamodule, "floor_images") else None
+        )
         values = {
             k.replace("val/", "final/"): v
-            for k, v in self.evaluate_samples(reference, labels, settings).items()
+            for k, v in self.evaluate_samples(reference, labels, settings, floor_images).items()
         }
         if self.judge_report is not None:
             values["final/judge_acc"] = self.judge_report.val_acc
@@ -488,6 +604,7 @@ class DiffusionModule(pl.LightningModule):
             sampler or self.validation.sampler,
             steps or self.validation.steps,
             generator,
+            self.validation.eta,
         )
         pixels = to_uint8(images)
         size = pixels.shape[-1]
@@ -523,6 +640,7 @@ class DiffusionModule(pl.LightningModule):
             self.predict.sampler,
             self.predict.steps,
             generator,
+            self.predict.eta,
         )
         return {"images": images, "labels": labels}
 

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 from torch import Tensor, nn
 
+from common.errors import InputError
 from common.metrics.image_quality import (
     ConditionalAccuracy,
     Extractor,
     ExtractorFID,
     ExtractorIS,
+    ImageStatistics,
     InceptionExtractor,
+    PixelFeatures,
     ReconstructionSSIM,
     metric_names,
 )
+from projects.diffusion.data import CharacterDataModule
 from projects.diffusion.judge import JudgeReport, load_judge, save_judge
 from projects.diffusion.model import CharClassifier
+
+REAL = Path(__file__).parent / "fixtures" / "real_digits"
 
 
 class PixelExtractor(Extractor):
@@ -129,3 +138,56 @@ def test_classifier_checkpoint_round_trip_and_class_check(tmp_path):
         load_judge(path, ["A", "B", "1"])
     with pytest.raises(FileNotFoundError, match="missing.ckpt' not found"):
         load_judge(tmp_path / "missing.ckpt")
+
+
+def test_inception_score_warns_nothing_per_validation():
+    """One split: torch's std() of a single value warned "degrees of freedom <= 0" at every compute."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metric = ExtractorIS(PixelExtractor())
+        for _ in range(2):
+            metric.update(one_hot_images(torch.arange(4).repeat(5)))
+            score, spread = metric.compute()
+            metric.reset()
+    assert 3.5 < float(score) <= 4.0 + 1e-4 and float(spread) == 0.0
+
+
+def test_inception_without_weights_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="model.init_args.inception_weights: Inception weights"):
+        InceptionExtractor("")
+
+
+def perturbed(images: Tensor, generator: torch.Generator) -> Tensor:
+    """Issue 24's grey, noisy samples: background lifted to -0.7, plus N(0, 0.12) pixel noise."""
+    lifted = -0.7 + (images + 1) * (1.7 / 2)
+    return (lifted + 0.12 * torch.randn(images.shape, generator=generator)).clamp(-1, 1)
+
+
+def test_background_shift_and_noise_move_every_headline_number_from_its_floor():
+    """Real digits (the fixture: 400 train, 120 test, 16 x 16). Floor = the held-out digits against as many
+    other real digits; the perturbed copies of those digits must land clearly away from it in pixel FID,
+    background level and saturation share."""
+    data = CharacterDataModule(data_dir=str(REAL), source="emnist", split="digits", image_size=16)
+    data.setup("fit")
+    test_images, _ = data.heldout_set.tensors
+    train_images = data.train_set.tensors[0][: len(test_images)]
+    bad = perturbed(train_images, torch.Generator().manual_seed(0))
+
+    def headline(other: Tensor) -> dict[str, float]:
+        fid = ExtractorFID(PixelFeatures())
+        fid.update(test_images, real=True)
+        fid.update(other, real=False)
+        real, fake = ImageStatistics(), ImageStatistics()
+        real.update(test_images)
+        fake.update(other)
+        real, fake = real.compute(), fake.compute()
+        return {
+            "fid_pixels": float(fid.compute()),
+            "background_gap": abs(float(fake["background"] - real["background"])),
+            "saturation_gap": abs(float(fake["saturation"] - real["saturation"])),
+        }
+
+    floor, shifted = headline(train_images), headline(bad)
+    assert floor["background_gap"] < 0.02 and shifted["background_gap"] > 0.25, (floor, shifted)
+    assert floor["saturation_gap"] < 0.05 and shifted["saturation_gap"] > 0.4, (floor, shifted)
+    assert shifted["fid_pixels"] > 5 * floor["fid_pixels"], (floor, shifted)
