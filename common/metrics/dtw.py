@@ -190,12 +190,18 @@ class DynamicTimeWarping(Metric):
 
     def update(
         self,
-        preds: Tensor | Sequence[Tensor],
-        target: Tensor | Sequence[Tensor],
+        preds: Tensor | Sequence[Tensor] | None = None,
+        target: Tensor | Sequence[Tensor] | None = None,
         preds_lengths: Tensor | None = None,
         target_lengths: Tensor | None = None,
+        scores: Tensor | None = None,
     ) -> None:
-        scores = self.scores(preds, target, preds_lengths, target_lengths)
+        """Add the scores of ``preds`` vs ``target``, or ``scores`` already computed by :meth:`scores` (when the
+        caller needs the per-sequence numbers too, so the DTW runs once)."""
+        if scores is None:
+            if preds is None or target is None:
+                raise ValueError("DynamicTimeWarping.update needs preds and target, or scores")
+            scores = self.scores(preds, target, preds_lengths, target_lengths)
         self.total += scores.sum().to(self.total)
         self.count += scores.numel()
 

@@ -7,7 +7,8 @@ Read top to bottom: attention -> encoder/decoder layers -> the model -> progress
   a linear embedding and predicts the next frame's joints (``future_prediction`` frames of them) and counter.
 * Decoding is progressive: starting from a start frame (the data's frame 0 for 0-based counters, else zeros;
   counter 0) the model feeds back its own frames and stops a sequence at the frame its own counter marks as the
-  last (:func:`is_last_frame`, for both counter conventions and every length) or at ``max_length``.
+  last (:func:`is_last_frame`, for both counter conventions and every length), where its counter levels off
+  short of the end (:func:`plateau_start`, ``stop_rule="plateau"``), or at ``max_length``.
   Self-attention keys/values of past frames and the cross-attention keys/values of the encoder output are
   cached, so each step only runs the new frame through the decoder.
 """
@@ -129,6 +130,31 @@ def is_last_frame(counter: Tensor, step: int, end_gap: float = 0.0) -> Tensor:
     (0.99) stops 0-based sequences under 100 frames never and long 1-based ones early.
     """
     return counter >= step / (step + end_gap + 0.5)
+
+
+STOP_RULES = ("pt", "plateau")
+
+
+def plateau_start(
+    counters: Tensor, window: int = 5, min_rise: float = 0.25, min_counter: float = 0.5
+) -> Tensor:
+    """Where a counter that stopped rising short of its end levelled off: the output frame (1-based) to end at,
+    or 0 while it still rises. ``counters``: B x (k + 1), the start frame's counter then output frames 1..k.
+
+    A counter that plateaus even 0.01 below its end value never meets :func:`is_last_frame` and decoding runs to
+    ``max_length`` (issue 23: 2-4 x the reference length). Here frame ``k`` ends a plateau when, over the last
+    ``window`` frames, the counter rose by less than ``min_rise`` of its own average step per frame
+    (``counter_k / k``) and it has already covered ``min_counter`` of its range (so a slow start is not an end);
+    the sequence then ends where the plateau began, ``k - window + 1``.
+    """
+    steps = counters.shape[1] - 1
+    if steps <= window:
+        return torch.zeros(counters.shape[0], dtype=torch.long, device=counters.device)
+    current = counters[:, -1]
+    rise = current - counters[:, -1 - window]
+    average_step = current.clamp(min=0) / steps
+    flat = (rise < min_rise * window * average_step) & (current >= min_counter)
+    return torch.where(flat, steps - window + 1, 0)
 
 
 def initialize_(parameter: Tensor, name: str, scale: float, gain: float) -> None:
@@ -319,17 +345,23 @@ class ProgressiveTransformer(nn.Module):
         src_vectors: Tensor | None = None,
         vector_mask: Tensor | None = None,
         stop_early: bool = True,
+        stop_rule: str = "plateau",
+        plateau_window: int = 5,
     ) -> tuple[Tensor, Tensor]:
         """Progressive decoding. Returns ``B x L x (trg_size + 1)`` frames (start frame not included) and lengths.
 
         Default: starting from ``start_frames`` (B x (trg_size + 1); zeros when None) the model's own counter is
         fed back and a sequence ends at the first frame :func:`is_last_frame` marks (``end_gap``: 0 for
-        1-based counters, 1 for 0-based ones), length capped at ``max_length`` (always ``max_length`` frames with
-        ``stop_early=False``, for benchmarks).
+        1-based counters, 1 for 0-based ones) -- ``stop_rule="pt"``, the original's "the counter reached its
+        end" -- or, with ``stop_rule="plateau"`` (default), also where the counter levelled off short of its end
+        (:func:`plateau_start`, ``plateau_window`` frames); length capped at ``max_length`` (always
+        ``max_length`` frames with ``stop_early=False``, for benchmarks).
         ``gt_counter`` (B x T, the references' counters) reproduces the original code's evaluation instead:
         each input frame's counter is overwritten with the ground-truth one and every sequence runs for the
         reference length. It leaks the reference length and is only for comparison with published numbers.
         """
+        if stop_rule not in STOP_RULES:
+            raise ValueError(f"stop_rule must be one of {STOP_RULES}, got '{stop_rule}'")
         batch, device = src.shape[0], src.device
         memory = self.encode(src, src_mask, src_vectors, vector_mask)
         if gt_counter is not None:
@@ -344,6 +376,8 @@ class ProgressiveTransformer(nn.Module):
         done = torch.zeros(batch, dtype=torch.bool, device=device)
         caches = [{"self": {}, "cross": {}} for _ in self.decoder_layers] if use_cache else None
         cross_mask = src_mask[:, None, None, :]
+        counters = torch.zeros(batch, max_length + 1, device=device, dtype=memory.dtype)
+        counters[:, 0] = frame[:, 0, -1]  # the start frame's counter, then each output frame's
         for step in range(max_length):
             if gt_counter is not None:
                 frame = frame.clone()
@@ -359,8 +393,13 @@ class ProgressiveTransformer(nn.Module):
             frame = self.next_frame(out)
             outputs.append(frame)
             if gt_counter is None and stop_early:
-                stopped = is_last_frame(frame[:, 0, -1], step + 1, end_gap) & ~done
-                lengths[stopped] = step + 1
+                counters[:, step + 1] = frame[:, 0, -1]
+                end = torch.where(is_last_frame(frame[:, 0, -1], step + 1, end_gap), step + 1, 0)
+                if stop_rule == "plateau":
+                    plateau = plateau_start(counters[:, : step + 2], plateau_window)
+                    end = torch.where(end > 0, end, plateau)
+                stopped = (end > 0) & ~done
+                lengths[stopped] = end[stopped]
                 done |= stopped
                 if bool(done.all()):
                     break

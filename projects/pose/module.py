@@ -20,8 +20,9 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
+from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from common.errors import InputError
@@ -29,7 +30,8 @@ from common.media import Video
 from common.metrics.dtw import DynamicTimeWarping
 from projects.pose.data import read_prepared
 from projects.pose.embeddings import load_fasttext, word_vector
-from projects.pose.model import ProgressiveTransformer
+from projects.pose.evaluation import LengthRatio, length_factor, pt_protocol_batches
+from projects.pose.model import STOP_RULES, ProgressiveTransformer
 from projects.pose.skeleton import render_side_by_side
 from projects.pose.vocabulary import UNK, Vocabulary, unknown_share_message
 
@@ -43,6 +45,8 @@ DEFAULT_BLOCK = {
     "embeddings": {"embedding_dim": 64, "dropout": 0.0, "scale": False, "freeze": False},
 }
 BASELINE_SUFFIX = "_mean_pose_baseline"
+SELECTION_SUFFIX = "_length_penalised"  # the checkpoint-selection score (projects/pose/evaluation.py)
+PT_PROTOCOL_SUFFIX = "_pt_protocol"  # PT's released evaluation: ground-truth counter, first batches only
 
 
 @dataclass
@@ -85,11 +89,18 @@ class Initialisation:
 
 @dataclass
 class Decoding:
-    """Progressive decoding: at most ``max_output_length`` frames; ``compare_gt_counter`` also logs the original
-    code's ground-truth-counter evaluation (for comparison with published numbers only)."""
+    """Progressive decoding: at most ``max_output_length`` frames; ``stop_rule`` ``plateau`` (default: the
+    counter reached its end *or* levelled off short of it for ``plateau_window`` frames) or ``pt`` (the counter
+    reached its end only). ``pt_protocol`` also logs DTW under the original code's evaluation protocol
+    (ground-truth counter, decoded for the reference length, the first ``ceil(20 / batch) + 1`` batches), the
+    protocol of PT's published code; ``compare_gt_counter`` the ground-truth-counter DTW over the whole split.
+    Both are for comparison only, never for checkpoint selection or predict."""
 
     max_output_length: int = 300
+    stop_rule: str = "plateau"
+    plateau_window: int = 5
     compare_gt_counter: bool = False
+    pt_protocol: bool = True
 
 
 @dataclass
@@ -139,7 +150,10 @@ class PoseModule(pl.LightningModule):
 
     Validation decodes the whole dev set progressively (own counter and stop rule) and logs
     ``val/dtw_pt_l1_ref_len`` (the original's end-to-end definition), ``val/dtw_l2_path_len``, the teacher-forced
-    ``val/loss`` and the mean-pose baseline ``val/dtw_pt_l1_ref_len_mean_pose_baseline``.
+    ``val/loss``, the mean-pose baseline ``val/dtw_pt_l1_ref_len_mean_pose_baseline``, the decoded/reference
+    length per reference-length bucket (``val/length_ratio_10_49`` ...) and the checkpoint-selection score
+    ``val/dtw_pt_l1_ref_len_length_penalised`` (DTW times how far each length is off); with
+    ``decoding.pt_protocol`` also ``val/dtw_pt_l1_ref_len_pt_protocol`` (the original code's protocol).
     """
 
     # model init arg -> datamodule attribute; the CLI links them (apply_on="instantiate")
@@ -194,6 +208,11 @@ class PoseModule(pl.LightningModule):
             raise InputError(
                 f"model.init_args.objective.loss must be 'mse' or 'l1', got '{self.objective.loss}'"
             )
+        if self.decoding.stop_rule not in STOP_RULES:
+            raise InputError(
+                f"model.init_args.decoding.stop_rule must be one of {STOP_RULES}, got "
+                f"'{self.decoding.stop_rule}'"
+            )
         if just_count_in and gaussian_noise:
             raise InputError(
                 "model.init_args: just_count_in and gaussian_noise cannot both be true (as the original)"
@@ -243,6 +262,11 @@ class PoseModule(pl.LightningModule):
         self.dtw = DynamicTimeWarping("pt")
         self.dtw_l2 = DynamicTimeWarping("l2_path")
         self.dtw_gt = DynamicTimeWarping("pt")
+        self.dtw_pt_protocol = DynamicTimeWarping("pt")
+        self.dtw_selection = MeanMetric()  # DTW x length factor per sequence: what checkpoints are chosen by
+        self.length_ratio = LengthRatio()
+        self._pt_protocol_batches = 0
+        self._warned_max_length = False
         self.register_buffer("mean_pose", torch.zeros(trg_size))
         self.register_buffer("start_pose", torch.zeros(trg_size + 1))  # predict's start frame (frame 0 mean)
         self.register_buffer("end_gap", torch.zeros(()))  # counter steps between the last frame and 1
@@ -439,6 +463,8 @@ class PoseModule(pl.LightningModule):
             start_frames=start_frames,
             src_vectors=vectors,
             vector_mask=vector_mask,
+            stop_rule=self.decoding.stop_rule,
+            plateau_window=self.decoding.plateau_window,
         )
 
     def _evaluate(self, batch: dict, batch_idx: int, prefix: str) -> None:
@@ -451,16 +477,24 @@ class PoseModule(pl.LightningModule):
         # the references are the targets: frames[1:] of 0-based (original) data, every frame of 1-based data
         hyps = [torch.cat([start[i, None], frames[i, : lengths[i]]]) for i in range(size)]
         refs = [batch["frames"][i, : batch["lengths"][i]] for i in range(size)]
-        self.dtw.update(hyps, refs)
+        ref_lengths = batch["lengths"].to(lengths)
+        self._warn_if_longer_than_max(ref_lengths, prefix)
+        scores = self.dtw.scores(hyps, refs)
+        self.dtw.update(scores=scores)
+        self.dtw_selection.update(scores * length_factor(lengths.cpu(), ref_lengths.cpu()))
+        self.length_ratio.update(lengths, ref_lengths)
         self.dtw_l2.update([h[1:] for h in hyps], refs)
         self.log(f"{prefix}/{self.dtw.name}", self.dtw, batch_size=size)
+        self.log(f"{prefix}/{self.dtw.name}{SELECTION_SUFFIX}", self.dtw_selection, batch_size=size)
         self.log(f"{prefix}/{self.dtw_l2.name}", self.dtw_l2, batch_size=size)
         self.log(
             f"{prefix}/predicted_frames_per_reference_frame",
-            (lengths.float() / batch["lengths"].float()).mean(),
+            (lengths.float() / ref_lengths.float()).mean(),
             batch_size=size,
             sync_dist=True,
         )
+        if self.decoding.pt_protocol:
+            self._pt_protocol_update(batch, batch_idx, start, refs, prefix)
         if self.decoding.compare_gt_counter:
             gt_frames, _ = self.generate(batch["tokens"], start, gt_counter=batch["frames"][..., -1])
             self.dtw_gt.update(
@@ -478,6 +512,39 @@ class PoseModule(pl.LightningModule):
             batch_size=size,
             sync_dist=True,
         )
+
+    def _pt_protocol_update(
+        self, batch: dict, batch_idx: int, start: Tensor, refs: list[Tensor], prefix: str
+    ) -> None:
+        """The original's ``validate_on_data``: ground-truth counters fed in, decoded for the batch's (padded)
+        reference length, the hypothesis cut only by ``calculate_dtw`` at its own counter's argmax, and only the
+        first ``ceil(20 / batch_size) + 1`` batches scored (the batch size read from the first batch: a smaller
+        first batch means the split has one batch, which the cut keeps anyway)."""
+        size = len(batch["tokens"])
+        if batch_idx == 0:
+            self._pt_protocol_batches = pt_protocol_batches(size)
+        if batch_idx >= self._pt_protocol_batches:
+            return
+        frames, _ = self.generate(batch["tokens"], start, gt_counter=batch["frames"][..., -1])
+        self.dtw_pt_protocol.update([torch.cat([start[i, None], frames[i]]) for i in range(size)], refs)
+        self.log(f"{prefix}/{self.dtw.name}{PT_PROTOCOL_SUFFIX}", self.dtw_pt_protocol, batch_size=size)
+
+    def _warn_if_longer_than_max(self, ref_lengths: Tensor, prefix: str) -> None:
+        longest = int(ref_lengths.max())
+        if longest > self.decoding.max_output_length and not self._warned_max_length:
+            self._warned_max_length = True
+            rank_zero_warn(
+                f"{prefix}: a reference has {longest} frames but model.init_args.decoding.max_output_length="
+                f"{self.decoding.max_output_length}: such sequences are cut short; raise max_output_length"
+            )
+
+    def _log_length_ratios(self, prefix: str) -> None:
+        """Decoded/reference length per reference-length bucket (NaN where a bucket is empty), then reset."""
+        if not self.length_ratio.update_called:
+            return
+        for name, value in self.length_ratio.compute().items():
+            self.log(f"{prefix}/{name}", value)
+        self.length_ratio.reset()
 
     def _baseline_of_batch(self, prefix: str, batch_idx: int, start: Tensor, refs: list[Tensor]) -> float:
         """Mean DTW (original definition) of the training-set mean pose held for each reference's length; the
@@ -502,12 +569,18 @@ class PoseModule(pl.LightningModule):
         self._evaluate(batch, batch_idx, "test")
 
     @override
+    def on_test_epoch_end(self) -> None:
+        self._log_length_ratios("test")
+
+    @override
     def on_validation_epoch_end(self) -> None:
-        """The original's schedule: after every validation (not the sanity check) step the plateau scheduler on
-        the dev DTW, and end training once the learning rate is below ``learning_rate_min``."""
+        """Log the length ratios; then the original's schedule: after every validation (not the sanity check)
+        step the plateau scheduler on the dev score checkpoints are chosen by (the DTW, charged for wrong
+        lengths), and end training once the learning rate is below ``learning_rate_min``."""
+        self._log_length_ratios("val")
         if self._plateau is None or self.trainer.sanity_checking or self.trainer.state.fn != "fit":
             return
-        score = float(self.dtw.compute())
+        score = float(self.dtw_selection.compute())
         self._plateau.step(score)
         rate = self._plateau.optimizer.param_groups[0]["lr"]
         if rate < self.optimiser.learning_rate_min:

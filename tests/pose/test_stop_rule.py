@@ -1,0 +1,125 @@
+"""Issue 23: the end-of-sequence decision survives a counter that levels off short of its end value.
+
+A counter that plateaus 0.01 below its end never meets the "counter reached its end" rule (``stop_rule="pt"``),
+so decoding ran to ``max_output_length``: 4.2 x the reference for 50-99 frames, 2.1 x for 100-199. The default
+``plateau`` rule ends such sequences where the counter stopped rising, and still stops perfect counters exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from projects.pose.evaluation import LENGTH_BUCKETS, LengthRatio, bucket_name
+from projects.pose.formats import progress_counter
+from projects.pose.model import ProgressiveTransformer, plateau_start
+
+TRG = 6
+LENGTHS = [10, 17, 25, 33, 49, 50, 64, 80, 99, 100, 130, 150, 199, 200, 250, 299]
+
+
+class SimulatedCounter(ProgressiveTransformer):
+    """Predicts each sequence's reference counter for output frame ``step`` (``step / N`` after the 0-based or
+    1-based convention), capped at ``end - shortfall`` (the counter levels off short of its end), with optional
+    noise of ``noise`` counter steps."""
+
+    def __init__(self, lengths: list[int], zero_based: bool, shortfall: float, noise: float = 0.0) -> None:
+        super().__init__(
+            trg_size=TRG,
+            hidden_size=8,
+            num_heads=2,
+            encoder_layers=1,
+            decoder_layers=1,
+            ff_size=8,
+            embedding_dim=8,
+        )
+        self.counter_steps = torch.tensor([1.0 / n for n in lengths])
+        ends = [progress_counter(n, zero_based=zero_based)[-1] for n in lengths]
+        self.caps = torch.tensor(ends) - shortfall
+        self.noise = noise
+        self.generator = torch.Generator().manual_seed(0)
+        self.step = 0
+
+    def _decoder_input(self, frames, offset=0):
+        self.step = offset + 1
+        return super()._decoder_input(frames, offset)
+
+    def next_frame(self, output):
+        counter = self.counter_steps * self.step
+        if self.noise:
+            jitter = torch.rand(len(counter), generator=self.generator) * 2 - 1
+            counter = counter + self.noise * self.counter_steps * jitter
+        frame = torch.zeros(output.shape[0], 1, TRG + 1)
+        frame[:, 0, -1] = torch.minimum(counter, self.caps)
+        return frame
+
+
+def simulate(
+    zero_based: bool, shortfall: float, stop_rule: str, noise: float = 0.0, max_length: int = 300
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded and reference (target) lengths for :data:`LENGTHS` under a simulated counter."""
+    net = SimulatedCounter(LENGTHS, zero_based, shortfall, noise).eval()
+    src = torch.full((len(LENGTHS), 2), 2)  # ids within the placeholder embedding
+    gap = 1.0 if zero_based else 0.0
+    _, lengths = net.generate(src, src != 1, max_length=max_length, end_gap=gap, stop_rule=stop_rule)
+    targets = np.array(
+        [n - 1 if zero_based else n for n in LENGTHS]
+    )  # frame 0 is the start frame when 0-based
+    return lengths.numpy(), targets
+
+
+def bucket_ratios(decoded: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    metric = LengthRatio()
+    metric.update(torch.from_numpy(decoded), torch.from_numpy(reference))
+    return {name: float(value) for name, value in metric.compute().items()}
+
+
+@pytest.mark.parametrize("zero_based", [False, True])
+def test_pt_rule_runs_to_the_cap_on_a_plateau(zero_based):
+    """The cliff as filed: with the original rule the 50-99 bucket decodes about 4 x its length."""
+    ratios = bucket_ratios(*simulate(zero_based, 0.01, "pt"))
+    assert ratios["length_ratio_50_99"] > 3.5 and ratios["length_ratio_100_199"] > 1.8
+
+
+@pytest.mark.parametrize("zero_based", [False, True])
+def test_plateau_rule_stops_where_the_counter_levels_off(zero_based):
+    decoded, reference = simulate(zero_based, 0.01, "plateau")
+    ratios = bucket_ratios(decoded, reference)
+    for name, value in ratios.items():
+        assert 0.95 <= value <= 1.05, (name, value)
+    assert np.all(np.abs(decoded - reference) <= np.maximum(2, 0.02 * reference)), list(
+        zip(decoded, reference, strict=True)
+    )
+
+
+@pytest.mark.parametrize("zero_based", [False, True])
+@pytest.mark.parametrize("noise", [0.0, 0.3])
+def test_plateau_rule_keeps_exact_stops_of_good_counters(zero_based, noise):
+    """No plateau, a counter that reaches its end (with +-0.3 steps of jitter): every length stops within a frame
+    of the reference, as with the original rule -- the plateau test never fires early."""
+    decoded, reference = simulate(zero_based, 0.0, "plateau", noise=noise)
+    assert np.abs(decoded - reference).max() <= 1, list(zip(decoded, reference, strict=True))
+    pt_decoded, _ = simulate(zero_based, 0.0, "pt", noise=noise)
+    np.testing.assert_array_equal(decoded, pt_decoded)
+
+
+def test_plateau_start_by_hand():
+    # rises by 0.1 per frame to 0.6 at frame 6, then flat: at frame 11 the counter rose by nothing over 5 frames
+    # (under a quarter of 5 average steps) and the sequence ends just after the plateau began, at frame 7
+    counters = torch.tensor([[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]])
+    seen = [int(plateau_start(counters[:, : k + 1], window=5)) for k in range(counters.shape[1])]
+    assert seen == [0] * 11 + [7]
+    # a flat counter below min_counter (a slow start) is no end
+    assert int(plateau_start(torch.zeros(1, 12), window=5)) == 0
+
+
+def test_length_ratio_buckets():
+    metric = LengthRatio()
+    metric.update(torch.tensor([20, 30, 120, 5, 300]), torch.tensor([10, 30, 150, 5, 200]))
+    ratios = metric.compute()
+    assert list(ratios) == [bucket_name(*b) for b in LENGTH_BUCKETS]
+    assert float(ratios["length_ratio_10_49"]) == pytest.approx(1.5)
+    assert np.isnan(float(ratios["length_ratio_50_99"]))
+    assert float(ratios["length_ratio_100_199"]) == pytest.approx(0.8)  # reference 5: in no bucket
+    assert float(ratios["length_ratio_200_plus"]) == pytest.approx(1.5)
