@@ -16,8 +16,8 @@ import io
 import json
 import math
 import re
+import shutil
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import trimesh
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from scipy.spatial import cKDTree
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -34,16 +35,15 @@ from common.geometry import (
     sample_surface_points,
     transform_voxels,
     voxel_grid_points,
-    voxel_iou,
     voxelize_mesh,
 )
-from common.io import atomic_path, load_cache, read_lines, read_text
+from common.io import atomic_dir, atomic_path, load_cache, read_lines, read_text
 from projects.shape3d.generate import all_texts, generate_default_data
 from projects.shape3d.text_encoder import TURKISH_ALPHABET, prepare_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "generated" / "shape3d"
-CACHE_VERSION = 4  # 4: winding-number voxelisation (common.geometry), target normals in the points cache
+CACHE_VERSION = 5  # 5: per-mesh caches + memory-mapped prepared splits (4: winding numbers, target normals)
 DISTANCE_CAP = 0.25  # unit-cube distance beyond which a voxel counts as simply far from the surface
 
 
@@ -80,13 +80,7 @@ def read_captions(path: str | Path, require_mesh: bool = True) -> list[CaptionRo
                 raise InputError(f"{path}:{line_number}: expected a JSON object with 'mesh' and 'text'")
             raw.append((line_number, record))
     elif path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-        if reader.fieldnames is None or "text" not in reader.fieldnames:
-            raise InputError(
-                f"{path}:1: CSV header must name the columns mesh,text[,style]; got {reader.fieldnames}"
-            )
-        for record in reader:
-            raw.append((reader.line_num, record))
+        raw = read_csv_records(path)
     else:
         raise InputError(f"captions file '{path}' must end in .jsonl or .csv")
     rows = []
@@ -109,6 +103,41 @@ def read_captions(path: str | Path, require_mesh: bool = True) -> list[CaptionRo
     return rows
 
 
+def read_csv_records(path: Path) -> list[tuple[int, dict]]:
+    """``(line, record)`` per data row of a captions CSV. Python's csv module accepts two mistakes silently: an
+    unterminated quote swallows every following row into one field (the caption becomes
+    ``'kapanmamış tırnak,\nmeshes/001_0.ply,bir kutu,'``), and extra columns are dropped; both are one error
+    naming the file and the row's first line. A quoted field never spans lines in a captions file."""
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as error:
+        raise InputError(f"{path}:1: malformed CSV header ({error})") from error
+    if header is None or "text" not in header:
+        raise InputError(f"{path}:1: CSV header must name the columns mesh,text[,style]; got {header}")
+    records = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            values = next(reader, None)
+        except csv.Error as error:  # strict: an unterminated quote at the end of the file
+            raise InputError(f"{path}:{start}: malformed CSV row, unterminated quote? ({error})") from error
+        if values is None:
+            return records
+        if reader.line_num != start or any("\n" in value or "\r" in value for value in values):
+            raise InputError(
+                f"{path}:{start}: a quoted field runs over lines {start}-{reader.line_num} (unterminated quote?)"
+            )
+        if not values:
+            continue  # a blank line
+        if len(values) > len(header):
+            raise InputError(
+                f"{path}:{start}: {len(values)} columns, the header has {len(header)} ({','.join(header)}); "
+                "quote fields that contain commas"
+            )
+        records.append((start, dict(zip(header, values, strict=False))))
+
+
 OBJ_FACE = re.compile(rb"^[ \t]*f[ \t]", re.MULTILINE)
 OBJ_VERTEX = re.compile(rb"^[ \t]*v[ \t]", re.MULTILINE)
 
@@ -122,11 +151,20 @@ def load_mesh(path: Path, where: str) -> trimesh.Trimesh:
     if path.stat().st_size == 0:
         raise InputError(f"{where}: mesh '{path}' is an empty file (0 bytes)")
     try:
-        mesh = trimesh.load(str(path), force="mesh")
+        # unprocessed: trimesh's processing silently drops non-finite vertices and their faces (a box with one
+        # NaN corner kept 8 of 12 faces), so the check below must see the file's own vertices first
+        mesh = trimesh.load(str(path), force="mesh", process=False)
     except Exception as error:  # trimesh raises many types for corrupt files
         raise InputError(
             f"{where}: mesh '{path}' could not be parsed ({type(error).__name__}: {error})"
         ) from error
+    if isinstance(mesh, trimesh.Trimesh) and len(mesh.vertices) and not np.isfinite(mesh.vertices).all():
+        bad = int((~np.isfinite(mesh.vertices).all(1)).sum())
+        raise InputError(
+            f"{where}: mesh '{path}' has non-finite (NaN/Inf) vertex coordinates ({bad} vertices)"
+        )
+    if isinstance(mesh, trimesh.Trimesh):
+        mesh.process()  # what trimesh.load does by default: merge duplicate vertices (STL), drop degenerate faces
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0 or len(mesh.vertices) == 0:
         if path.suffix.lower() == ".obj":
             data = path.read_bytes()
@@ -138,8 +176,6 @@ def load_mesh(path: Path, where: str) -> trimesh.Trimesh:
         raise InputError(
             f"{where}: mesh '{path}' could not be parsed, or has no faces (trimesh read no triangles)"
         )
-    if not np.isfinite(mesh.vertices).all():
-        raise InputError(f"{where}: mesh '{path}' has non-finite vertex coordinates")
     return mesh
 
 
@@ -161,11 +197,100 @@ def normalize_to_unit_cube(
 # ----------------------------------------------------------------------------------------------- store
 
 
-class ShapeStore:
-    """The meshes of one split, normalised, with their surface points and voxel grids (per resolution, cached).
+def mesh_fingerprint(path: Path) -> list | None:
+    """What identifies a mesh file's contents without reading it: resolved path, size, mtime (None: missing)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
-    ``on_bad_row="error"`` stops at the first bad row (missing / unreadable / empty mesh) with its file:line;
-    ``"skip"`` warns with the file:line and keeps every other row as it is.
+
+def _sha1(value) -> str:
+    return hashlib.sha1(json.dumps(value).encode()).hexdigest()[:16]
+
+
+def process_mesh(
+    mesh: trimesh.Trimesh,
+    seed: int,
+    num_points: int,
+    num_ref_points: int,
+    surface_resolution: int,
+    resolutions: list[int],
+) -> dict[str, np.ndarray]:
+    """Everything training needs from one normalised mesh: target surface points with their faces' normals, a
+    separate reference cloud (the optional conditioning input), the squared distance from every voxel centre of
+    the ``surface_resolution`` grid to the surface (for the surface loss, capped at ``DISTANCE_CAP``) and the
+    occupancy grid at each of ``resolutions``, bit-packed (``voxels<R>``)."""
+    sampled, face_index = trimesh.sample.sample_surface(mesh, num_points, seed=seed)
+    dense = sample_surface_points(mesh, 8192, seed=seed + 2)
+    # capped: far voxels only need "far" (a hard penalty), and an unbounded KD-tree query is 4x slower
+    centers = voxel_grid_points(surface_resolution).numpy()
+    distance, _ = cKDTree(dense).query(centers, distance_upper_bound=DISTANCE_CAP)
+    distance = np.minimum(distance, DISTANCE_CAP)
+    arrays = {
+        "points": np.asarray(sampled, np.float32),
+        "normals": np.asarray(mesh.face_normals[face_index], np.float32),
+        "ref_points": sample_surface_points(mesh, num_ref_points, seed=seed + 1),
+        "distances": (distance**2).reshape((surface_resolution,) * 3).astype(np.float32),
+        "watertight": np.array(mesh.is_watertight),
+    }
+    arrays |= voxel_arrays(mesh, resolutions)
+    return arrays
+
+
+def voxel_arrays(mesh: trimesh.Trimesh, resolutions: list[int]) -> dict[str, np.ndarray]:
+    """``{"voxels<R>": bit-packed occupancy}`` for each resolution (8x smaller than bool, unpacked per sample)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a non-watertight mesh is reported once per row by the store
+        return {f"voxels{r}": np.packbits(voxelize_mesh(mesh, r).reshape(-1)) for r in resolutions}
+
+
+def unpack_voxels(packed: np.ndarray, resolution: int) -> np.ndarray:
+    """(..., bytes) bit-packed rows -> (..., R, R, R) bool."""
+    grids = np.unpackbits(np.asarray(packed), count=resolution**3, axis=-1)
+    return grids.reshape(*packed.shape[:-1], resolution, resolution, resolution).astype(bool)
+
+
+def mean_shape_of(packed: np.ndarray, resolution: int, chunk: int = 256) -> tuple[np.ndarray, float]:
+    """The mean occupancy of bit-packed grids and the threshold (0.05 ... 0.95) that maximises their mean IoU
+    with it, in chunks (memory bounded by ``chunk`` grids at any data size). Two empty grids have IoU 1, the
+    larger threshold wins a tie (as :func:`common.geometry.voxel_iou` and ``max`` over ``(iou, t)``)."""
+    count = len(packed)
+    total = np.zeros(resolution**3, np.float64)
+    for start in range(0, count, chunk):
+        total += unpack_voxels(packed[start : start + chunk], resolution).reshape(-1, resolution**3).sum(0)
+    mean = (total / count).astype(np.float32)
+    thresholds = np.arange(0.05, 0.96, 0.05)
+    predicted = (mean[:, None] > thresholds[None, :]).astype(np.float32)  # (V, T)
+    iou_sum = np.zeros(len(thresholds))
+    for start in range(0, count, chunk):
+        grids = unpack_voxels(packed[start : start + chunk], resolution).reshape(-1, resolution**3)
+        inter = grids.astype(np.float32) @ predicted  # (n, T)
+        union = grids.sum(1, keepdims=True) + predicted.sum(0, keepdims=True) - inter
+        iou_sum += np.where(union > 0, inter / np.maximum(union, 1), 1.0).sum(0)
+    best = max(zip((iou_sum / count).tolist(), thresholds.tolist(), strict=True))
+    return mean.reshape((resolution,) * 3), float(best[1])
+
+
+FIELDS = ("points", "normals", "ref_points", "distances")
+
+
+class ShapeStore:
+    """The meshes of one split, prepared once: surface points, normals, reference clouds, surface distances and
+    bit-packed voxel grids per resolution, with the mean-shape baseline.
+
+    Preparation (loading, validating, normalising, sampling, voxelising) is cached per mesh under
+    ``<cache_dir>/meshes/`` by the mesh file's fingerprint (path, size, mtime), so new or changed meshes are the only
+    ones read again; the split is then assembled into ``<cache_dir>/<captions stem>_<digest>/``: one ``.npy`` per
+    field and resolution (the voxels bit-packed) plus ``manifest.json`` (kept rows, warnings, baseline threshold),
+    written atomically. Opening a prepared split reads the captions file, stats every mesh and memory-maps the
+    arrays: no mesh is read, RSS does not grow with the data, and every DDP rank and DataLoader worker shares the
+    page cache. Without ``cache_dir`` everything is computed in memory.
+
+    ``on_bad_row="error"`` stops at the first bad row (missing / unreadable / empty / non-finite mesh) with its
+    file:line; ``"skip"`` warns with the file:line (on every open) and keeps every other row as it is.
+    ``resolutions`` are voxelised while preparing; another resolution is added on first use.
     """
 
     def __init__(
@@ -177,142 +302,231 @@ class ShapeStore:
         surface_resolution: int = 32,
         on_bad_row: str = "error",
         cache_dir: Path | None = None,
+        resolutions: tuple[int, ...] = (),
     ) -> None:
         if on_bad_row not in ("error", "skip"):
             raise InputError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
         self.captions = Path(captions)
         self.extent = extent
-        self.cache_dir = cache_dir
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.surface_resolution = surface_resolution
-        self.rows: list[CaptionRow] = []
-        self.meshes: list[trimesh.Trimesh] = []
-        for row in read_captions(self.captions):
-            try:
-                mesh = normalize_to_unit_cube(load_mesh(row.mesh, row.where), extent, row.where)
-            except InputError as error:  # MissingInputError included; anything else is a bug and propagates
-                if on_bad_row == "error":
-                    raise
-                warnings.warn(f"skipping {error}", stacklevel=2)
-                continue
-            if not mesh.is_watertight:
-                warnings.warn(
-                    f"{row.where}: mesh '{row.mesh}' is not watertight; it is voxelised by surface",
-                    stacklevel=2,
-                )
-            self.rows.append(row)
-            self.meshes.append(mesh)
+        self.on_bad_row = on_bad_row
+        self.resolutions = sorted({*resolutions, surface_resolution})
+        self.settings = [CACHE_VERSION, extent, surface_resolution, num_points, num_ref_points]
+        all_rows = read_captions(self.captions)
+        fingerprints = [mesh_fingerprint(row.mesh) for row in all_rows]
+        settings_key = _sha1([*self.settings, on_bad_row])
+        self.digest = f"{settings_key[:8]}_{_sha1([settings_key, fingerprints])[:12]}"
+        self.split_dir = (
+            None if self.cache_dir is None else self.cache_dir / f"{self.captions.stem}_{self.digest}"
+        )
+        self._arrays: dict[str, np.ndarray] | None = None
+        manifest = self._open() if self.split_dir is not None else None
+        if manifest is None:
+            manifest = self._prepare(all_rows, fingerprints)
+        for message in manifest["warnings"]:
+            warnings.warn(message, stacklevel=2)
+        self.rows = [all_rows[i] for i in manifest["kept"]]
         if not self.rows:
             raise InputError(f"{self.captions}: no usable rows")
-        self.digest = self._digest(num_points, num_ref_points)
-        cached = self._load_cache("points", self._check_points)
-        if cached is None:
-            cached = self._points_and_distances(num_points, num_ref_points)
-            self._save_cache("points", cached)
-        self.points = torch.from_numpy(cached["points"]).float()
-        self.normals = torch.from_numpy(cached["normals"]).float()  # unit normals of the target points' faces
-        self.ref_points = torch.from_numpy(cached["ref_points"]).float()
-        self.distances = torch.from_numpy(cached["distances"]).float()
-        self.voxel_cache: dict[int, torch.Tensor] = {}
+        self.fingerprints = [fingerprints[i] for i in manifest["kept"]]
+        self.mean_threshold = float(manifest["mean_threshold"])
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _check_points(self, arrays: dict) -> None:
-        for key in ("points", "normals", "ref_points", "distances"):
-            if key not in arrays or len(arrays[key]) != len(self):
-                raise ValueError(f"'{key}' missing or not {len(self)} rows")
+    def __getstate__(self) -> dict:
+        # DataLoader workers started by spawn re-open the memory maps instead of receiving copies of the arrays
+        state = dict(self.__dict__)
+        if self.split_dir is not None:
+            state["_arrays"] = None
+        return state
 
-    def _digest(self, *extra) -> str:
-        parts = [CACHE_VERSION, self.extent, self.surface_resolution, *extra]
-        for row in self.rows:
-            stat = row.mesh.stat()
-            parts.append([str(row.mesh.resolve()), stat.st_size, stat.st_mtime_ns])
-        return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+    # ------------------------------------------------------------------ reading the prepared split
 
-    def _cache_path(self, what: str) -> Path | None:
-        return (
-            None
-            if self.cache_dir is None
-            else self.cache_dir / f"{self.captions.stem}_{self.digest}_{what}.npz"
-        )
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = self._open_arrays(self.split_dir)
+        return self._arrays
 
-    def _load_cache(self, what: str, check: Callable[[dict], None] | None = None) -> dict | None:
-        """The arrays of a cache file, or None (no cache, or a damaged one: removed with one warning by
-        :func:`common.io.load_cache`, then rebuilt by the caller). ``check`` rejects arrays of the wrong shape."""
-        path = self._cache_path(what)
-        if path is None:
-            return None
+    def _open_arrays(self, folder: Path) -> dict[str, np.ndarray]:
+        arrays = {file.stem: np.load(file, mmap_mode="r") for file in sorted(folder.glob("*.npy"))}
+        return arrays
 
-        def load(file: Path) -> dict:
-            with np.load(file, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-            if check is not None:
-                check(arrays)
-            return arrays
+    def _open(self) -> dict | None:
+        """The manifest of the prepared split, or None (not prepared, or damaged: removed with one warning)."""
 
-        return load_cache(path, load, what=f"shape3d {what} cache")
+        def load(folder: Path) -> dict:
+            manifest = json.loads(read_text(folder / "manifest.json"))
+            arrays = self._open_arrays(folder)
+            for key in (*FIELDS, "mean_shape", f"voxels{self.surface_resolution}"):
+                if key not in arrays or (key != "mean_shape" and len(arrays[key]) != len(manifest["kept"])):
+                    raise ValueError(f"'{key}' missing or not {len(manifest['kept'])} rows")
+            self._arrays = arrays
+            return manifest
 
-    def _save_cache(self, what: str, arrays: dict) -> None:
-        """Written atomically (a temporary file in the same folder, then ``os.replace``): another process (a second
-        DDP rank, a DataLoader worker) sees either no cache file or a complete one, never a half-written one."""
-        path = self._cache_path(what)
-        if path is None:
-            return
-        with atomic_path(path) as temporary, temporary.open("wb") as file:
-            np.savez_compressed(file, **arrays)  # a file object: numpy adds no ".npz" to the name
+        return load_cache(self.split_dir, load, what="shape3d prepared split")
 
-    def _points_and_distances(self, num_points: int, num_ref_points: int) -> dict:
-        """Target surface points, a separate reference cloud (the optional conditioning input), and the squared
-        distance from every voxel centre of the ``surface_resolution`` grid to the surface (for the surface loss)."""
-        centers = voxel_grid_points(self.surface_resolution).numpy()
-        points, normals, refs, distances = [], [], [], []
-        for index, mesh in enumerate(self.meshes):
-            # the same points as sample_surface_points(mesh, num_points, seed=2 * index), with their faces' normals
-            sampled, face_index = trimesh.sample.sample_surface(mesh, num_points, seed=2 * index)
-            points.append(np.asarray(sampled, np.float32))
-            normals.append(np.asarray(mesh.face_normals[face_index], np.float32))
-            refs.append(sample_surface_points(mesh, num_ref_points, seed=2 * index + 1))
-            dense = sample_surface_points(mesh, 8192, seed=10_000 + index)
-            # capped: far voxels only need "far" (a hard penalty), and an unbounded KD-tree query is 4x slower
-            distance, _ = cKDTree(dense).query(centers, distance_upper_bound=DISTANCE_CAP)
-            distance = np.minimum(distance, DISTANCE_CAP)
-            distances.append((distance**2).reshape((self.surface_resolution,) * 3).astype(np.float32))
-        return {
-            "points": np.stack(points),
-            "normals": np.stack(normals),
-            "ref_points": np.stack(refs),
-            "distances": np.stack(distances),
-        }
+    def item(self, index: int) -> dict[str, torch.Tensor]:
+        """The point fields of sample ``index`` (copied out of the memory map)."""
+        return {key: torch.from_numpy(np.array(self.arrays[key][index])) for key in FIELDS}
+
+    def _field(self, key: str) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.arrays[key]))
+
+    @property
+    def points(self) -> torch.Tensor:
+        return self._field("points")
+
+    @property
+    def normals(self) -> torch.Tensor:
+        """Unit normals of the faces the target points lie on."""
+        return self._field("normals")
+
+    @property
+    def ref_points(self) -> torch.Tensor:
+        return self._field("ref_points")
+
+    @property
+    def distances(self) -> torch.Tensor:
+        return self._field("distances")
+
+    def voxel(self, index: int, resolution: int) -> torch.Tensor:
+        """(R, R, R) bool occupancy of sample ``index``, unpacked from the prepared bits."""
+        self.ensure_resolution(resolution)
+        return torch.from_numpy(unpack_voxels(self.arrays[f"voxels{resolution}"][index], resolution))
 
     def voxels(self, resolution: int) -> torch.Tensor:
-        """(N, R, R, R) bool occupancy at ``resolution``, voxelised once per resolution (memory + disk cache)."""
-        if resolution not in self.voxel_cache:
-            count = len(self) * resolution**3
+        """(N, R, R, R) bool occupancy of every sample (tests, small sets: the per-sample path is :meth:`voxel`)."""
+        self.ensure_resolution(resolution)
+        return torch.from_numpy(unpack_voxels(self.arrays[f"voxels{resolution}"], resolution))
 
-            def unpack(
-                arrays: dict,
-            ) -> None:  # packed bits -> grids, inside the loader: a short array is damage
-                if arrays["packed"].size * 8 < count:
-                    raise ValueError(f"{arrays['packed'].size * 8} bits, expected {count}")
-                arrays["grids"] = np.unpackbits(arrays["packed"], count=count).reshape(
-                    len(self), *(resolution,) * 3
+    def mean_shape(self) -> tuple[torch.Tensor, float]:
+        """The mean occupancy at ``surface_resolution`` and its best-IoU threshold (prepared with the split)."""
+        return torch.from_numpy(np.array(self.arrays["mean_shape"])), self.mean_threshold
+
+    def mesh(self, index: int) -> trimesh.Trimesh:
+        """The normalised mesh of sample ``index``, read from its file (meshes are not kept in memory)."""
+        row = self.rows[index]
+        return normalize_to_unit_cube(load_mesh(row.mesh, row.where), self.extent, row.where)
+
+    # ------------------------------------------------------------------ preparing
+
+    def _mesh_cache_path(self, fingerprint: list) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / "meshes" / f"{_sha1([*self.settings, fingerprint])}.npz"
+
+    def _mesh_arrays(self, row: CaptionRow, fingerprint: list | None, resolutions: list[int]) -> dict:
+        """One mesh's prepared arrays: from its per-mesh cache, or computed (and cached). A cached entry that
+        lacks a resolution gets it added. Bad meshes raise an InputError naming the row."""
+        path = None if fingerprint is None else self._mesh_cache_path(fingerprint)
+        arrays = None
+        if path is not None:
+
+            def load(file: Path) -> dict:
+                with np.load(file, allow_pickle=False) as data:
+                    return {key: data[key] for key in data.files}
+
+            arrays = load_cache(path, load, what="shape3d mesh cache")
+        missing = resolutions if arrays is None else [r for r in resolutions if f"voxels{r}" not in arrays]
+        if arrays is not None and not missing:
+            return arrays
+        mesh = normalize_to_unit_cube(load_mesh(row.mesh, row.where), self.extent, row.where)
+        if arrays is None:
+            # the seed comes from the file's identity, not its row: a mesh gives the same samples in any split
+            seed = int(_sha1(fingerprint or [str(row.mesh)])[:7], 16)
+            arrays = process_mesh(mesh, seed, *self.settings[3:], self.surface_resolution, resolutions)
+        else:
+            arrays |= voxel_arrays(mesh, missing)
+        if path is not None:
+            with atomic_path(path) as temporary, temporary.open("wb") as file:
+                np.savez_compressed(file, **arrays)  # a file object: numpy adds no ".npz" to the name
+        return arrays
+
+    def _prepare(self, all_rows: list[CaptionRow], fingerprints: list) -> dict:
+        """Read, check and prepare every row (per-mesh cache first), then assemble the split."""
+        kept, messages, in_memory = [], [], []
+        for index, (row, fingerprint) in enumerate(zip(all_rows, fingerprints, strict=True)):
+            try:
+                arrays = self._mesh_arrays(row, fingerprint, self.resolutions)
+            except InputError as error:  # MissingInputError included; anything else is a bug and propagates
+                if self.on_bad_row == "error":
+                    raise
+                messages.append(f"skipping {error}")
+                continue
+            if not bool(arrays["watertight"]):
+                messages.append(
+                    f"{row.where}: mesh '{row.mesh}' is not watertight; it is voxelised by surface"
                 )
+            kept.append(index)
+            if self.split_dir is None:
+                in_memory.append(arrays)
+        manifest = {"kept": kept, "warnings": messages, "mean_threshold": 0.0}
+        if not kept:
+            return manifest
+        keys = [*FIELDS, *(f"voxels{r}" for r in self.resolutions)]
+        if self.split_dir is None:
+            self._arrays = {key: np.stack([arrays[key] for arrays in in_memory]) for key in keys}
+            self._finish(self._arrays, manifest)
+            return manifest
+        with atomic_dir(self.split_dir) as folder:
+            first = self._mesh_arrays(all_rows[kept[0]], fingerprints[kept[0]], self.resolutions)
+            outputs = {
+                key: np.lib.format.open_memmap(
+                    folder / f"{key}.npy",
+                    mode="w+",
+                    dtype=first[key].dtype,
+                    shape=(len(kept), *first[key].shape),
+                )
+                for key in keys
+            }
+            for position, index in enumerate(kept):  # re-read from the per-mesh cache: memory stays flat
+                arrays = self._mesh_arrays(all_rows[index], fingerprints[index], self.resolutions)
+                for key in keys:
+                    outputs[key][position] = arrays[key]
+            for output in outputs.values():
+                output.flush()
+            self._finish(outputs, manifest)
+            np.save(folder / "mean_shape.npy", outputs["mean_shape"])
+            del outputs
+            (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+        self._remove_stale_splits()
+        self._arrays = None
+        return manifest
 
-            cached = self._load_cache(f"voxels{resolution}", unpack)
-            if cached is not None:
-                grids = cached["grids"]
-            else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # non-watertight meshes were reported once when read
-                    grids = np.stack(
-                        [
-                            voxelize_mesh(mesh, resolution, row.where)
-                            for mesh, row in zip(self.meshes, self.rows, strict=True)
-                        ]
-                    )
-                self._save_cache(f"voxels{resolution}", {"packed": np.packbits(grids.reshape(-1))})
-            self.voxel_cache[resolution] = torch.from_numpy(grids.astype(bool))
-        return self.voxel_cache[resolution]
+    def _finish(self, arrays: dict, manifest: dict) -> None:
+        resolution = self.surface_resolution
+        mean, manifest["mean_threshold"] = mean_shape_of(arrays[f"voxels{resolution}"], resolution)
+        arrays["mean_shape"] = mean
+
+    def _remove_stale_splits(self) -> None:
+        """Older preparations of this captions file with the same settings (the data changed since)."""
+        prefix = f"{self.captions.stem}_{self.digest.split('_')[0]}_"
+        for folder in self.cache_dir.glob(f"{prefix}*"):
+            if folder.is_dir() and folder != self.split_dir:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def ensure_resolution(self, resolution: int) -> None:
+        """Voxel grids at a resolution that was not prepared: made now from the per-mesh caches (meshes are read
+        only for this resolution) and added to the prepared split. List it in ``resolutions`` to do it once in
+        ``prepare_data`` instead of on every rank."""
+        key = f"voxels{resolution}"
+        if key in self.arrays:
+            return
+        packed = np.stack(
+            [
+                self._mesh_arrays(row, fingerprint, [resolution])[key]
+                for row, fingerprint in zip(self.rows, self.fingerprints, strict=True)
+            ]
+        )
+        if self.split_dir is None:
+            self.arrays[key] = packed
+            return
+        with atomic_path(self.split_dir / f"{key}.npy") as temporary, temporary.open("wb") as file:
+            np.save(file, packed)
+        self.arrays[key] = np.load(self.split_dir / f"{key}.npy", mmap_mode="r")
 
 
 # ----------------------------------------------------------------------------------------------- datasets
@@ -436,12 +650,9 @@ class ShapeDataset(Dataset):
         sample = {
             "text": row.text,
             "style": row.style,
-            "voxels": self.store.voxels(self.resolution)[index].float(),
-            "eval_voxels": self.store.voxels(self.eval_resolution)[index].float(),
-            "points": self.store.points[index],
-            "normals": self.store.normals[index],
-            "ref_points": self.store.ref_points[index],
-            "distances": self.store.distances[index],
+            "voxels": self.store.voxel(index, self.resolution).float(),
+            "eval_voxels": self.store.voxel(index, self.eval_resolution).float(),
+            **self.store.item(index),
             "index": index,
         }
         has_ref = torch.rand(1, generator=generator).item() < self.ref_points_prob
@@ -511,12 +722,14 @@ class ShapeDataModule(pl.LightningDataModule):
     """Text (+ style, + optional reference point cloud) -> voxel / point targets, with progressive resolution.
 
     ``data_dir: null`` uses the generated motif set (in ``generated_dir``, default ``data/generated/shape3d``).
-    ``prepare_data`` (rank 0, once; or ``python -m projects.shape3d.prepare``) writes the generated set and the tiny
-    text encoder's tokenizer (``<root>/tokenizer``); ``setup`` only reads. The model takes ``tokenizer_dir`` and
+    ``prepare_data`` (rank 0, once; or ``python -m projects.shape3d.prepare``) writes the generated set, the tiny
+    text encoder's tokenizer (``<root>/tokenizer``) and the prepared splits (``<root>/cache``, voxelised at
+    ``resolutions``); ``setup`` only opens them (memory maps; it reads no mesh). The model takes ``tokenizer_dir`` and
     ``text_vocab_size`` from here (``Shape3DModule.linked_from_data``).
 
     ``set_resolution`` is called by :class:`common.callbacks.ProgressiveResolution` (and by the model outside fit,
-    :class:`common.protocols.HasResolution`); targets are re-made (voxelised) at each new resolution. Metrics are
+    :class:`common.protocols.HasResolution`); targets come from the prepared grids of that resolution (one not in
+    ``resolutions`` is voxelised on first use, on every rank). Metrics are
     taken at the fixed ``eval_resolution`` so numbers stay comparable while the resolution grows.
 
     Augmentations are seeded by ``(seed, epoch, index)``: the training loader's :class:`EpochSampler` receives the
@@ -534,6 +747,7 @@ class ShapeDataModule(pl.LightningDataModule):
         predict_style: str = "",
         resolution: int = 32,
         eval_resolution: int = 32,
+        resolutions: tuple[int, ...] = (32, 48, 64),
         num_points: int = 2048,
         normalize_extent: float = 0.8,
         batch_size: int = 16,
@@ -596,11 +810,27 @@ class ShapeDataModule(pl.LightningDataModule):
         return len(self.prepare_tokenizer())
 
     def prepare_data(self) -> None:
-        """Once per machine, before ``setup``: the generated data set (unless ``data_dir`` is given) and the tiny
-        text encoder's tokenizer. Both are reused while unchanged and written atomically."""
-        if not self.hparams.data_dir:
-            generate_default_data(self.root, copies_train=self.hparams.generated_copies_train)
+        """Once per machine, before ``setup``: the generated data set (unless ``data_dir`` is given), the tiny
+        text encoder's tokenizer and, with ``cache: true``, the prepared splits (every mesh read, checked, sampled
+        and voxelised at ``resolutions``; see :class:`ShapeStore`). All are reused while unchanged (a warm launch
+        stats the mesh files, it does not read them) and written atomically. ``fit`` prepares both splits,
+        ``validate`` the validation split, ``predict`` neither."""
+        h = self.hparams
+        if not h.data_dir:
+            generate_default_data(self.root, copies_train=h.generated_copies_train)
         self.prepare_tokenizer()
+        if not h.cache:
+            return  # nothing on disk: setup computes the splits in memory (on every rank)
+        trainer = getattr(self, "trainer", None)
+        stage = trainer.state.fn if trainer is not None else TrainerFn.FITTING
+        splits = {
+            TrainerFn.FITTING: [h.train_captions, h.val_captions],
+            TrainerFn.VALIDATING: [h.val_captions],
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bad-row and watertightness warnings are given by setup, once
+            for captions in splits.get(stage, []):
+                self._store(captions)
 
     # ------------------------------------------------------------------ setup (reads only)
 
@@ -614,6 +844,7 @@ class ShapeDataModule(pl.LightningDataModule):
             surface_resolution=h.eval_resolution,
             on_bad_row=h.on_bad_row,
             cache_dir=(self.root / "cache") if h.cache else None,
+            resolutions=(*h.resolutions, self.resolution, h.eval_resolution),
         )
 
     def setup(self, stage: str) -> None:
@@ -670,7 +901,7 @@ class ShapeDataModule(pl.LightningDataModule):
         self.resolution = resolution
         for dataset in (self.train_set, self.val_set):
             if dataset is not None:
-                dataset.store.voxels(resolution)
+                dataset.store.ensure_resolution(resolution)
                 dataset.resolution = resolution
 
     def mean_shape(self) -> tuple[torch.Tensor, float]:
@@ -679,13 +910,7 @@ class ShapeDataModule(pl.LightningDataModule):
         if self._mean_shape is None:
             if self.train_store is None:
                 raise RuntimeError("mean_shape needs the training split (setup('fit'))")
-            grids = self.train_store.voxels(self.hparams.eval_resolution).float()
-            mean = grids.mean(0)
-            best = max(
-                (float(voxel_iou(mean.expand_as(grids), grids, t).mean()), t)
-                for t in np.arange(0.05, 0.96, 0.05).tolist()
-            )
-            self._mean_shape = (mean, best[1])
+            self._mean_shape = self.train_store.mean_shape()  # prepared with the split
         return self._mean_shape
 
     def _loader(self, dataset: Dataset, sampler: DistributedSampler | None = None) -> DataLoader:

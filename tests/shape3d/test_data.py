@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,7 +67,7 @@ def test_reads_meshes_and_captions(tmp_path, fmt):
     store = ShapeStore(path, num_points=64, num_ref_points=16, surface_resolution=16)
     assert len(store) == 3
     # normalised: centred, longest side = 0.8
-    for mesh in store.meshes:
+    for mesh in (store.mesh(i) for i in range(len(store))):
         assert np.allclose(mesh.bounds.mean(0), 0, atol=1e-6)
         assert (mesh.bounds[1] - mesh.bounds[0]).max() == pytest.approx(0.8)
     assert store.points.shape == (3, 64, 3) and store.distances.shape == (3, 16, 16, 16)
@@ -188,7 +189,15 @@ def test_datamodule_targets_follow_the_resolution(tmp_path):
         batch = next(iter(dm.train_dataloader()))
         assert batch["voxels"].shape == (2, resolution, resolution, resolution)
         assert batch["eval_voxels"].shape == (2, 16, 16, 16)
-    assert len(list((tmp_path / "cache").glob("*voxels*.npz"))) == 6  # cached per split and resolution
+    # prepared per split: the configured resolutions and eval_resolution at once, 24 added on first use
+    for split in ("train", "val"):
+        (folder,) = (tmp_path / "cache").glob(f"{split}_*")
+        assert {p.name for p in folder.glob("voxels*.npy")} == {
+            f"voxels{r}.npy" for r in (16, 24, 32, 48, 64)
+        }
+    assert (
+        len(list((tmp_path / "cache" / "meshes").glob("*.npz"))) == 3
+    )  # one per mesh file, shared by splits
     mean, threshold = dm.mean_shape()
     assert mean.shape == (16, 16, 16) and 0 < threshold < 1
     # validation samples carry the baseline shape (the model reads it from the batch, not from the datamodule):
@@ -237,23 +246,36 @@ def test_bad_user_data_raises_input_errors(tmp_path):
 
 def test_cache_is_written_atomically(tmp_path, monkeypatch):
     path = write_set(tmp_path, [])
-    store = ShapeStore(
-        path, num_points=32, num_ref_points=8, surface_resolution=8, cache_dir=tmp_path / "cache"
-    )
+    cache = tmp_path / "cache"
+    store = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8, cache_dir=cache)
     store.voxels(8)
-    names = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len(names) == 2 and all(n.endswith(".npz") and not n.startswith(".") for n in names)
 
-    def crash(file, **arrays):  # a writer killed half way through
-        file.write(b"half")
+    def files() -> list[str]:
+        return sorted(str(p.relative_to(cache)) for p in cache.rglob("*"))
+
+    names = files()
+    assert len([n for n in names if n.startswith("meshes/")]) == 3 and not any("/." in n for n in names)
+
+    def crash(file, *args, **arrays):  # a writer killed half way through
+        if hasattr(file, "write"):
+            file.write(b"half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(np, "savez_compressed", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # adding a resolution to a per-mesh cache file
         store.voxels(12)
-    assert (
-        sorted(p.name for p in (tmp_path / "cache").iterdir()) == names
-    )  # no partial or temporary file left
+    monkeypatch.undo()
+    monkeypatch.setattr(np, "save", crash)
+    with pytest.raises(KeyboardInterrupt):  # the per-mesh files have 12 now: only the split's file is written
+        store.voxels(12)
+    assert files() == [n for n in files() if n in names or n.startswith("meshes/")]
+    assert not any(Path(n).name.startswith(".") for n in files())  # no partial or temporary file left
+    monkeypatch.undo()
+    shutil.rmtree(cache)
+    monkeypatch.setattr(np.lib.format, "open_memmap", crash)
+    with pytest.raises(KeyboardInterrupt):  # killed while assembling the split: no split folder appears
+        ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8, cache_dir=cache)
+    assert [p.name for p in cache.iterdir()] == ["meshes"]
 
 
 def augmented_points(dataset: ShapeDataset, num_workers: int) -> list[torch.Tensor]:
@@ -404,8 +426,10 @@ def test_corrupt_array_caches_are_rebuilt_with_one_warning(tmp_path, damage):
     cache = tmp_path / "cache"
     store = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8, cache_dir=cache)
     expected_voxels = store.voxels(8).clone()
-    files = sorted(cache.iterdir())
-    assert len(files) == 2  # points + voxels8
+    expected = {"points": store.points, "distances": store.distances}
+    del store  # its memory maps would see the files change under them (damage in place, not a rename)
+    files = sorted(p for p in cache.rglob("*") if p.is_file())
+    assert len(files) == 3 + 7  # per mesh, and the split: 4 fields + voxels8 + mean_shape + manifest
     for file in files:
         data = file.read_bytes()
         file.write_bytes(
@@ -420,10 +444,10 @@ def test_corrupt_array_caches_are_rebuilt_with_one_warning(tmp_path, damage):
         rebuilt = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8, cache_dir=cache)
         voxels = rebuilt.voxels(8)
     messages = [str(w.message) for w in caught if "could not be loaded" in str(w.message)]
-    assert len(messages) == 2 and all("rebuilding" in m for m in messages), messages
-    assert any("points" in m for m in messages) and any("voxels8" in m for m in messages)
-    torch.testing.assert_close(rebuilt.points, store.points)
-    torch.testing.assert_close(rebuilt.distances, store.distances)
+    assert len(messages) == 4 and all("rebuilding" in m for m in messages), messages
+    assert sum("prepared split" in m for m in messages) == 1 and sum("mesh cache" in m for m in messages) == 3
+    torch.testing.assert_close(rebuilt.points, expected["points"])
+    torch.testing.assert_close(rebuilt.distances, expected["distances"])
     assert torch.equal(voxels, expected_voxels)
     # the rebuilt caches are good again: a third store loads them silently
     with warnings.catch_warnings():
