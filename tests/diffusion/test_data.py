@@ -7,10 +7,13 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
+from common.errors import InputError
+from projects.diffusion import data as data_module
 from projects.diffusion.data import CharacterDataModule
 from projects.diffusion.generate import BALANCED_CLASSES, generate
-from projects.diffusion.idx import IDXError, read_emnist, read_idx, read_mapping, write_idx
+from projects.diffusion.idx import IDXError, emnist_paths, read_emnist, read_idx, read_mapping, write_idx
 
 
 def write_split(root, images, labels, split="digits", subset="train"):
@@ -81,9 +84,10 @@ def test_generator_is_deterministic(tmp_path):
     assert "".join(read_mapping(a, "balanced").values()) == BALANCED_CLASSES
 
 
-def test_data_module_subset_relabels_and_pads(glyph_dir):
+def test_data_module_subset_relabels_and_pads(glyph_dir, tmp_path):
     data = CharacterDataModule(
         data_dir=str(glyph_dir),
+        judge_cache_dir=str(tmp_path),
         classes="bA7",
         image_size=32,
         val_per_class=5,
@@ -115,4 +119,47 @@ def test_data_module_rejects_unknown_class(glyph_dir):
 def test_emnist_source_with_missing_files_is_clear(tmp_path):
     data = CharacterDataModule(data_dir=str(tmp_path), source="emnist", split="letters")
     with pytest.raises(IDXError, match="emnist-letters-mapping.txt: file not found"):
+        data.setup("fit")
+
+
+def test_idx_files_are_decoded_once_and_memory_mapped(glyph_dir, tmp_path, monkeypatch):
+    """The first setup decodes the gzip IDX files into uint8 .npy arrays; a warm launch (a new data module)
+    opens them memory-mapped and decodes nothing; items become floats one at a time."""
+    settings = {
+        "data_dir": str(glyph_dir),
+        "classes": "bA7",
+        "image_size": 16,
+        "judge_cache_dir": str(tmp_path),
+        "generated": {"train_per_class": 30, "test_per_class": 8},
+    }
+    cold = CharacterDataModule(**settings)
+    cold.setup("fit")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a warm launch decoded the IDX files")
+
+    monkeypatch.setattr(data_module, "read_emnist", no_decoding)
+    warm = CharacterDataModule(**settings)
+    warm.setup("fit")
+    assert isinstance(warm.train_set.raw, np.memmap) and warm.train_set.raw.dtype == np.uint8
+    image, label = warm.train_set[5]
+    assert image.dtype == torch.float32 and image.shape == (1, 16, 16)
+    assert torch.equal(image, cold.train_set.tensors[0][5]) and int(label) == int(cold.train_set.labels[5])
+
+
+def test_unknown_label_names_the_labels_file_and_the_mapping_in_use(tmp_path):
+    """digits without a mapping file: the message names the labels file and the built-in mapping, not a
+    mapping file that does not exist (issue 24)."""
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    for subset, labels in (("train", [0, 1, 12]), ("test", [0, 1, 2])):
+        images_path, labels_path = emnist_paths(tmp_path, "digits", subset)
+        write_idx(images_path, images)
+        write_idx(labels_path, np.array(labels, dtype=np.uint8))
+    data = CharacterDataModule(
+        data_dir=str(tmp_path), source="emnist", split="digits", judge_cache_dir=str(tmp_path / "cache")
+    )
+    labels_file = emnist_paths(tmp_path, "digits", "train")[1]
+    with pytest.raises(
+        InputError, match=f"{labels_file}: label 12 is not listed in the built-in EMNIST-digits"
+    ):
         data.setup("fit")

@@ -25,22 +25,25 @@ from projects.diffusion.judge import (
 REAL = (
     Path(__file__).parent / "fixtures" / "real_digits"
 )  # 400 + 120 real digits (projects/diffusion/real_digits.py)
-FAST = JudgeConfig(max_steps=300, eval_every=25, patience=100, batch_size=64)
+FAST = JudgeConfig(max_epochs=60, patience=100, batch_size=64)
 
 
 @pytest.fixture(scope="module")
-def real_data() -> CharacterDataModule:
-    data = CharacterDataModule(data_dir=str(REAL), source="emnist", split="digits", image_size=16)
+def real_data(tmp_path_factory) -> CharacterDataModule:
+    cache = str(tmp_path_factory.mktemp("arrays"))
+    data = CharacterDataModule(
+        data_dir=str(REAL), source="emnist", split="digits", image_size=16, judge_cache_dir=cache
+    )
     data.setup("fit")
     return data
 
 
 def test_judge_converges_on_real_handwriting(real_data):
-    """Trained by steps on 400 real digits: > 0.85 on 120 digits of other writers (chance 0.1); the full real
+    """Trained by epochs on 400 real digits: > 0.85 on 120 digits of other writers (chance 0.1); the full real
     set (1438 images) reaches >= 0.95 with the default settings (README)."""
     net, best_step = train_judge(real_data.train_set, 10, FAST, log=False)
     assert accuracy(net, real_data.heldout_set) > 0.85
-    assert 0 < best_step <= FAST.max_steps
+    assert 0 < best_step <= FAST.max_epochs * (360 // FAST.batch_size)  # 360 after the 10 % hold-out
 
 
 def test_augmentation_keeps_background_and_moves_ink():
@@ -56,7 +59,7 @@ def test_augmentation_keeps_background_and_moves_ink():
 def test_judge_leaves_the_global_rng_untouched(real_data, tmp_path):
     """Training, caching and loading the judge draw nothing from the global RNG, so the diffusion run's random
     stream is the same whether the judge was trained in this process, loaded from the cache, or not used."""
-    config = JudgeConfig(max_steps=10, eval_every=5, batch_size=32)
+    config = JudgeConfig(max_epochs=1, batch_size=32)
     path = tmp_path / "judge.pt"
     torch.manual_seed(123)
     state = torch.get_rng_state()
@@ -81,6 +84,7 @@ def test_cache_key_covers_data_classes_size_and_training_settings(tmp_path):
             "source": "emnist",
             "split": "digits",
             "image_size": 16,
+            "judge_cache_dir": str(tmp_path / "cache"),
             **kwargs,
         }
         return CharacterDataModule(**args).judge_path
@@ -88,7 +92,7 @@ def test_cache_key_covers_data_classes_size_and_training_settings(tmp_path):
     base = path()
     assert path() == base  # deterministic
     assert (
-        path(judge={"max_steps": 6000}) != base
+        path(judge={"max_epochs": 80}) != base
     )  # training settings (the bug: only data/classes/size counted)
     assert path(judge={"rotate_degrees": 5.0}) != base
     assert path(classes="0123") != base
@@ -102,7 +106,7 @@ def test_cache_key_covers_data_classes_size_and_training_settings(tmp_path):
 
 @pytest.mark.parametrize("damage", ["random", "truncated", "empty"])
 def test_corrupt_judge_cache_is_rebuilt_with_one_warning(real_data, tmp_path, damage):
-    config = JudgeConfig(max_steps=4, eval_every=2, batch_size=32, min_accuracy=0.0)
+    config = JudgeConfig(max_epochs=1, batch_size=32, min_accuracy=0.0)
     path = tmp_path / "judge.pt"
     ensure_judge(path, real_data.train_set, real_data.heldout_set, real_data.class_names, config)
     good = path.read_bytes()
@@ -120,7 +124,7 @@ def test_corrupt_judge_cache_is_rebuilt_with_one_warning(real_data, tmp_path, da
 
 
 def test_weak_judge_warns_loudly(real_data, tmp_path):
-    config = JudgeConfig(max_steps=2, eval_every=1, batch_size=32, min_accuracy=0.95)
+    config = JudgeConfig(max_epochs=1, batch_size=32, lr=1e-5, min_accuracy=0.95)
     with pytest.warns(UserWarning, match=r"UNRELIABLE"):
         _, report = ensure_judge(
             tmp_path / "j.pt", real_data.train_set, real_data.heldout_set, real_data.class_names, config
@@ -134,7 +138,7 @@ def test_fid_floor_is_recorded(real_data, tmp_path):
         real_data.train_set,
         real_data.heldout_set,
         real_data.class_names,
-        JudgeConfig(max_steps=20, eval_every=10, batch_size=32, min_accuracy=0.0),
+        JudgeConfig(max_epochs=2, batch_size=32, min_accuracy=0.0),
     )
     assert report.fid_floor > 0 and report.steps > 0
 

@@ -163,11 +163,13 @@ def perturbed(images: Tensor, generator: torch.Generator) -> Tensor:
     return (lifted + 0.12 * torch.randn(images.shape, generator=generator)).clamp(-1, 1)
 
 
-def test_background_shift_and_noise_move_every_headline_number_from_its_floor():
+def test_background_shift_and_noise_move_every_headline_number_from_its_floor(tmp_path):
     """Real digits (the fixture: 400 train, 120 test, 16 x 16). Floor = the held-out digits against as many
     other real digits; the perturbed copies of those digits must land clearly away from it in pixel FID,
     background level and saturation share."""
-    data = CharacterDataModule(data_dir=str(REAL), source="emnist", split="digits", image_size=16)
+    data = CharacterDataModule(
+        data_dir=str(REAL), source="emnist", split="digits", image_size=16, judge_cache_dir=str(tmp_path)
+    )
     data.setup("fit")
     test_images, _ = data.heldout_set.tensors
     train_images = data.train_set.tensors[0][: len(test_images)]
