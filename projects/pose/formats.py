@@ -152,14 +152,16 @@ def read_split(
     return list(iter_split(prefix, trg_size, src, trg, files, skip_frames))
 
 
-def format_skels_line(frames: np.ndarray, decimals: int = 5) -> str:
-    """``T x (trg_size + 1)`` frames -> one ``.skels`` line (joints then counter per frame)."""
+def format_skels_line(frames: np.ndarray, decimals: int | None = 5) -> str:
+    """``T x (trg_size + 1)`` frames -> one ``.skels`` line (joints then counter per frame). ``decimals=None``
+    writes 9 significant digits, which read back to the identical float32 values."""
     frames = np.asarray(frames, dtype=np.float64)
     if frames.ndim != 2:
         raise ValueError(f"frames must be T x (trg_size + 1), got shape {frames.shape}")
     if not np.isfinite(frames).all():
         raise ValueError("refusing to write NaN/inf pose values")
-    return " ".join(f"{value:.{decimals}f}" for value in frames.reshape(-1))
+    spec = ".9g" if decimals is None else f".{decimals}f"
+    return " ".join(f"{value:{spec}}" for value in frames.reshape(-1))
 
 
 def write_split(
@@ -170,7 +172,7 @@ def write_split(
     src: str = "text",
     trg: str = "skels",
     files: str = "files",
-    decimals: int = 5,
+    decimals: int | None = 5,
 ) -> list[Path]:
     """Write parallel ``.text/.skels/.files`` so :func:`read_split` (and the original code) reads them back."""
     if not len(texts) == len(sequences) == len(names):

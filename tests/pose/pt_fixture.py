@@ -145,3 +145,28 @@ def write_pt_corpus(
         )
         out[split] = sequences
     return out
+
+
+def pt_load_split(prefix: str | Path, src: str, trg_size: int, skip_frames: int = 1) -> list[dict]:
+    """The original loader, transcribed: ``SignProdDataset`` (``data.py``: ``line.strip()``, ``split(" ")``,
+    ``float(joint) + 1e-8``, frames cut every ``trg_size + 1`` values, lines of one value skipped) followed by
+    ``Batch`` (``batch.py``: ``trg_input = trg[:, :-1]``, ``trg = trg[:, 1:]``), one example at a time. Returns
+    the source line, the decoder's start frame (``trg_input[0]``) and the target frames (``trg``)."""
+    size = trg_size + 1  # "Target size is plus one due to the counter required for the model"
+    examples = []
+    with (
+        open(f"{prefix}.{src}", encoding="utf-8") as src_file,
+        open(f"{prefix}.skels", encoding="utf-8") as trg_file,
+        open(f"{prefix}.files", encoding="utf-8") as files_file,
+    ):
+        for src_line, trg_line, files_line in zip(src_file, trg_file, files_file, strict=False):
+            src_line, trg_line, files_line = src_line.strip(), trg_line.strip(), files_line.strip()
+            trg_line = trg_line.split(" ")
+            if len(trg_line) == 1:
+                continue
+            trg_line = [(float(joint) + 1e-8) for joint in trg_line]
+            trg_frames = [trg_line[i : i + size] for i in range(0, len(trg_line), size * skip_frames)]
+            if src_line != "" and trg_line != "":
+                trg = torch.tensor(trg_frames, dtype=torch.float32)
+                examples.append({"src": src_line, "start": trg[0], "trg": trg[1:], "file": files_line})
+    return examples

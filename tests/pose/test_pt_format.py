@@ -124,3 +124,47 @@ def test_project_data_keeps_a_zero_start_frame(tmp_path):
     dm.setup("fit")
     item = dm.datasets["train"][0]
     assert not dm.datasets["train"].zero_based and len(item["frames"]) == 5 and not item["start"].any()
+
+
+def test_predict_output_reads_back_unchanged_by_the_original_loader_and_ours(tmp_path):
+    """Issue 23: ``predict`` writes PT's format: frame 0 = the start frame decoding began from (counter 0), the
+    source file named by ``src`` (``predict.gloss``). PT's loader (frame 0 as start, the rest as targets) and the
+    data module (0-based) both give back exactly the predicted frames."""
+    from projects.pose.writer import PosePredictionWriter
+    from tests.pose.pt_fixture import pt_load_split
+
+    dm, _, _ = pt_data(tmp_path)
+    dm.prepare_data()
+    module = tiny_module(dm, TRG, decoding={"max_output_length": 12})
+    module.setup("fit")
+    (tmp_path / "in.gloss").write_text("ES-BEDEUTET VIEL\nWOLKE\nDRUCK TIEF KOMMEN\n", encoding="utf-8")
+    dm.predict_file = str(tmp_path / "in.gloss")
+    out = tmp_path / "predictions"
+    writer = PosePredictionWriter(output_dir=str(out), videos=False)
+    predictions = quiet_trainer(callbacks=[writer]).predict(module, datamodule=dm)
+    predicted = [item["frames"] for batch in predictions for item in batch]
+    assert sorted(p.name for p in out.iterdir()) == ["predict.files", "predict.gloss", "predict.skels"]
+    start = module.start_pose.numpy().copy()
+    start[-1] = 0.0
+
+    original = pt_load_split(out / "predict", "gloss", TRG)
+    assert [e["src"] for e in original] == ["ES-BEDEUTET VIEL", "WOLKE", "DRUCK TIEF KOMMEN"]
+    for example, frames in zip(original, predicted, strict=True):
+        np.testing.assert_allclose(example["start"].numpy(), start, atol=1e-7)
+        np.testing.assert_allclose(example["trg"].numpy(), frames, atol=1e-7)  # + PT's 1e-8
+
+    ours = PoseDataModule(
+        train=dm.paths["train"],
+        dev=str(out / "predict"),
+        test=None,
+        src="gloss",
+        trg_size=TRG,
+        cache_dir=str(tmp_path / "prep2"),
+    )
+    ours.setup("validate")
+    dataset = ours.datasets["dev"]
+    assert dataset.zero_based and dataset.texts == [e["src"] for e in original]
+    for index, frames in enumerate(predicted):
+        read_start, targets = dataset.start_and_targets(index)
+        np.testing.assert_array_equal(targets, frames)  # float32-exact
+        np.testing.assert_array_equal(read_start, start)
