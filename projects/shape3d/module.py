@@ -17,6 +17,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
+from common.errors import InputError
+from common.frozen import restore_frozen, strip_frozen
 from common.geometry import Meshes, voxels_to_mesh
 from common.media import Image, Mesh
 from common.metrics.geometry import ChamferDistance, VoxelIoU
@@ -51,7 +53,9 @@ class TinyText:
 class Architecture:
     """Latent sizes and the growing decoder (``model.init_args.architecture``): base pyramid ``channels`` 4^3 ->
     8^3 -> 16^3 -> 32^3, growth stages ``grow_resolutions`` with ``grow_channels``; the PointNet reference-cloud
-    encoder (``use_points``, optionally initialised from ``point_encoder_checkpoint``)."""
+    encoder (``use_points``), optionally loaded from ``point_encoder_checkpoint`` (a ``state_dict`` of
+    :class:`PointEncoder` or a shape3d Lightning checkpoint) and then, with ``freeze_point_encoder``, kept frozen
+    for the whole run as the design keeps Point-E's encoder."""
 
     latent_dim: int = 128
     style_dim: int = 64
@@ -60,6 +64,7 @@ class Architecture:
     grow_channels: tuple[int, ...] = (8, 8)
     use_points: bool = True
     point_encoder_checkpoint: str | None = None
+    freeze_point_encoder: bool = True
     gradient_checkpointing: bool = False
     channels_last: bool = True
 
@@ -132,6 +137,20 @@ GROUPS = {
 }
 
 
+def load_point_encoder_state(path: str) -> dict[str, torch.Tensor]:
+    """The :class:`PointEncoder` weights in ``path``: a plain ``state_dict`` or a Lightning checkpoint of this module
+    (its ``point_encoder.*`` entries), so one trained run's encoder can be frozen into the next."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        prefix = "point_encoder."
+        state = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+        if not state:
+            raise InputError(
+                f"architecture.point_encoder_checkpoint: '{path}' holds no point_encoder weights"
+            )
+    return state
+
+
 def metric_key(name: str) -> str:
     """A ModuleDict key for a metric name ("f1@0.01" -> "f1@0_01": module names cannot hold dots)."""
     return name.replace(".", "_")
@@ -192,8 +211,10 @@ class Shape3DModule(pl.LightningModule):
         )
         self.point_encoder = PointEncoder(arch.latent_dim) if arch.use_points else None
         if self.point_encoder is not None and arch.point_encoder_checkpoint:
-            state = torch.load(arch.point_encoder_checkpoint, map_location="cpu", weights_only=True)
-            self.point_encoder.load_state_dict(state)
+            self.point_encoder.load_state_dict(load_point_encoder_state(arch.point_encoder_checkpoint))
+            if arch.freeze_point_encoder:
+                self.point_encoder.requires_grad_(False)
+                self.point_encoder.eval()
         self.style_mapping = nn.Sequential(
             nn.Linear(text_dim, arch.style_dim), nn.GELU(), nn.Linear(arch.style_dim, arch.style_dim)
         )
@@ -253,14 +274,26 @@ class Shape3DModule(pl.LightningModule):
         # `predict --ckpt_path` must use the ones the checkpoint was trained / measured with
         checkpoint["shape3d_resolution"] = self.resolution
         checkpoint["shape3d_fade_alpha"] = float(self.fade_alpha)
+        if self.hparams.text_encoder != TINY:
+            # a frozen pretrained mT5 is rebuilt from its folder / hub name: a hash, not 600 MB in every file
+            strip_frozen(self, checkpoint, ["text_encoder"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_frozen(self, checkpoint)
         self.resolution = checkpoint.get("shape3d_resolution", self.resolution)
         self.fade_alpha = float(checkpoint.get("shape3d_fade_alpha", self.fade_alpha))
         self._data_follows_model()
 
     def on_validation_start(self) -> None:
         self._data_follows_model()
+
+    def on_train_epoch_start(self) -> None:
+        """Runs after the callbacks' hook (FreezeUnfreeze may just have thawed the text encoder). ``from_pretrained``
+        returns eval-mode modules and Lightning keeps the modes it finds, so a pretrained mT5 would be fine-tuned
+        with dropout off: every encoder with a trainable parameter goes to train mode, a frozen one to eval."""
+        for encoder in (self.text_encoder, self.point_encoder):
+            if encoder is not None:
+                encoder.train(any(p.requires_grad for p in encoder.parameters()))
 
     def _data_follows_model(self) -> None:
         """Outside ``fit`` no ProgressiveResolution callback runs, so ``tgm validate --ckpt_path`` would feed 32^3
