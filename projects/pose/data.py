@@ -31,12 +31,19 @@ from typing_extensions import override
 
 from common.errors import InputError
 from common.io import atomic_dir, atomic_path, load_cache
-from projects.pose.embeddings import embedding_matrix, fasttext_cache_path, load_fasttext, train_fasttext
+from projects.pose.embeddings import (
+    embedding_matrix,
+    embedding_report,
+    fasttext_cache_path,
+    load_fasttext,
+    train_fasttext,
+)
 from projects.pose.formats import Example, PoseDataError, iter_split, read_lines
 from projects.pose.generate import generate_corpus
 from projects.pose.vocabulary import Vocabulary, tokenize, unknown_share_message
 
 COUNTER_CONVENTIONS = ("auto", "zero_based", "one_based")
+SOURCE_EMBEDDINGS = ("fasttext", "random")
 PREPARED_VERSION = 1
 SPLIT_VERSION = 1
 
@@ -155,8 +162,10 @@ class PoseDataModule(pl.LightningDataModule):
     generated into the folder of ``train`` on first use (reused while its manifest matches). Leave it null for
     your own data. ``predict_file``: a UTF-8 text file with one sentence per line, for ``tgm predict``.
     Vocabulary: ``src_vocab`` (one token per line, as the original) or built from the training split
-    (``src_voc_min_freq``, ``src_voc_limit``). FastText: ``fasttext_path`` (``.bin`` / gensim ``.model``) or
-    trained here on the training sentences (``fasttext_dim``, ``fasttext_epochs``), cached in ``cache_dir``.
+    (``src_voc_min_freq``, ``src_voc_limit``). ``src_embeddings``: ``fasttext`` (default): ``fasttext_path``
+    (``.bin`` / gensim ``.model``) or trained here on the training sentences (``fasttext_dim``,
+    ``fasttext_epochs``), cached in ``cache_dir``; ``random``: PT's own randomly initialised source embeddings
+    (the prepared artefact then has ``embeddings: None`` and no FastText model).
     """
 
     def __init__(
@@ -180,6 +189,7 @@ class PoseDataModule(pl.LightningDataModule):
         src_vocab: str | None = None,
         src_voc_min_freq: int = 1,
         src_voc_limit: int | None = None,
+        src_embeddings: str = "fasttext",
         fasttext_path: str | None = None,
         fasttext_dim: int = 64,
         fasttext_epochs: int = 30,
@@ -190,6 +200,10 @@ class PoseDataModule(pl.LightningDataModule):
         super().__init__()
         if skip_frames < 1:
             raise InputError(f"data.init_args.skip_frames must be >= 1, got {skip_frames}")
+        if src_embeddings not in SOURCE_EMBEDDINGS:
+            raise InputError(
+                f"data.init_args.src_embeddings must be one of {SOURCE_EMBEDDINGS}, got '{src_embeddings}'"
+            )
         if counter not in COUNTER_CONVENTIONS:
             raise InputError(f"data.init_args.counter must be one of {COUNTER_CONVENTIONS}, got '{counter}'")
         self.paths = {"train": train, "dev": dev, "test": test}
@@ -207,6 +221,7 @@ class PoseDataModule(pl.LightningDataModule):
         self.src_vocab = src_vocab
         self.src_voc_min_freq = src_voc_min_freq
         self.src_voc_limit = src_voc_limit
+        self.src_embeddings = src_embeddings
         self.fasttext_path = fasttext_path
         self.fasttext_dim = fasttext_dim
         self.fasttext_epochs = fasttext_epochs
@@ -237,6 +252,7 @@ class PoseDataModule(pl.LightningDataModule):
             "src_vocab": self.src_vocab,
             "min_freq": self.src_voc_min_freq,
             "limit": self.src_voc_limit,
+            "src_embeddings": self.src_embeddings,
             "fasttext_path": self.fasttext_path,
             "fasttext_dim": self.fasttext_dim,
             "fasttext_epochs": self.fasttext_epochs,
@@ -339,15 +355,23 @@ class PoseDataModule(pl.LightningDataModule):
         )
         if message:
             warnings.warn(message, UserWarning, stacklevel=2)
-        if self.fasttext_path:
-            fasttext_file = str(Path(self.fasttext_path).expanduser())
-            vectors = load_fasttext(fasttext_file)
+        weights, counts, fasttext_file = None, None, None
+        if self.src_embeddings == "fasttext":
+            if self.fasttext_path:
+                fasttext_file = str(Path(self.fasttext_path).expanduser())
+                vectors = load_fasttext(fasttext_file)
+            else:
+                settings = {"vector_size": self.fasttext_dim, "epochs": self.fasttext_epochs}
+                vectors = train_fasttext(tokens, Path(self.cache_dir) / "fasttext", **settings)
+                fasttext_file = str(
+                    fasttext_cache_path(tokens, Path(self.cache_dir) / "fasttext", **settings)
+                )
+            weights, counts = embedding_matrix(vocab, vectors)
+            rank_zero_info(embedding_report(counts))
         else:
-            settings = {"vector_size": self.fasttext_dim, "epochs": self.fasttext_epochs}
-            vectors = train_fasttext(tokens, Path(self.cache_dir) / "fasttext", **settings)
-            fasttext_file = str(fasttext_cache_path(tokens, Path(self.cache_dir) / "fasttext", **settings))
-        weights, counts = embedding_matrix(vocab, vectors)
-        rank_zero_info(f"source embeddings from FastText: {len(vocab)} tokens, {counts}")
+            rank_zero_info(
+                f"source embeddings: {len(vocab)} tokens, randomly initialised (no FastText), as PT"
+            )
         mean_pose, start_pose, end_gap = pose_statistics(train)
         return {
             "train_stamp": self._train_stamp(),
@@ -359,6 +383,7 @@ class PoseDataModule(pl.LightningDataModule):
             "start_pose": start_pose,
             "counter_end_gap": end_gap,
             "zero_based": train.zero_based,
+            "src_embeddings": self.src_embeddings,  # "random": embeddings and fasttext_path are None
         }
 
     def _read(self, split: str) -> PoseDataset:

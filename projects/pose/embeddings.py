@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from common.errors import InputError, MissingInputError
 from common.io import atomic_file_group, load_cache, read_lines
-from projects.pose.vocabulary import PAD, PUNCTUATION_MODES, Vocabulary, tokenize
+from projects.pose.vocabulary import PAD, PUNCTUATION_MODES, SPECIALS, Vocabulary, tokenize
 
 
 def load_fasttext(path: str | Path, what: str = "data.init_args.fasttext_path"):
@@ -134,32 +134,49 @@ def fit_fasttext(
     return model
 
 
+def fasttext_kind(vectors, token: str) -> str:
+    """How FastText embeds ``token``: ``"whole"`` (a word of its own vocabulary), ``"ngrams"`` (composed from the
+    character n-grams it knows: an unseen inflection such as ``okullarımız``) or ``"unk"`` (no vector)."""
+    if token in vectors.key_to_index:
+        return "whole"
+    return "ngrams" if word_vector(vectors, token) is not None else "unk"
+
+
 def embedding_matrix(vocab: Vocabulary, vectors, seed: int = 0) -> tuple[torch.Tensor, dict[str, int]]:
     """``len(vocab) x dim`` matrix: FastText vectors for every token (n-gram composed when out of FastText's
-    vocabulary), zeros for ``<pad>``, small random vectors for the other specials.
+    vocabulary), zeros for ``<pad>``, small random vectors for the other specials and for tokens FastText cannot
+    embed at all.
 
-    Returns the matrix and counts of how each row was filled.
+    Returns the matrix and how many rows were filled each way (``known_whole``, ``from_ngrams``, ``unk``,
+    ``special``).
     """
     generator = np.random.default_rng(seed)
     dim = vectors.vector_size
     matrix = np.zeros((len(vocab), dim), dtype=np.float32)
-    counts = {"in_vocab": 0, "subword": 0, "special": 0, "missing": 0}
+    counts = {"known_whole": 0, "from_ngrams": 0, "unk": 0, "special": 0}
     for index, token in enumerate(vocab.itos):
-        if token.startswith("<") and token.endswith(">"):
+        if token in SPECIALS:
             if token != PAD:
                 matrix[index] = generator.normal(0.0, 0.1, dim)
             counts["special"] += 1
-        elif token in vectors.key_to_index:
-            matrix[index] = vectors[token]
-            counts["in_vocab"] += 1
+            continue
+        kind = fasttext_kind(vectors, token)
+        if kind == "unk":
+            matrix[index] = generator.normal(0.0, 0.1, dim)
         else:
-            try:
-                matrix[index] = vectors[token]  # composed from character n-grams
-                counts["subword"] += 1
-            except KeyError:
-                matrix[index] = generator.normal(0.0, 0.1, dim)
-                counts["missing"] += 1
+            matrix[index] = vectors[token]
+        counts[{"whole": "known_whole", "ngrams": "from_ngrams", "unk": "unk"}[kind]] += 1
     return torch.from_numpy(matrix), counts
+
+
+def embedding_report(counts: dict[str, int]) -> str:
+    """The log line of :func:`embedding_matrix`'s counts."""
+    total = sum(counts.values())
+    return (
+        f"source embeddings from FastText: {total} tokens: {counts['known_whole']} known whole to FastText, "
+        f"{counts['from_ngrams']} built from character n-grams, {counts['unk']} with no FastText vector "
+        f"(random, as <unk>), {counts['special']} specials"
+    )
 
 
 def word_vector(vectors, token: str) -> np.ndarray | None:

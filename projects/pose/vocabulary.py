@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import string
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,13 +12,16 @@ from pathlib import Path
 from common.errors import InputError, MissingInputError
 from common.io import read_lines
 
-UNK, PAD, BOS, EOS = "<unk>", "<pad>", "<bos>", "<eos>"
+# the original's specials (constants.py): a src_vocab file that lists them first keeps PT's size (1089, not 1091)
+UNK, PAD, BOS, EOS = "<unk>", "<pad>", "<s>", "</s>"
 SPECIALS = (UNK, PAD, BOS, EOS)
 # words may carry a Turkish suffix after an apostrophe (İstanbul'a); every other punctuation mark is a token
 TOKEN_PATTERN = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
 # split: marks are tokens of their own; drop: marks are removed; whitespace: split on whitespace only, nothing
-# else (the original's ``str.split()``: ``ES-BEDEUTET`` and ``gut,`` stay one token each)
-PUNCTUATION_MODES = ("split", "drop", "whitespace")
+# else (the original's ``str.split()``: ``ES-BEDEUTET`` and ``gut,`` stay one token each); strip: every character
+# of ``string.punctuation`` is deleted, then whitespace split (the Turkish fork: ``İstanbul'a`` -> ``istanbula``)
+PUNCTUATION_MODES = ("split", "drop", "whitespace", "strip")
+STRIP_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def turkish_lower(text: str) -> str:
@@ -35,14 +39,17 @@ def turkish_upper_first(text: str) -> str:
 
 
 def tokenize(text: str, lowercase: bool = True, punctuation: str = "split") -> list[str]:
-    """Split a sentence into tokens; ``punctuation`` keeps marks as own tokens (``split``), drops them (``drop``)
-    or leaves the text alone and splits on whitespace only (``whitespace``, as the original)."""
+    """Split a sentence into tokens; ``punctuation`` keeps marks as own tokens (``split``), drops them (``drop``),
+    leaves the text alone and splits on whitespace only (``whitespace``, as the original) or deletes the ASCII
+    marks of ``string.punctuation`` wherever they are and splits on whitespace (``strip``, the Turkish fork)."""
     if punctuation not in PUNCTUATION_MODES:
         raise InputError(f"data.punctuation must be one of {PUNCTUATION_MODES}, got '{punctuation}'")
     if lowercase:
         text = turkish_lower(text)
     if punctuation == "whitespace":
         return text.split()
+    if punctuation == "strip":
+        return text.translate(STRIP_PUNCTUATION).split()
     tokens = TOKEN_PATTERN.findall(text)
     if punctuation == "drop":
         tokens = [t for t in tokens if re.match(r"\w", t)]
@@ -50,7 +57,8 @@ def tokenize(text: str, lowercase: bool = True, punctuation: str = "split") -> l
 
 
 class Vocabulary:
-    """Token <-> id, specials first (``<unk>=0, <pad>=1, <bos>=2, <eos>=3`` as in JoeyNMT / the original)."""
+    """Token <-> id, specials first (``<unk>=0, <pad>=1, <s>=2, </s>=3`` as in JoeyNMT / the original); a token
+    list (or ``src_vocab`` file) that contains them keeps one of each, as the original's ``add_tokens``."""
 
     def __init__(self, tokens: Iterable[str]) -> None:
         self.itos = list(SPECIALS) + [t for t in dict.fromkeys(tokens) if t not in SPECIALS]

@@ -50,7 +50,7 @@ def test_load_gensim_and_facebook_models_with_oov_subwords(gensim_model, filenam
 
     vocab = Vocabulary(["okul", oov, "ev"])
     matrix, counts = embedding_matrix(vocab, vectors)
-    assert counts == {"in_vocab": 2, "subword": 1, "special": 4, "missing": 0}
+    assert counts == {"known_whole": 2, "from_ngrams": 1, "unk": 0, "special": 4}
     np.testing.assert_allclose(matrix[vocab.stoi[oov]].numpy(), model.wv[oov], rtol=1e-5, atol=1e-6)
     assert matrix[vocab.pad_index].abs().sum() == 0
 
@@ -166,8 +166,8 @@ def test_vocabulary_from_training_split_only(tmp_path):
     assert set(module.vocab.itos) == {
         "<unk>",
         "<pad>",
-        "<bos>",
-        "<eos>",
+        "<s>",
+        "</s>",
         "okul",
         "ev",
         ".",
@@ -230,3 +230,48 @@ def test_trained_fasttext_cache_with_side_files_is_reused(tmp_path):
     second = train_fasttext(SENTENCES[:4], tmp_path, vector_size=525, epochs=1)
     assert (tmp_path / names[0]).stat().st_mtime_ns == mtime  # loaded, not rebuilt
     np.testing.assert_array_equal(first["okullarımız"], second["okullarımız"])
+
+
+def test_prepare_log_separates_known_whole_ngram_and_unk_words(gensim_model, tmp_path, caplog):
+    """Issue 23: the log counted words FastText knows whole as "subword"; now each kind is its own figure."""
+    import logging
+
+    from projects.pose.embeddings import embedding_report
+
+    model, folder = gensim_model
+    vectors = load_fasttext(folder / "FastText_small.model")
+    vocab = Vocabulary(["okul", "ev", "okullarımız", "kitaplar"])
+    _, counts = embedding_matrix(vocab, vectors)
+    assert counts == {"known_whole": 2, "from_ngrams": 2, "unk": 0, "special": 4}
+    assert embedding_report(counts) == (
+        "source embeddings from FastText: 8 tokens: 2 known whole to FastText, 2 built from character n-grams, "
+        "0 with no FastText vector (random, as <unk>), 4 specials"
+    )
+    with caplog.at_level(logging.INFO):
+        module_with_fasttext(folder / "FastText_small.model", False, tmp_path)  # "kitaplar" is unseen
+    assert "7 tokens: 2 known whole to FastText, 1 built from character n-grams, 0 with no" in caplog.text
+
+
+def test_random_source_embeddings_switch_prepares_no_fasttext(tmp_path):
+    """``src_embeddings: random`` (PT's own randomly initialised embeddings): no FastText is trained or loaded;
+    the prepared artefact carries the vocabulary with ``embeddings: None`` for the model to initialise."""
+    write_split(tmp_path / "train", ["okul ev", "kitaplar okul"], [frames(4), frames(5)], ["a", "b"])
+    dm = PoseDataModule(
+        train=str(tmp_path / "train"),
+        dev=str(tmp_path / "train"),
+        trg_size=6,
+        src_embeddings="random",
+        cache_dir=str(tmp_path / "prep"),
+    )
+    dm.prepare_data()
+    prepared = torch.load(dm.prepared_path, weights_only=True)
+    assert prepared["src_embeddings"] == "random"
+    assert prepared["embeddings"] is None and prepared["fasttext_path"] is None
+    assert prepared["vocab"][4:] == ["okul", "ev", "kitaplar"]
+    assert not (tmp_path / "prep" / "fasttext").exists()
+    fasttext = PoseDataModule(train=str(tmp_path / "train"), dev=str(tmp_path / "train"), trg_size=6)
+    assert fasttext.prepared_path != dm.prepared_path  # the switch is part of the cache key
+    with pytest.raises(
+        InputError, match=r"src_embeddings must be one of \('fasttext', 'random'\), got 'glove'"
+    ):
+        PoseDataModule(src_embeddings="glove")

@@ -127,7 +127,7 @@ def test_turkish_lowercasing_punctuation_and_vocab():
         "ırmak",
     ]
     vocab = Vocabulary.build([["ev", "okul", "ev"], ["su"]], min_freq=2)
-    assert vocab.itos == ["<unk>", "<pad>", "<bos>", "<eos>", "ev"]
+    assert vocab.itos == ["<unk>", "<pad>", "<s>", "</s>", "ev"]
     assert vocab.encode(["ev", "kitap"]) == [4, 0, 3]
 
 
@@ -139,3 +139,51 @@ def test_whitespace_tokenisation_as_the_original():
         "WOLKE",
     ]
     assert tokenize("Merhaba, dünya!", lowercase=False, punctuation="whitespace") == ["Merhaba,", "dünya!"]
+
+
+def fork_tokenize(sentence: str) -> list[str]:
+    """The Turkish fork's source processing, transcribed: lower-case, delete every ``string.punctuation``
+    character, split on whitespace."""
+    import string
+
+    return sentence.lower().translate(str.maketrans("", "", string.punctuation)).split()
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Merhaba, dünya!",
+        "Öğretmen okula gidiyor; çocuklar (hep birlikte) şarkı söylüyor...",
+        'Ankara\'ya 3-4 gün sonra gideceğiz: "güzel" olacak?',
+        "ES-BEDEUTET viel_wolke #1 100% a/b",
+        "  boşluklar\tve   sekmeler  ",
+    ],
+)
+def test_strip_punctuation_is_the_turkish_forks_tokenisation(sentence):
+    """Issue 23: the fork lower-cases and deletes ``string.punctuation``; ``punctuation: strip`` does exactly that
+    (``drop`` would split ``Ankara'ya`` and ``3-4`` instead of joining them)."""
+    assert tokenize(sentence, lowercase=True, punctuation="strip") == fork_tokenize(sentence)
+    assert " ".join(tokenize(sentence, lowercase=False, punctuation="strip")).lower() == " ".join(
+        fork_tokenize(sentence)
+    )  # case kept, the same marks deleted
+
+
+def test_strip_lower_cases_the_turkish_way():
+    """The one intended difference from Python's ``str.lower`` in the fork: Turkish ``I -> ı`` and ``İ -> i``
+    (``"İ".lower()`` is ``i`` + a combining dot, another vocabulary entry)."""
+    assert tokenize("IŞIK, İzmir'de.", punctuation="strip") == ["ışık", "izmirde"]
+    assert fork_tokenize("IŞIK, İzmir'de.") == ["işik", "i̇zmirde"]
+
+
+def test_src_vocab_with_the_originals_specials_has_the_originals_size(tmp_path):
+    """PT's ``src_vocab.txt`` lists ``<unk> <pad> <s> </s>`` first and its ``Vocabulary`` keeps one of each
+    (1089 entries for PHOENIX14T); the former ``<bos>/<eos>`` specials made them ordinary tokens (1091)."""
+    from tests.pose.pt_fixture import write_src_vocab
+
+    path = write_src_vocab(tmp_path / "src_vocab.txt")
+    original_itos: list[str] = []  # vocabulary.py: _from_file -> _from_list -> add_tokens(specials + tokens)
+    for token in ["<unk>", "<pad>", "<s>", "</s>"] + [line.strip("\n") for line in open(path)]:
+        if token not in original_itos:
+            original_itos.append(token)
+    vocab = Vocabulary.from_file(path)
+    assert vocab.itos == original_itos and len(vocab) == 14
