@@ -1,11 +1,14 @@
 """Translate an original Progressive Transformers ``Configs/Base.yaml`` into a ``tgm`` config, key by key.
 
     python -m projects.pose.convert_config Configs/Base.yaml > configs/pose/mine.yaml
+    python -m projects.pose.convert_config --flavour turkish-fork Configs/Base.yaml > configs/pose/fork.yaml
     tgm fit --config configs/pose/mine.yaml
 
-Data files are used as they are (same ``.text/.gloss/.skels/.files``, tokenised as the original: whitespace
-split, no lower-casing); only the YAML is rearranged into the ``model`` / ``data`` / ``trainer`` / ``checkpoint``
-sections of LightningCLI. Every key the original's code reads (``training.py``, ``data.py``, ``model.py``,
+Data files are used as they are (same ``.text/.gloss/.skels/.files``); only the YAML is rearranged into the
+``model`` / ``data`` / ``trainer`` / ``checkpoint`` sections of LightningCLI. A config does not say how its code
+tokenises, so the code it goes with is named (``--flavour``, :data:`FLAVOURS`): ``pt`` (default, the original
+``data.py``: whitespace split, case kept) or ``turkish-fork`` (the Turkish fork's ``data.py``: lower-cased and
+``string.punctuation`` stripped); the output's first lines say which. Every key the original's code reads (``training.py``, ``data.py``, ``model.py``,
 ``builders.py``, ``initialization.py``, ``loss.py``, ``embeddings.py``, ``encoders.py``, ``decoders.py``) is in
 :data:`MAPPING`: set here, or accepted with a note saying why nothing needs setting, or refused with one line
 when its value asks for something this project does not do. Unknown keys end in one line naming them (exit 2).
@@ -24,6 +27,22 @@ from common.errors import InputError, MissingInputError
 from common.io import read_text
 
 NOTE = None  # accepted: nothing to set here (the reason is in NOTES)
+
+# the code a config goes with -> the data keys that tokenise as that code does, and what it does
+FLAVOURS: dict[str, tuple[dict[str, Any], str]] = {
+    "pt": (
+        {"lowercase": False, "punctuation": "whitespace"},
+        "the original Progressive Transformers data.py: str.split(), case and punctuation kept",
+    ),
+    "turkish-fork": (
+        {"lowercase": True, "punctuation": "strip"},
+        "the Turkish fork's data.py: lower-cased (Turkish İ->i, I->ı) and string.punctuation stripped, "
+        "then str.split()",
+    ),
+}
+SELECTION_METRIC = (
+    "val/dtw_pt_l1_ref_len_length_penalised"  # DTW charged for wrong lengths (pose/evaluation.py)
+)
 
 # original "section.key" -> tgm dotted key, or NOTE
 MAPPING: dict[str, str | None] = {
@@ -105,8 +124,15 @@ NOTES = {
     "training.decaying_step_size": "used by the 'decaying' scheduler only; plateau here",
     "training.learning_rate_factor": "used by the 'noam' scheduler only; plateau here",
     "training.learning_rate_warmup": "used by the 'noam' scheduler only; plateau here",
-    "training.early_stopping_metric": "the dev DTW selects checkpoints and drives the scheduler (dtw only)",
-    "training.eval_metric": "the dev DTW, logged as val/dtw_pt_l1_ref_len (dtw only)",
+    "training.early_stopping_metric": (
+        f"the dev DTW charged for wrong lengths ({SELECTION_METRIC}) selects checkpoints and drives the "
+        "scheduler (dtw only)"
+    ),
+    "training.eval_metric": (
+        "the dev DTW: the original's protocol (ground-truth counter, first ceil(20/eval_batch_size)+1 "
+        "batches) as val/dtw_pt_l1_ref_len_pt_protocol, free-running over the whole dev set as "
+        "val/dtw_pt_l1_ref_len (dtw only)"
+    ),
     "training.overwrite": "runs never delete a folder; checkpoints go to checkpoint.dirpath",
     "training.continue": "resume with --ckpt_path last",
     "training.use_cuda": "the accelerator is chosen from the hardware (--trainer.accelerator cpu|gpu)",
@@ -150,14 +176,20 @@ def _flatten(original: dict) -> dict[str, Any]:
     return flat
 
 
-def convert(original: dict, source: str = "<config>") -> tuple[dict, list[str]]:
-    """The ``tgm`` config for an original config dict, and one note per key that needs no setting."""
+def convert(original: dict, source: str = "<config>", flavour: str = "pt") -> tuple[dict, list[str]]:
+    """The ``tgm`` config for an original config dict, and one note per key that needs no setting. ``flavour``
+    names the code the config goes with (:data:`FLAVOURS`), which decides the tokenisation keys."""
+    if flavour not in FLAVOURS:
+        raise InputError(f"--flavour must be one of {sorted(FLAVOURS)}, got '{flavour}'")
     config: dict[str, Any] = {
-        "model": {"class_path": "projects.pose.module.PoseModule", "init_args": {}},
+        "model": {
+            "class_path": "projects.pose.module.PoseModule",
+            # both numbers: the original code's protocol and the free-running one (projects/pose/README.md)
+            "init_args": {"decoding": {"pt_protocol": True}},
+        },
         "data": {
             "class_path": "projects.pose.data.PoseDataModule",
-            # the original's tokenisation: str.split(), no lower-casing (data.py: lowercase = False)
-            "init_args": {"synthetic": None, "lowercase": False, "punctuation": "whitespace"},
+            "init_args": {"synthetic": None, **FLAVOURS[flavour][0]},
         },
         "trainer": {
             "num_sanity_val_steps": -1,
@@ -168,7 +200,7 @@ def convert(original: dict, source: str = "<config>") -> tuple[dict, list[str]]:
                 }
             ],
         },
-        "checkpoint": {"monitor": "val/dtw_pt_l1_ref_len", "mode": "min"},
+        "checkpoint": {"monitor": SELECTION_METRIC, "mode": "min"},
     }
     notes: list[str] = []
     flat = _flatten(original)
@@ -219,6 +251,12 @@ def convert(original: dict, source: str = "<config>") -> tuple[dict, list[str]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Original Progressive Transformers config -> tgm config")
     parser.add_argument("config", type=Path)
+    parser.add_argument(
+        "--flavour",
+        default="pt",
+        choices=sorted(FLAVOURS),
+        help="the code the config goes with, which decides the tokenisation (default: pt, the original)",
+    )
     args = parser.parse_args(argv)
     try:
         if not args.config.is_file():
@@ -226,11 +264,16 @@ def main(argv: list[str] | None = None) -> None:
         original = yaml.safe_load(read_text(args.config)) or {}
         if not isinstance(original, dict):
             raise InputError(f"{args.config}: not a YAML mapping")
-        config, notes = convert(original, str(args.config))
+        config, notes = convert(original, str(args.config), args.flavour)
     except (InputError, yaml.YAMLError) as error:
         sys.stderr.write(f"{str(error).splitlines()[0]}\n")
         raise SystemExit(2) from None
-    header = [f"# converted from {args.config} by projects/pose/convert_config.py; keys with nothing to set:"]
+    keys = ", ".join(f"{k}: {v}" for k, v in FLAVOURS[args.flavour][0].items())
+    header = [
+        f"# converted from {args.config} by projects/pose/convert_config.py",
+        f"# flavour {args.flavour}: tokenised as {FLAVOURS[args.flavour][1]} ({keys})",
+        "# keys with nothing to set:",
+    ]
     header += [f"#   {note}" for note in notes]
     sys.stdout.write("\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 

@@ -243,6 +243,72 @@ def test_converted_config_trains_on_original_data_and_predict_writes(tmp_path, c
             str(sentences),
         ]
     )
-    written = read_split(tmp_path / "Models" / "predictions" / "predict", trg_size=6)
+    written = read_split(tmp_path / "Models" / "predictions" / "predict", trg_size=6, src="gloss")
     assert [e.text for e in written] == ["ES-BEDEUTET VIEL WOLKE", "DRUCK TIEF"]
     assert len(list((tmp_path / "Models" / "predictions" / "videos").glob("*.gif"))) == 2
+
+
+def turkish_fork_tokens(line: str) -> list[str]:
+    """Transcription of the Turkish fork's tokenisation: lower-cased, ``string.punctuation`` stripped, split."""
+    import string
+
+    from projects.pose.vocabulary import turkish_lower
+
+    return turkish_lower(line).translate(str.maketrans("", "", string.punctuation)).split()
+
+
+def test_flavour_names_the_code_the_config_goes_with(tmp_path, capsys):
+    """The Turkish fork's config converts to its own tokenisation (lower-case, punctuation stripped), the
+    original's to whitespace splitting with case kept; the output says which."""
+    pt, _ = convert(yaml.safe_load(BASE_YAML))
+    fork, _ = convert(yaml.safe_load(BASE_YAML), flavour="turkish-fork")
+    assert (pt["data"]["init_args"]["lowercase"], pt["data"]["init_args"]["punctuation"]) == (
+        False,
+        "whitespace",
+    )
+    assert (fork["data"]["init_args"]["lowercase"], fork["data"]["init_args"]["punctuation"]) == (
+        True,
+        "strip",
+    )
+    with pytest.raises(InputError, match="--flavour must be one of"):
+        convert({}, flavour="joeynmt")
+    path = tmp_path / "Base.yaml"
+    path.write_text(BASE_YAML)
+    main(["--flavour", "turkish-fork", str(path)])
+    out = capsys.readouterr().out
+    assert "# flavour turkish-fork: tokenised as the Turkish fork's data.py" in out
+    assert yaml.safe_load(out)["data"]["init_args"]["punctuation"] == "strip"
+    main([str(path)])
+    assert (
+        "# flavour pt: tokenised as the original Progressive Transformers data.py" in capsys.readouterr().out
+    )
+
+
+def _has_strip() -> bool:
+    from projects.pose.vocabulary import PUNCTUATION_MODES
+
+    return "strip" in PUNCTUATION_MODES
+
+
+@pytest.mark.skipif(
+    not _has_strip(), reason="punctuation: strip is added to vocabulary.py by the pose-data change"
+)
+def test_turkish_fork_flavour_tokenises_as_the_fork():
+    from projects.pose.vocabulary import tokenize
+
+    fork, _ = convert(yaml.safe_load(BASE_YAML), flavour="turkish-fork")
+    keys = fork["data"]["init_args"]
+    for line in (
+        "Merhaba, İstanbul'a gidiyorum!",
+        "ES-BEDEUTET VIEL WOLKE.",
+        'Işık (yeşil) "yandı"; ÇOK güzel...',
+    ):
+        assert tokenize(line, keys["lowercase"], keys["punctuation"]) == turkish_fork_tokens(line), line
+
+
+def test_converted_config_reports_both_dtw_protocols():
+    config, notes = convert(yaml.safe_load(BASE_YAML))
+    assert config["model"]["init_args"]["decoding"] == {"pt_protocol": True, "max_output_length": 300}
+    assert config["checkpoint"]["monitor"] == "val/dtw_pt_l1_ref_len_length_penalised"
+    (eval_note,) = [n for n in notes if n.startswith("training.eval_metric")]
+    assert "val/dtw_pt_l1_ref_len_pt_protocol" in eval_note and "val/dtw_pt_l1_ref_len " in eval_note
