@@ -113,7 +113,7 @@ class ClipImageEncoder(nn.Module):
         self.preprocess = Preprocess(image_size=int(clip.config.image_size))
         self.embed_dim = int(clip.config.projection_dim)
         self.clip.requires_grad_(False)
-        self.clip.eval()
+        self.eval()  # the wrapper too: Lightning reports (and keeps) each module's own mode
 
     def train(self, mode: bool = True) -> ClipImageEncoder:
         super().train(False)  # frozen: dropout and friends stay off even when the parent module trains

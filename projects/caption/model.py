@@ -136,7 +136,10 @@ def build_decoder(
     """A pretrained GPT-2 (hub name or directory) or a tiny random one from ``decoder_config`` (``vocab_size``,
     linked from the data, wins over the config's)."""
     if decoder is not None:
-        return load_pretrained(GPT2LMHeadModel.from_pretrained, decoder, what="model.init_args.decoder")
+        model = load_pretrained(GPT2LMHeadModel.from_pretrained, decoder, what="model.init_args.decoder")
+        # from_pretrained returns eval mode and Lightning (>= 2.2) keeps each module's mode: without this GPT-2
+        # would be fine-tuned with dropout off. Frozen variants are put in eval mode by FreezeUnfreeze.
+        return model.train()
     if decoder_config is None:
         raise InputError(
             "model.init_args: give decoder (hub name or directory) or decoder_config (a tiny GPT-2)"

@@ -18,6 +18,7 @@ import torch
 from typing_extensions import override
 
 from common.errors import InputError
+from common.frozen import restore_frozen, strip_frozen
 from common.media import Image, Table
 from common.metrics.bleu import CorpusBLEU
 from projects.caption.features import ClipImageEncoder, load_rgb
@@ -152,6 +153,11 @@ class CaptionModule(pl.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The tokenizer goes in; a pretrained CLIP (hub name / folder) does not: it is rebuilt from
+        ``clip_source`` and checked against the stored hash (``common.frozen``). A tiny CLIP (``clip_config``) is
+        kept: a few hundred KB, and predict on a machine where it was never prepared needs it."""
+        if self.image_encoder is not None and self.hparams.clip_config is None:
+            strip_frozen(self, checkpoint, ["image_encoder"])
         if self.tokenizer is not None:  # checkpoints caption on their own: predict needs no training data
             checkpoint["caption_tokenizer"] = {
                 "json": self.tokenizer.backend_tokenizer.to_str(),
@@ -160,6 +166,8 @@ class CaptionModule(pl.LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.configure_model()  # load_from_checkpoint calls this hook before anything built the CLIP
+        restore_frozen(self, checkpoint, source=f"checkpoint (CLIP from {self.hparams.clip_source})")
         stored = checkpoint.get("caption_tokenizer")
         if stored is not None:
             from tokenizers import Tokenizer
