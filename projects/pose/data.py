@@ -58,6 +58,10 @@ class SplitArrays:
         self.folder = Path(folder)
         self.meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
         self.offsets = np.load(self.folder / "offsets.npy")
+        expected = self.meta["frames"] * self.meta["width"] * np.dtype(np.float32).itemsize
+        size = (self.folder / "frames.f32").stat().st_size
+        if size != expected or len(self.offsets) < 1 or self.offsets[-1] != self.meta["frames"]:
+            raise ValueError(f"frames.f32 has {size} bytes, expected {expected}")
         self._frames: np.ndarray | None = None  # opened on first use, in each DataLoader worker
 
     @property

@@ -117,3 +117,17 @@ def test_unknown_share_warning_at_training(tmp_path):
     dm.src_vocab = str(tmp_path / "vocab.txt")  # data.lowercase is on: every token becomes unknown
     with pytest.warns(UserWarning, match=r"3 of 3 source tokens \(100.0 %\) are not in the vocabulary"):
         dm.prepare_data()
+
+
+@pytest.mark.parametrize("damage", ["meta.json", "frames.f32", "offsets.npy"])
+def test_damaged_split_arrays_are_rebuilt_with_one_warning(tmp_path, damage):
+    dm = corpus(tmp_path)
+    dm.prepare_data()
+    folder = dm.split_folder("train")
+    path = folder / damage
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    fresh = corpus(tmp_path)
+    with pytest.warns(UserWarning, match=r"prepared train split .*split_.* could not be loaded.*rebuilding"):
+        fresh.setup("fit")
+    assert len(fresh.datasets["train"]) == 2
+    np.testing.assert_array_equal(fresh.datasets["train"][1]["frames"], frames(5))
