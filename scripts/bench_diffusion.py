@@ -4,17 +4,19 @@
    same module, batch and optimiser (AdamW, grad-norm clipping 1.0, EMA update): the ratio is the framework
    overhead per step.
 2. Samplers on the trained checkpoint (``--ckpt``; by default the last checkpoint of the config's run):
-   DDPM-1000, DDIM-25, DDIM-50 and DPM-Solver++-25, by speed (images/s) and by quality under the converged
-   judge (FID / IS / conditional accuracy against every held-out image), with the sample counts printed.
-   DDPM-1000 is 40 x slower per image, so it gets ``--ddpm-samples`` (default 100); FID grows as the number of
-   samples shrinks, so each row is printed next to the data's own floor AT THE SAME COUNT: FID of that many real
-   training images against the same held-out set. Compare a row with its floor, not rows of different counts.
+   DDPM-1000, DDIM-25/50/100 with eta 0 and 1, DPM-Solver++-25/50 (settings: ``pipeline.SAMPLER_SETTINGS``),
+   by speed (images/s) and by quality in two feature spaces (the judge's and pixels) plus the background level
+   and saturation share, against every held-out image, with the sample counts printed. DDPM-1000 is 40 x slower
+   per image, so it gets ``--ddpm-samples``; FID grows as the number of samples shrinks, so each FID is printed
+   next to the data's own floor AT THE SAME COUNT: that many real training images against the same held-out
+   set. Compare a row with its floor, not rows of different counts. The defaults (200 samples, 20 for DDPM)
+   keep the table to a few minutes on 2 CPU cores; use --num-samples 1000 for figures to rank samplers by.
    Without a checkpoint the untrained model is measured (said so).
 
 Step times are medians over the timed steps (robust to other processes on a shared machine). Usage:
 
     python scripts/bench_diffusion.py [--config configs/diffusion/default.yaml [--config overlay.yaml]]
-        [--ckpt runs/diffusion/checkpoints/last.ckpt] [--num-samples 1000] [--ddpm-samples 100]
+        [--ckpt runs/diffusion/checkpoints/last.ckpt] [--num-samples 200] [--ddpm-samples 20]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
@@ -32,7 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.io import read_text
 from common.prepare import build_data, build_model
 from projects.diffusion.data import CharacterDataModule
-from projects.diffusion.judge import fid_between, load_judge
+from projects.diffusion.judge import load_judge
 from projects.diffusion.module import DiffusionModule, FinalEvaluation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,11 +62,9 @@ def fresh_module(configs: list[str], data: CharacterDataModule) -> DiffusionModu
 
 
 def fixed_loader(data: CharacterDataModule, batch_size: int, steps: int) -> DataLoader:
-    images, labels = data.train_set.tensors
-    n = batch_size * steps
-    return DataLoader(
-        TensorDataset(images[:n], labels[:n]), batch_size=batch_size, shuffle=False, drop_last=True
-    )
+    n = min(len(data.train_set), batch_size * steps)
+    images, labels = data.train_set.images(np.arange(n)), data.train_set.labels[:n]
+    return DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=False, drop_last=True)
 
 
 def bench_lightning(module: DiffusionModule, loader: DataLoader, warmup: int) -> float:
@@ -112,8 +113,9 @@ def main() -> None:
         "--config", action="append", help="tgm configs (repeatable; default: the default run)"
     )
     parser.add_argument("--ckpt", default=None, help="default: last.ckpt in the config's checkpoint.dirpath")
-    parser.add_argument("--num-samples", type=int, default=1000, help="samples per fast sampler")
-    parser.add_argument("--ddpm-samples", type=int, default=100, help="samples for DDPM-1000 (40x slower)")
+    parser.add_argument("--num-samples", type=int, default=200, help="samples per fast sampler")
+    parser.add_argument("--ddpm-samples", type=int, default=20, help="samples for DDPM-1000 (40x slower)")
+    parser.add_argument("--skip-training", action="store_true", help="only the sampler table")
     parser.add_argument("--train-steps", type=int, default=25, help="timed training steps (after 5 warm-up)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
@@ -126,10 +128,14 @@ def main() -> None:
     batch_size, warmup = data.batch_size, 5
 
     # 1. training step: Lightning vs bare PyTorch
-    loader = fixed_loader(data, batch_size, args.train_steps + warmup)
-    bench_bare(fresh_module(configs, data), loader, warmup)  # untimed: one-off costs hit whichever runs first
-    lightning_s = bench_lightning(fresh_module(configs, data), loader, warmup)
-    bare_s = bench_bare(fresh_module(configs, data), loader, warmup)
+    lightning_s = bare_s = float("nan")
+    if not args.skip_training:
+        loader = fixed_loader(data, batch_size, args.train_steps + warmup)
+        bench_bare(
+            fresh_module(configs, data), loader, warmup
+        )  # untimed: one-off costs hit whoever runs first
+        lightning_s = bench_lightning(fresh_module(configs, data), loader, warmup)
+        bare_s = bench_bare(fresh_module(configs, data), loader, warmup)
 
     # 2. samplers on the trained checkpoint, judged by the converged judge
     dirpath = None
@@ -146,23 +152,33 @@ def main() -> None:
     judge, report = load_judge(data.judge_path, data.class_names)
     module.use_extractor(judge, report)
     reference, labels = data.heldout_set.tensors
-    train_images = data.train_set.tensors[0]
-    floor_at = {}
-    for count in sorted({args.num_samples, args.ddpm_samples}):
-        pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))[:count]
-        floor_at[count] = fid_between(judge, reference, train_images[pick])
+    train_images = data.train_set
     rows = []
-    for kind, steps, count in (
-        ("ddpm", 1000, args.ddpm_samples),
-        ("ddim", 25, args.num_samples),
-        ("ddim", 50, args.num_samples),
-        ("dpmsolver++", 25, args.num_samples),
+    for kind, steps, eta, count in (
+        ("ddpm", 1000, 0.0, args.ddpm_samples),
+        ("ddim", 25, 0.0, args.num_samples),
+        ("ddim", 50, 0.0, args.num_samples),
+        ("ddim", 100, 0.0, args.num_samples),
+        ("ddim", 25, 1.0, args.num_samples),
+        ("ddim", 50, 1.0, args.num_samples),
+        ("ddim", 100, 1.0, args.num_samples),
+        ("dpmsolver++", 25, 0.0, args.num_samples),
+        ("dpmsolver++", 50, 0.0, args.num_samples),
     ):
+        pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))[:count]
+        settings = FinalEvaluation(count, kind, steps, 250, eta)
         began = time.perf_counter()
-        result = module.evaluate_samples(reference, labels, FinalEvaluation(count, kind, steps, 250))
+        result = module.evaluate_samples(reference, labels, settings)
         seconds = time.perf_counter() - began
-        rows.append((f"{kind}-{steps}", count, count / seconds, result))
-        print(f"  {kind}-{steps}: {count} samples, {count / seconds:.1f} images/s, {result}", flush=True)
+        result.update(
+            {
+                f"val/{k}": v
+                for k, v in module.real_vs_real_floors(reference, train_images.images(pick.numpy())).items()
+            }
+        )
+        name = f"{kind}-{steps}" + (f" eta={eta:g}" if kind == "ddim" else "")
+        rows.append((name, count, count / seconds, result))
+        print(f"  {name}: {count} samples, {count / seconds:.2f} images/s, {result}", flush=True)
 
     keys = module.metric_keys
     print(
@@ -177,20 +193,23 @@ def main() -> None:
     print(f"Lightning / bare step-time ratio: {lightning_s / bare_s:.3f}")
     print(f"\nJudge: {report.summary()}")
     print(
-        f"\nSamplers ({source}); class-conditional samples, labels cycled over the classes, FID/IS/acc in the "
-        f"judge's features against all {len(reference)} held-out images:"
+        f"\nSamplers ({source}); class-conditional samples, labels cycled over the classes, against all "
+        f"{len(reference)} held-out images; floor = that many real training images vs the same held-out images:"
     )
-    print(f"{'sampler':<18}{'samples':>8}{'images/s':>10}{'fid':>9}{'floor@n':>9}{'is':>8}{'cond_acc':>10}")
+    real = rows[0][3]
+    print(
+        f"| sampler | samples | images/s | FID judge (floor) | FID pixels (floor) | background "
+        f"(real {real['val/background_real']:.2f}) | saturation (real {real['val/saturation_real']:.2f}) "
+        f"| IS | cond_acc |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, count, speed, r in rows:
         acc = r.get(keys["cond_acc"], float("nan"))
         print(
-            f"{name:<18}{count:>8}{speed:>10.2f}{r[keys['fid']]:>9.3f}{floor_at[count]:>9.3f}"
-            f"{r[keys['is']]:>8.3f}{acc:>10.3f}"
+            f"| {name} | {count} | {speed:.2f} | {r[keys['fid']]:.3f} ({r['val/fid_floor_' + module.extractor_net.name]:.3f}) "
+            f"| {r['val/fid_pixels']:.3f} ({r['val/fid_floor_pixels']:.3f}) | {r['val/background']:.3f} "
+            f"| {r['val/saturation']:.3f} | {r[keys['is']]:.2f} | {acc:.3f} |"
         )
-    print(
-        "floor@n: FID of n real training images against the same held-out images (the best a sampler can do "
-        "with n samples)"
-    )
 
 
 if __name__ == "__main__":

@@ -21,20 +21,22 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler
 
 from projects.diffusion import pipeline as pipeline_file
 from projects.diffusion.module import DiffusionModule
-from projects.diffusion.pipeline import CharacterDiffusionPipeline
+from projects.diffusion.pipeline import CharacterDiffusionPipeline, make_scheduler
 
 
 def export_pipeline(module: DiffusionModule, out_dir: str | Path) -> Path:
-    """Save the EMA UNet and the training scheduler as a ``CharacterDiffusionPipeline`` directory."""
+    """Save the EMA UNet and the DDPM sampler (``make_scheduler("ddpm")``: the training noise schedule with the
+    sampling settings stated in ``pipeline.SAMPLER_SETTINGS``) as a ``CharacterDiffusionPipeline`` directory.
+    ``DDIMScheduler.from_config`` of the saved config then gives exactly ``make_scheduler("ddim")`` (trailing
+    spacing, clipping, alpha 1 at the end); the pipeline passes DDIM's ``use_clipped_model_output=True``."""
     out_dir = Path(out_dir)
     unet = copy.deepcopy(module.unet).cpu()
     module.ema.to("cpu")
     module.ema.copy_to(unet.parameters())
-    scheduler = DDPMScheduler.from_config(module.noise_scheduler.config)
+    scheduler = make_scheduler("ddpm", module.noise_scheduler.config)
     pipe = CharacterDiffusionPipeline(
         unet=unet,
         scheduler=scheduler,

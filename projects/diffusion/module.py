@@ -10,6 +10,7 @@ evaluation with enough samples, media, predict, optimiser. ``JudgeModule`` at th
 from __future__ import annotations
 
 import csv
+import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -48,12 +49,14 @@ from projects.diffusion.pipeline import SAMPLERS, CharacterDiffusionPipeline, ma
 
 @dataclass
 class Optimisation:
-    """AdamW with linear warm-up, then constant; diffusers ``EMAModel`` with warm-up (decay grows as
+    """AdamW with linear warm-up, then ``schedule``: ``constant`` or ``cosine`` (decay to 0 at the last training
+    step, diffusers' ``train_unconditional`` recipe); diffusers ``EMAModel`` with warm-up (decay grows as
     ``1 - (1 + step)^-power`` up to ``ema_decay``). The EMA weights are used for all sampling and export."""
 
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    schedule: str = "constant"
     ema_decay: float = 0.999
     ema_power: float = 2 / 3
 
@@ -91,7 +94,9 @@ class DiffusionModule(pl.LightningModule):
             the "no label" token used for label dropout and guidance.
         label_dropout: probability of replacing a label with the null label during training.
         guidance_scale: classifier-free guidance weight at sampling (1 = plain conditional).
-        num_train_timesteps / beta_schedule: the DDPM noise schedule (epsilon prediction).
+        num_train_timesteps / beta_schedule: the DDPM noise schedule (``linear``, ``squaredcos_cap_v2`` = cosine).
+        prediction_type: what the UNet predicts: ``epsilon`` (the noise) or ``v_prediction``
+            (v = sqrt(abar) eps - sqrt(1 - abar) x0, Salimans & Ho 2022: bounded x0 error at high noise).
         optim: optimiser, warm-up and EMA settings.
         validation: sampler for validation samples and the media grid.
         final_eval: the end-of-training evaluation (enough samples for FID to mean something).
@@ -122,6 +127,7 @@ class DiffusionModule(pl.LightningModule):
         guidance_scale: float = 2.0,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
+        prediction_type: str = "epsilon",
         optim: Optimisation | None = None,
         validation: Sampling | None = None,
         final_eval: FinalEvaluation | None = None,
@@ -156,12 +162,19 @@ class DiffusionModule(pl.LightningModule):
             raise InputError(f"model.init_args.extractor must be 'charclf' or 'inception', got '{extractor}'")
         if num_classes is not None and num_classes < 1:
             raise InputError(f"model.init_args.num_classes must be >= 1 or null, got {num_classes}")
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise InputError(
+                f"model.init_args.prediction_type must be 'epsilon' or 'v_prediction', got '{prediction_type}'"
+            )
+        if self.optim.schedule not in ("constant", "cosine"):
+            raise InputError(
+                f"model.init_args.optim.schedule must be 'constant' or 'cosine', got '{self.optim.schedule}'"
+            )
         self.unet = build_unet(unet, num_classes)
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=num_train_timesteps,
             beta_schedule=beta_schedule,
-            prediction_type="epsilon",
-            clip_sample=True,
+            prediction_type=prediction_type,
         )
         self.ema = EMAModel(
             self.unet.parameters(),
@@ -234,9 +247,15 @@ class DiffusionModule(pl.LightningModule):
     def _class_labels(self, labels: Tensor) -> Tensor | None:
         return labels if self.num_classes is not None else None
 
+    def target(self, images: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """What the UNet is trained to output: the noise, or v."""
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            return self.noise_scheduler.get_velocity(images, noise, timesteps)
+        return noise
+
     def diffusion_loss(self, images: Tensor, labels: Tensor) -> Tensor:
-        """The DDPM objective: noise x0 to a random t, predict the noise, MSE. Labels are dropped to the null
-        label with probability ``label_dropout`` so the same net also learns the unconditional model."""
+        """The DDPM objective: noise x0 to a random t, predict the noise (or v), MSE. Labels are dropped to the
+        null label with probability ``label_dropout`` so the same net also learns the unconditional model."""
         self._check_labels(labels)
         noise = torch.randn_like(images)
         timesteps = torch.randint(
@@ -247,7 +266,8 @@ class DiffusionModule(pl.LightningModule):
         if class_labels is not None and self.hparams.label_dropout > 0:
             drop = torch.rand(len(labels), device=images.device) < self.hparams.label_dropout
             class_labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
-        return F.mse_loss(self.unet(noisy, timesteps, class_labels=class_labels).sample, noise)
+        prediction = self.unet(noisy, timesteps, class_labels=class_labels).sample
+        return F.mse_loss(prediction, self.target(images, noise, timesteps))
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -357,16 +377,16 @@ class DiffusionModule(pl.LightningModule):
                 device=self.device,
             )
             noisy = self.noise_scheduler.add_noise(images, noise, steps)
-            loss = F.mse_loss(unet(noisy, steps, class_labels=class_labels).sample, noise)
+            loss = F.mse_loss(
+                unet(noisy, steps, class_labels=class_labels).sample, self.target(images, noise, steps)
+            )
             self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-            # 2. SSIM protocol: noise x0 to x_t at t = ssim_timestep, predict eps once, reconstruct
-            #    x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t), compare with x0
+            # 2. SSIM protocol: noise x0 to x_t at t = ssim_timestep, predict once, reconstruct x0_hat
+            #    (= (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t) for epsilon), compare with x0
             t = torch.full((len(images),), self.hparams.ssim_timestep, device=self.device, dtype=torch.long)
             noise = torch.randn(images.shape, generator=generator, device=self.device)
             noisy = self.noise_scheduler.add_noise(images, noise, t)
-            abar = self.noise_scheduler.alphas_cumprod.to(self.device)[self.hparams.ssim_timestep]
-            eps = unet(noisy, t, class_labels=class_labels).sample
-            self.val_ssim.update((noisy - (1 - abar).sqrt() * eps) / abar.sqrt(), images)
+            self.val_ssim.update(self.x0_estimate(unet, noisy, t, class_labels), images)
             # 3. x0 error per noise level (unclipped x0 estimate, RMSE in [-1, 1] units): the learning curve
             #    of each part of the schedule; samplers lean on clipping where it is large
             for level, metric in self.val_x0_rmse.items():
@@ -398,10 +418,12 @@ class DiffusionModule(pl.LightningModule):
         return [round(f * steps) for f in (0.1, 0.3, 0.5, 0.7, 0.9)] + [steps - 1]
 
     def x0_estimate(self, unet, noisy: Tensor, t: Tensor, class_labels: Tensor | None) -> Tensor:
-        """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), unclipped."""
+        """The UNet's x0, unclipped: (x_t - sqrt(1 - abar) eps) / sqrt(abar), or sqrt(abar) x_t - sqrt(1 - abar) v."""
         abar = self.noise_scheduler.alphas_cumprod.to(self.device)[t].view(-1, 1, 1, 1)
-        eps = unet(noisy, t, class_labels=class_labels).sample
-        return (noisy - (1 - abar).sqrt() * eps) / abar.sqrt()
+        output = unet(noisy, t, class_labels=class_labels).sample
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            return abar.sqrt() * noisy - (1 - abar).sqrt() * output
+        return (noisy - (1 - abar).sqrt() * output) / abar.sqrt()
 
     def real_vs_real_floors(self, real: Tensor, other_real: Tensor) -> dict[str, float]:
         """FID of real images against as many other real images in both feature spaces: the best a generator
@@ -650,7 +672,18 @@ class DiffusionModule(pl.LightningModule):
         optim = self.optim
         optimizer = torch.optim.AdamW(self.unet.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
         warmup = max(1, optim.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        total = (
+            max(warmup + 1, int(self.trainer.estimated_stepping_batches)) if optim.schedule == "cosine" else 0
+        )
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if optim.schedule == "constant":
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -4,10 +4,12 @@ and the original project's large UNet config."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from common.media import Image
 from projects.diffusion.module import DiffusionModule
@@ -168,3 +170,26 @@ def test_original_architecture_config_instantiates():
         assert out.shape == (1, 1, 32, 32)
         with pytest.raises(RuntimeError):  # why the data is padded: 28 x 28 breaks the skip connections
             unet(torch.zeros(1, 1, 28, 28), torch.tensor([10]), class_labels=torch.tensor([5]))
+
+
+def test_sigterm_stops_sampling_between_steps(monkeypatch):
+    """A SIGTERM the trainer received stops a sampling batch after the current sampler step (SLURM's 90 s
+    window), not after all its steps; the live weights are swapped back from the EMA ones."""
+    module = tiny_module()
+    trainer = SimpleNamespace(received_sigterm=False)
+    module._trainer = trainer
+    calls = []
+    original = module.unet.forward
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            trainer.received_sigterm = True  # the signal arrives during the third UNet call
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module.unet, "forward", spy)
+    live = [p.detach().clone() for p in module.unet.parameters()]
+    with pytest.raises(SIGTERMException):
+        module.generate(torch.tensor([0, 1]), 2, "ddim", 50)
+    assert len(calls) == 3  # of 50
+    assert all(torch.equal(a, b) for a, b in zip(live, module.unet.parameters(), strict=True))

@@ -83,7 +83,10 @@ def test_fit_writes_per_epoch_csv_and_named_metrics(tiny_run):
         assert all(float(rows[0][k]) == float(rows[0][k]) for k in keys - {"judge_reliable"})  # no NaN
     summary = json.loads((run / "metric_summary.json").read_text())
     assert "val/fid_charclf" in summary["before"] and "val/fid_charclf" in summary["after"]
-    assert summary["after"]["val/judge_acc"] == cli.model.judge_report.val_acc < 0.95
+    assert (
+        summary["after"]["val/judge_acc"] == pytest.approx(cli.model.judge_report.val_acc)
+        and summary["after"]["val/judge_acc"] < 0.95
+    )
     logged = list(csv.DictReader((run / "metrics.csv").open()))
     assert any(row.get("val/judge_acc") for row in logged)  # reaches the per-epoch logger too
     final = list(csv.DictReader((run / "evaluation_metrics_final.csv").open()))[0]
@@ -204,4 +207,30 @@ def test_validate_names_files_by_the_checkpoint_epoch(tiny_run, tmp_path):
     assert sorted(p.name for p in run.glob("evaluation_metrics_*.csv")) == ["evaluation_metrics_epoch_1.csv"]
     assert [p.name for p in (run / "media").iterdir()] == ["epoch_0001"]
     row = list(csv.DictReader((run / "evaluation_metrics_epoch_1.csv").open()))[0]
-    assert row["epoch"] == "1" and float(row["val/judge_acc"]) == cli.model.judge_report.val_acc
+    assert row["epoch"] == "1" and float(row["val/judge_acc"]) == pytest.approx(
+        cli.model.judge_report.val_acc
+    )
+
+
+def test_resume_keeps_the_before_training_csv(tmp_path):
+    """The sanity check of a resumed run scores the resumed model (saved after epoch 0): it goes to
+    evaluation_metrics_at_resume.csv, and the untrained model's evaluation_metrics_before_training.csv is kept
+    (it used to be overwritten)."""
+    first = fit(tmp_path, "--trainer.max_epochs", "1", "--model.init_args.final_eval.num_samples", "0")
+    run = Path(first.trainer.logger.log_dir)
+    before = (run / "evaluation_metrics_before_training.csv").read_text()
+    resumed = fit(
+        tmp_path,
+        "--trainer.max_epochs",
+        "2",
+        "--model.init_args.final_eval.num_samples",
+        "0",
+        "--ckpt_path",
+        "last",
+    )
+    assert Path(resumed.trainer.logger.log_dir) == run
+    assert (run / "evaluation_metrics_before_training.csv").read_text() == before
+    at_resume = list(csv.DictReader((run / "evaluation_metrics_at_resume.csv").open()))[0]
+    assert at_resume["epoch"] == "0" and float(at_resume["val/loss"]) != float(
+        list(csv.DictReader(before.splitlines()))[0]["val/loss"]
+    )
