@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from common.callbacks import GradNormLogger, LatestCheckpoint, MediaLogger, MetricSummary, NaNGuard, ResumeRNG
 from common.errors import InputError, MissingInputError, TrainingDiverged
-from common.loggers import WandbLogger, run_dir
+from common.loggers import WandbLogger, finish_wandb, run_dir
 from common.precision import precision_for_hardware
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -346,11 +346,13 @@ def run_cli(args: list[str] | None = None, cli_class: type[TGMCLI] | None = None
 
 def main() -> None:
     """Entry point of the ``tgm`` console script. Expected endings are one line on stderr, no traceback:
-    bad user input exits 2, a diverged run (NaN/Inf) 3, SIGTERM 143 after saving ``last.ckpt``."""
+    bad user input exits 2, a diverged run (NaN/Inf) 3, SIGTERM 143 after saving ``last.ckpt``. A W&B run
+    that was started is finished with that code (wandb would otherwise record 0 and show "Finished")."""
     try:
         run_cli()
     # bad data, or a set-up Lightning refuses (a GPU config without a GPU ...)
     except (InputError, MisconfigurationException) as error:
+        finish_wandb(2)
         if os.environ.get("TGM_TRACEBACK"):
             raise
         hint = ""
@@ -359,11 +361,13 @@ def main() -> None:
         sys.stderr.write(f"tgm: {error}{hint}\n(set TGM_TRACEBACK=1 for the full traceback)\n")
         raise SystemExit(2) from error
     except TrainingDiverged as error:
+        finish_wandb(3)
         if os.environ.get("TGM_TRACEBACK"):
             raise
         sys.stderr.write(f"tgm: {error}\n")
         raise SystemExit(3) from error
     except SIGTERMException as error:  # Lightning stops after the batch; LatestCheckpoint has saved last.ckpt
+        finish_wandb(143)
         sys.stderr.write("tgm: stopped by SIGTERM after saving last.ckpt; continue with --ckpt_path last\n")
         raise SystemExit(143) from error
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import netrc
 import os
-import socket
+import shutil
+import ssl
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -48,29 +51,60 @@ def resolve_wandb_mode(mode: str | None = None) -> str:
 
 
 def wandb_unreachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """Why the W&B server (``WANDB_BASE_URL``) cannot be reached, or None when a TCP connection opens.
+    """Why the W&B server (``WANDB_BASE_URL``) cannot be reached, or None when it answers an HTTP request.
 
-    A bounded probe (name lookup included, in a thread) so that a machine without network learns it in
-    ``timeout`` seconds instead of after wandb's own retries (about 90 s).
+    A bounded probe (name lookup, connection, TLS and the first response line, all in a thread) so that a
+    machine without network, or a server that accepts connections but never answers, is known in ``timeout``
+    seconds instead of after wandb's own retries (about 90 s) or its ``init_timeout`` plus the telemetry flush
+    at exit (about 45 s for the default 30 s). Any HTTP status counts as an answer, and so does a TLS failure
+    (a server answered; wandb reports certificate problems itself).
     """
     url = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
     parts = urlsplit(url if "://" in url else f"https://{url}")
-    host, port = parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
+    https = parts.scheme != "http"
+    host, port = parts.hostname or "", parts.port or (443 if https else 80)
     result: list[str | None] = []
 
-    def connect() -> None:
+    def request() -> None:
+        connection_class = http.client.HTTPSConnection if https else http.client.HTTPConnection
+        connection = connection_class(host, port, timeout=timeout)
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
+            connection.request("HEAD", "/")
+            connection.getresponse()
             result.append(None)
-        except OSError as error:
-            result.append(f"{type(error).__name__}: {error.strerror or error}")
+        except ssl.SSLError:
+            result.append(None)
+        except (OSError, http.client.HTTPException) as error:
+            reason = getattr(error, "strerror", None) or str(error) or "no answer"
+            result.append(f"{type(error).__name__}: {reason}")
+        finally:
+            connection.close()
 
-    thread = threading.Thread(target=connect, daemon=True)
+    thread = threading.Thread(target=request, daemon=True)
     thread.start()
     thread.join(timeout)
     if not result:
         return f"{url} did not answer within {timeout:.0f} s"
     return f"{url}: {result[0]}" if result[0] else None
+
+
+def finish_wandb(exit_code: int) -> None:
+    """Finish the active W&B run with the process's exit code, so a diverged (3), stopped (143) or refused (2)
+    run is shown as failed, not "Finished": ``tgm`` ends with ``SystemExit``, which wandb's exit hook reads as 0.
+    Does nothing when wandb was never imported or no run is active."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def remove_run_folders(wandb_dir: Path, before: set[Path]) -> None:
+    """Delete the ``run-*`` folders a failed online start left in ``wandb_dir`` (those not in ``before``), and
+    the ``latest-run`` link when it points at one of them."""
+    for folder in set(wandb_dir.glob("run-*")) - before:
+        shutil.rmtree(folder, ignore_errors=True)
+    latest = wandb_dir / "latest-run"
+    if latest.is_symlink() and not latest.exists():
+        latest.unlink()
 
 
 class WandbLogger(_LightningWandbLogger):
@@ -136,9 +170,12 @@ class WandbLogger(_LightningWandbLogger):
             if unreachable:
                 self._go_offline(unreachable)
         if self._experiment is None and self.mode == "online":
+            wandb_dir = self._wandb_dir()
+            before = set(wandb_dir.glob("run-*"))
             try:
                 return super().experiment
             except Exception as error:  # wandb raises CommError / UsageError / TimeoutError on no network
+                remove_run_folders(wandb_dir, before)  # a run that never started has nothing to sync
                 reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
                 if not self.fallback_offline:
                     raise InputError(
@@ -147,6 +184,11 @@ class WandbLogger(_LightningWandbLogger):
                     ) from error
                 self._go_offline(reason)
         return super().experiment
+
+    def _wandb_dir(self) -> Path:
+        """Where wandb puts this run's folder: ``<dir>/wandb`` (``dir`` is ``save_dir``, else ``WANDB_DIR``)."""
+        base = self._wandb_init.get("dir") or os.environ.get("WANDB_DIR") or "."
+        return Path(base) / "wandb"
 
     def _go_offline(self, reason: str) -> None:
         rank_zero_warn(

@@ -95,3 +95,36 @@ def test_a_copied_run_folder_keeps_its_pictures(tmp_path, monkeypatch):
         assert [c["prediction"] for c in cells] == ["bir kedi 0", "bir kedi 1", "bir kedi 2"]
         for seed, cell in enumerate(cells):
             assert np.array_equal(iio.imread(csv_path.parent / cell["image"]), picture(seed)), copy
+
+
+def test_tables_go_to_the_run_summary_not_the_history(tmp_path, monkeypatch):
+    """A logged wandb.Table is a history row {ncols, nrows, ...}, which `wandb leet` plotted as the metrics
+    media/val_captions/ncols and /nrows; the workspace's table panel reads the summary."""
+    import wandb
+    from wandb.sdk.wandb_run import Run
+
+    logged = []
+    real_log = Run.log
+    monkeypatch.setattr(
+        Run, "log", lambda self, data, *a, **k: logged.append(dict(data)) or real_log(self, data, *a, **k)
+    )
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
+    logger = WandbLogger(save_dir=str(tmp_path / "runs"), mode="offline")
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=logger,
+        callbacks=[MediaLogger()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+    )
+    try:
+        trainer.fit(TableModule(), loader(), loader())
+        assert not [row for row in logged if any(isinstance(v, wandb.Table) for v in row.values())]
+        summary = logger.experiment.summary["media/val_captions"]
+        assert summary["_type"] == "table-file" and summary["nrows"] == 3
+    finally:
+        logger.experiment.finish()

@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -25,14 +30,89 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def test_probe_tells_a_closed_port_from_a_listening_one(monkeypatch):
-    monkeypatch.setenv("WANDB_BASE_URL", closed_port_url())
-    assert "ConnectionRefusedError" in wandb_unreachable(timeout=2)
+@contextlib.contextmanager
+def silent_server():
+    """A W&B URL whose server accepts connections and never answers."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+@contextlib.contextmanager
+def http_server(answer_posts: bool):
+    """A W&B URL whose server answers HEAD/GET at once; POSTs (wandb's GraphQL) hang unless ``answer_posts``."""
+    release = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def do_POST(self):
+            if answer_posts:
+                self.do_HEAD()
+            else:
+                release.wait(60)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_probe_tells_a_closed_port_and_a_silent_server_from_one_that_answers(monkeypatch):
+    monkeypatch.setenv("WANDB_BASE_URL", closed_port_url())
+    assert "ConnectionRefusedError" in wandb_unreachable(timeout=2)
+    with silent_server() as url:  # accepted the connection: the old TCP-only probe called it reachable
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        assert wandb_unreachable(timeout=1) == f"{url} did not answer within 1 s"
+    with http_server(answer_posts=True) as url:
+        monkeypatch.setenv("WANDB_BASE_URL", url)
         assert wandb_unreachable(timeout=2) is None
+
+
+@RunIf(wandb=True)
+def test_silent_server_is_known_within_the_probe_and_leaves_no_run_folder(monkeypatch, tmp_path):
+    """A server that accepts but never answers took init_timeout (30 s) plus ~15 s of wandb's telemetry flush at
+    exit, and left a run-* folder behind."""
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with silent_server() as url:
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        logger = WandbLogger(save_dir=str(tmp_path))
+        started = time.monotonic()
+        with pytest.raises(InputError, match="did not answer within 5 s"):
+            logger.experiment  # noqa: B018
+        assert time.monotonic() - started < 10
+    assert not list(tmp_path.glob("wandb/run-*"))
+
+
+@RunIf(wandb=True)
+def test_failed_online_start_removes_its_run_folder(monkeypatch, tmp_path):
+    """The server answers HTTP but never starts the run: wandb gives up after init_timeout and used to leave
+    runs/wandb/run-*/ (and latest-run pointing at it) behind, a run with nothing in it to sync."""
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")  # wandb's telemetry would flush to it at exit
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    (tmp_path / "wandb" / "run-20000101_000000-older").mkdir(parents=True)  # another run's folder stays
+    with http_server(answer_posts=False) as url:
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        logger = WandbLogger(save_dir=str(tmp_path), mode="online", init_timeout=3)
+        with pytest.raises(InputError, match="could not start the online run"):
+            logger.experiment  # noqa: B018
+    assert [p.name for p in (tmp_path / "wandb").glob("run-*")] == ["run-20000101_000000-older"]
+    assert not (tmp_path / "wandb" / "latest-run").is_symlink()
 
 
 @RunIf(wandb=True)
@@ -160,3 +240,37 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
     finally:
         wandb.finish()
     assert (tmp_path / "wb" / "turkish-generative-models" / first / "config.yaml").exists()
+
+
+@RunIf(wandb=True)
+def test_diverged_run_finishes_its_wandb_run_with_exit_code_3(monkeypatch, tmp_path):
+    """`tgm` ends with SystemExit(3), which wandb's exit hook read as 0: the run showed "Finished"."""
+    import wandb
+    from wandb.sdk.wandb_run import Run
+
+    from common.cli import main
+
+    finished = []
+    real_finish = Run.finish
+
+    def finish(self, exit_code=None, *args, **kwargs):
+        finished.append(exit_code)
+        return real_finish(self, exit_code, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "finish", finish)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    argv = ["tgm", "fit", "--config", TINY, "--model.init_args.lr", "1e30", "--trainer.max_epochs", "1"]
+    argv += [
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+    ]
+    monkeypatch.setattr(sys, "argv", [*argv, "--checkpoint.dirpath", str(tmp_path / "ckpt")])
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    finally:
+        wandb.finish()
+    assert exit_info.value.code == 3
+    assert finished[0] == 3

@@ -15,10 +15,11 @@ from common.protocols import HasMediaSamples
 
 
 class MediaLogger(pl.Callback):
-    """On the first validation of training and then every ``every_n_epochs``-th validation, call ``pl_module.media_samples()`` (a ``dict[str, Media]``,
-    see :mod:`common.media`), write each item under ``<run dir>/media/epoch_<N>/`` and log it to W&B as
-    ``media/<name>`` when a :class:`WandbLogger` is active. Modules without ``media_samples`` are skipped; runs on
-    rank zero only.
+    """On the first validation of training and then every ``every_n_epochs``-th validation, call
+    ``pl_module.media_samples()`` (a ``dict[str, Media]``, see :mod:`common.media`), write each item under
+    ``<run dir>/media/epoch_<N>/`` and send it to W&B as ``media/<name>`` when a :class:`WandbLogger` is active:
+    tables to the run summary (the latest one), everything else to the history. Modules without
+    ``media_samples`` are skipped; runs on rank zero only.
 
     The run folder is self-contained: every picture is a file there (a table's images too, named by its CSV).
     A table's files are also saved into the W&B run folder, because W&B itself keeps a table's images in a
@@ -62,15 +63,21 @@ class MediaLogger(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 run = logger.experiment
-                run.log(
-                    {key: to_wandb(item, path) for key, (item, path) in wandb_items.items()}
-                    | {"trainer/global_step": trainer.global_step}
-                )
-                for item, path in wandb_items.values():
-                    if isinstance(item, Table):
-                        self._copy_into_wandb_run(
-                            run, [(f, f.relative_to(directory)) for f in files_of(item, path)]
-                        )
+                history = {k: v for k, v in wandb_items.items() if not isinstance(v[0], Table)}
+                tables = {k: v for k, v in wandb_items.items() if isinstance(v[0], Table)}
+                if history:
+                    run.log(
+                        {key: to_wandb(item, path) for key, (item, path) in history.items()}
+                        | {"trainer/global_step": trainer.global_step}
+                    )
+                for key, (item, path) in tables.items():
+                    # the run summary (what the workspace's table panel reads), not the history: a logged
+                    # table is a row with its shape, which `wandb leet` plots as metrics media/<name>/ncols
+                    # and /nrows; every epoch's table stays in the run folders (media/epoch_NNNN/)
+                    run.summary[key] = to_wandb(item, path)
+                    self._copy_into_wandb_run(
+                        run, [(f, f.relative_to(directory)) for f in files_of(item, path)]
+                    )
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
