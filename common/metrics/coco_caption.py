@@ -301,7 +301,10 @@ class CocoCaptionScores(Metric):
             raise ValueError(f"CocoCaptionScores: {len(preds)} predictions but {len(target)} reference lists")
         if any(len(refs) == 0 for refs in target):
             raise ValueError("CocoCaptionScores: every prediction needs at least one reference")
-        items = [[None if ids is None else ids[k], p, list(r)] for k, (p, r) in enumerate(zip(preds, target))]
+        items = [
+            [None if ids is None else ids[k], p, list(r)]
+            for k, (p, r) in enumerate(zip(preds, target, strict=True))
+        ]
         data = json.dumps(items, ensure_ascii=False).encode() + b"\n"
         self.encoded.append(torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device))
 

@@ -43,7 +43,9 @@ def reference_scores(gts: dict, res: dict, meteor: bool) -> dict[str, float]:
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    scores = dict(zip(["bleu1", "bleu2", "bleu3", "bleu4"], Bleu(4).compute_score(gts, res, verbose=0)[0]))
+    scores = dict(
+        zip(["bleu1", "bleu2", "bleu3", "bleu4"], Bleu(4).compute_score(gts, res, verbose=0)[0], strict=True)
+    )
     scores["rouge_l"] = Rouge().compute_score(gts, res)[0]
     scores["cider_d"] = Cider().compute_score(gts, res)[0]
     if meteor:
