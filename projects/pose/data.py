@@ -45,7 +45,7 @@ from projects.pose.vocabulary import Vocabulary, tokenize, unknown_share_message
 COUNTER_CONVENTIONS = ("auto", "zero_based", "one_based")
 SOURCE_EMBEDDINGS = ("fasttext", "random")
 PREPARED_VERSION = 1
-SPLIT_VERSION = 1
+SPLIT_VERSION = 2
 
 
 class SplitArrays:
@@ -523,7 +523,7 @@ def write_split_arrays(
     ``counter: auto`` is 0-based when every sequence starts with counter 0 and 1-based when none does; a split
     that mixes both (one sequence starting at 0.0001 among 0-based ones) is one error naming that line, since it
     would silently switch how the whole split is evaluated."""
-    offsets, texts, names, first_counters = [0], [], [], []
+    offsets, texts, names, sums, firsts, lasts = [0], [], [], [], [], []
     width = trg_size + 1
     with open(folder / "frames.f32", "wb") as handle:
         for example in iter_split(prefix, trg_size, src, trg, files, skip_frames):
@@ -531,7 +531,10 @@ def write_split_arrays(
             offsets.append(offsets[-1] + len(example.frames))
             texts.append(example.text)
             names.append(example.name)
-            first_counters.append(float(example.frames[0, -1]))
+            sums.append(example.frames.sum(axis=0, dtype=np.float64))
+            firsts.append(example.frames[0])
+            lasts.append(example.frames[-1, -1])
+    first_counters = [float(frame[-1]) for frame in firsts]
     starts_at_zero = np.array(first_counters) == 0.0
     zero_based = counter == "zero_based" or (
         counter == "auto" and bool(starts_at_zero.size) and bool(starts_at_zero.all())
@@ -554,6 +557,12 @@ def write_split_arrays(
             "frame and at least one target must follow"
         )
     np.save(folder / "offsets.npy", np.array(offsets, dtype=np.int64))
+    np.savez(  # per-sequence figures: the pose statistics of any subset without reading the frames again
+        folder / "sequences.npz",
+        sums=np.array(sums, dtype=np.float64).reshape(-1, width),
+        firsts=np.array(firsts, dtype=np.float32).reshape(-1, width),
+        last_counters=np.array(lasts, dtype=np.float64),
+    )
     (folder / "texts.json").write_text(
         json.dumps({"texts": texts, "names": names}, ensure_ascii=False), "utf-8"
     )
@@ -562,16 +571,16 @@ def write_split_arrays(
 
 
 def pose_statistics(train: PoseDataset) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The training targets' mean pose, the mean start frame and the counter's end gap, one sequence at a time
-    (memory: one sequence, not the split)."""
-    total, starts, count, targets_end = None, None, 0, []
-    for index in range(len(train)):
-        start, targets = train.start_and_targets(index)
-        joints = targets[:, :-1].astype(np.float64)
-        total = joints.sum(axis=0) if total is None else total + joints.sum(axis=0)
-        starts = start.astype(np.float64) if starts is None else starts + start
-        count += len(targets)
-        targets_end.append((len(targets), float(targets[-1, -1])))
-    mean_pose = torch.from_numpy((total / count).astype(np.float32))
-    start_pose = torch.from_numpy((starts / len(train)).astype(np.float32))
-    return mean_pose, start_pose, counter_end_gap_of(targets_end)
+    """The training targets' mean pose, the mean start frame and the counter's end gap of the kept training
+    sequences, from the per-sequence sums the parse stored (no frame is read again)."""
+    arrays = train.arrays
+    with np.load(arrays.folder / "sequences.npz") as stored:
+        sums, firsts, lasts = (stored[key][train.rows] for key in ("sums", "firsts", "last_counters"))
+    lengths = np.diff(arrays.offsets)[train.rows]
+    if train.zero_based:  # frame 0 is the start frame, the targets are the frames after it
+        sums, lengths, starts = sums - firsts, lengths - 1, firsts.astype(np.float64)
+    else:
+        starts = np.zeros_like(sums)
+    mean_pose = torch.from_numpy((sums[:, :-1].sum(axis=0) / lengths.sum()).astype(np.float32))
+    start_pose = torch.from_numpy(starts.mean(axis=0).astype(np.float32))
+    return mean_pose, start_pose, counter_end_gap_of(list(zip(lengths.tolist(), lasts.tolist(), strict=True)))

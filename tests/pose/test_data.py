@@ -121,3 +121,24 @@ def test_statistics_match_the_whole_split_in_memory(tmp_path):
         prepared["start_pose"].numpy(), np.stack([f[0] for f in frames]).mean(0), rtol=1e-5
     )
     assert prepared["counter_end_gap"] == pytest.approx(1.0) and prepared["zero_based"]
+
+
+def test_statistics_of_one_based_data_count_only_the_kept_training_pairs(tmp_path):
+    import torch
+
+    rng = np.random.default_rng(0)
+    sequences = [
+        np.concatenate([rng.normal(size=(n, TRG)), progress_counter(n)[:, None]], 1).astype(np.float32)
+        for n in (4, 9, 6)
+    ]
+    write_split(
+        tmp_path / "train", ["A B", "C", "D E"], sequences, ["a", "b", "c"], src="gloss", decimals=None
+    )
+    write_split(tmp_path / "dev", ["A"], sequences[:1], ["a"], src="gloss")
+    dm = datamodule(tmp_path, max_sent_length=8)  # drops the 9-frame pair
+    dm.prepare_data()
+    prepared = torch.load(dm.prepared_path, weights_only=True)
+    kept = [sequences[0], sequences[2]]
+    np.testing.assert_allclose(prepared["mean_pose"].numpy(), np.concatenate(kept)[:, :-1].mean(0), rtol=1e-6)
+    assert not prepared["start_pose"].any() and not prepared["zero_based"]
+    assert prepared["counter_end_gap"] == pytest.approx(0.0, abs=1e-6)
