@@ -6,13 +6,15 @@ saved in the checkpoint), so ``predict`` works from a checkpoint without the tra
 Counter conventions. The original data has 0-based counters (``i / N``): frame 0 (counter 0) is the decoder's
 start frame, never a target, and DTW is scored against ``frames[1:]``. This project's generated data has 1-based
 counters (the last frame is exactly 1) and starts decoding from a zero frame. ``counter: auto`` tells them apart
-per split (0-based when every sequence starts with counter 0); a batch carries ``start_frames`` (frame 0, or
-zeros) and ``frames`` (the targets), so the model never needs to know which convention the files use.
+per split (0-based when every sequence starts with counter 0, 1-based when none does, one error naming the line
+when a split mixes them); a batch carries ``start_frames`` (frame 0, or zeros) and ``frames`` (the targets), so
+the model never needs to know which convention the files use.
 
-Preparation (``prepare_data``, rank 0, once): the generated corpus when ``synthetic`` is set, then the source
-vocabulary, its FastText embedding matrix, the mean pose, the start pose and the counter's end gap, written
-atomically to ``prepared_path`` (reused while the settings and the training files are unchanged). ``setup`` only
-reads files.
+Preparation (``prepare_data``, rank 0, once): the generated corpus when ``synthetic`` is set; each split parsed
+once, streamed line by line, into memory-mapped arrays (:class:`SplitArrays`, reused while the files' size and
+mtime are unchanged); then the source vocabulary, its FastText embedding matrix, the mean pose, the start pose
+and the counter's end gap, written atomically to ``prepared_path`` (reused while the settings and the training
+files are unchanged). ``setup`` only opens what was prepared: a warm launch stats the files and reads no frame.
 """
 
 from __future__ import annotations
