@@ -184,10 +184,21 @@ def _set_model_settings(namespace: Any, settings: dict[str, Any], caps: dict[str
     return found
 
 
+# Models already restored from their checkpoints, by (checkpoint file, its mtime, the model's resolved config).
+_MODELS: dict[tuple, Any] = {}
+MAX_MODELS = 4  # e.g. the four tabs, or one tab with a few sampler settings; the oldest goes first
+
+
 def _predict_cli(args: list[str], settings: dict[str, Any]) -> None:
     """``tgm predict`` with ``args`` through :func:`common.cli.run_cli`; ``settings`` are model init args that win
     over the checkpoint's (a plain ``--model.init_args.X`` flag is overwritten by the checkpoint's hyperparameters,
-    which LightningCLI applies after parsing), set wherever they are in the (nested) init args."""
+    which LightningCLI applies after parsing), set wherever they are in the (nested) init args.
+
+    The model is built and restored from its checkpoint once and then kept: a later request with the same
+    checkpoint and model settings gets that instance (jsonargparse's instantiator hook) and no ``ckpt_path``;
+    the datamodule, the writer and the trainer are built per request, as ``tgm predict`` builds them."""
+    from lightning.pytorch import LightningModule
+
     import common.cli
 
     class PredictCLI(common.cli.TGMCLI):
@@ -197,7 +208,22 @@ def _predict_cli(args: list[str], settings: dict[str, Any]) -> None:
             if set(settings) - found:
                 raise DemoError(f"this checkpoint's model has no {', '.join(sorted(set(settings) - found))}")
 
-    common.cli.run_cli(args, cli_class=PredictCLI)  # built exactly as `tgm` builds it, plus the settings
+        def instantiate_classes(self) -> None:
+            config = self.config[self.subcommand]
+            checkpoint = Path(config.ckpt_path)
+            self.model_key = (str(checkpoint.resolve()), checkpoint.stat().st_mtime_ns, str(config.model))
+            cached = _MODELS.get(self.model_key)
+            if cached is not None:
+                self.parser.add_instantiator(lambda *args, **kwargs: cached, LightningModule, prepend=True)
+                config.ckpt_path = None  # its weights are in memory already
+            super().instantiate_classes()
+
+    cli = common.cli.run_cli(
+        args, cli_class=PredictCLI
+    )  # built exactly as `tgm` builds it, plus the settings
+    _MODELS[cli.model_key] = _MODELS.pop(cli.model_key, cli.model)  # newest last
+    while len(_MODELS) > MAX_MODELS:
+        _MODELS.pop(next(iter(_MODELS)))
 
 
 _LOCK = threading.Lock()  # one prediction at a time: the CLI seeds and sets torch threads process-wide
@@ -305,8 +331,26 @@ def read_image(path: str | None) -> Any:
         ) from error
 
 
+PREVIEW_SIZE = 256  # small images (the generated data's are 64 px) are enlarged to this for the page
+
+
+def preview_image(image_path: str | None) -> Any:
+    """The uploaded image as the page shows it: small ones enlarged (nearest neighbour, so pixels stay sharp)
+    to at least ``PREVIEW_SIZE`` on their shorter side; None before an upload or for a file that is no image."""
+    from PIL import Image
+
+    try:
+        image = read_image(image_path)
+    except DemoError:
+        return None
+    scale = PREVIEW_SIZE / min(image.size)
+    if scale > 1:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
+    return image
+
+
 def caption_text(trained: Trained, image_path: str | None, decoding: str) -> tuple[Any, str]:
-    """Uploaded image -> caption; ``decoding`` is "greedy" or "beam search" (3 beams)."""
+    """Uploaded image -> (its preview, caption); ``decoding`` is "greedy" or "beam search" (3 beams)."""
     image = read_image(image_path)
     work = workdir()
     (work / "images").mkdir()
@@ -320,7 +364,7 @@ def caption_text(trained: Trained, image_path: str | None, decoding: str) -> tup
     ]
     if not results:
         raise DemoError("the model wrote no caption for this image")
-    return image, results[0]["caption"]
+    return preview_image(image_path), results[0]["caption"]
 
 
 def class_names(trained: Trained) -> list[str]:
@@ -370,7 +414,27 @@ def diffusion_grid(
         rows.append(np.concatenate([np.pad(p, ((1, 1), (1, 1))) for p in pictures], axis=1))
     width = max(row.shape[1] for row in rows)
     grid = np.concatenate([np.pad(row, ((0, 0), (0, width - row.shape[1]))) for row in rows], axis=0)
-    return np.kron(grid, np.ones((4, 4), dtype=grid.dtype))  # 16 px characters are too small to see
+    grid = np.kron(grid, np.ones((4, 4), dtype=grid.dtype))  # 16 px characters are too small to see
+    return labelled_rows(grid, wanted)
+
+
+def labelled_rows(grid: np.ndarray, labels: list[str]) -> np.ndarray:
+    """``grid`` (equal-height rows, one per label, grey or RGB uint8) with a column on the left naming each
+    row's character, drawn with DejaVu Sans (matplotlib's font, which has the Turkish letters)."""
+    from matplotlib import font_manager
+    from PIL import Image, ImageDraw, ImageFont
+
+    row_height = grid.shape[0] // len(labels)
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size=max(12, int(row_height * 0.6)))
+    column = Image.new("L", (row_height, grid.shape[0]), color=255)
+    draw = ImageDraw.Draw(column)
+    for index, label in enumerate(labels):
+        middle = (row_height / 2, index * row_height + row_height / 2)
+        draw.text(middle, label, fill=0, font=font, anchor="mm")
+    column = np.asarray(column)
+    if grid.ndim == 3:
+        column = np.repeat(column[..., None], grid.shape[2], axis=2)
+    return np.concatenate([column.astype(grid.dtype), grid], axis=1)
 
 
 # --------------------------------------------------------------------------------------------------- the page
@@ -436,10 +500,15 @@ def build_app(trained: dict[str, Trained]):
             decoding = gr.Radio(["greedy", "beam search (3 beams)"], value="greedy", label="Decoding")
             button = gr.Button("Caption", variant="primary", elem_id="caption-run")
             preview = gr.Image(
-                label="Your image", type="pil", interactive=False, height=256, elem_id="caption-image"
+                label="Your image",
+                type="pil",
+                interactive=False,
+                height=PREVIEW_SIZE,
+                elem_id="caption-image",
             )
             caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption-output")
             status = gr.Markdown(elem_id="caption-status")
+            upload.change(preview_image, [upload], [preview])  # the picture as soon as it is chosen
             button.click(
                 shown(lambda f, d: caption_text(trained["caption"], f, d), None, ""),
                 [upload, decoding],
@@ -507,8 +576,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def launch(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> None:
-    """Serve ``app``: one request at a time, no public share link, uploads bounded, errors as page messages."""
+    """Serve ``app``: one request at a time, no public share link, uploads bounded, errors as page messages.
+
+    Gradio's own start-up lines are silenced (``quiet``): they end with "set `share=True` in `launch()`", a
+    public link this demo never makes; one line says where the page is instead."""
     app.queue(default_concurrency_limit=1)
+    where = "this machine only; --host 0.0.0.0 to share it on your network" if host == "127.0.0.1" else host
+    print(f"demo: http://{host}:{port} ({where})", flush=True)
     app.launch(
         server_name=host,
         server_port=port,
@@ -516,7 +590,7 @@ def launch(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -
         max_file_size=MAX_UPLOAD,
         show_error=False,
         prevent_thread_lock=not block,
-        quiet=not block,
+        quiet=True,
     )
 
 

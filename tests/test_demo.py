@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import trimesh
 import yaml
@@ -196,3 +197,71 @@ def test_every_tab_answers_in_a_real_browser(tmp_path, one_torch_thread):
              "--trainer.default_root_dir", str(tmp_path), "--data.init_args.predict_dir", str(tmp_path / "images")])  # fmt: skip
     (result,) = json.loads((tmp_path / "cli" / "predictions.json").read_text(encoding="utf-8"))
     assert shown and shown == result["caption"]
+
+
+def test_a_model_is_restored_once_and_kept_between_requests(tmp_path, monkeypatch):
+    """Three captions used to print three "Restoring states": every request built the model and loaded its
+    checkpoint. Now the same checkpoint and model settings reuse the restored model; other settings get one."""
+    from tests.helpers.tiny import TinyModule
+    from tests.test_cli import TINY, fit
+
+    fit(tmp_path / "train", "--trainer.max_epochs", "1")
+    trained = demo.Trained("tiny", tmp_path / "train" / "ckpt" / "last.ckpt", Path(TINY))
+    built, restored = [], []
+    real_init, real_load = TinyModule.__init__, TinyModule.on_load_checkpoint
+    monkeypatch.setattr(
+        TinyModule, "__init__", lambda self, *a, **k: built.append(1) or real_init(self, *a, **k)
+    )
+    monkeypatch.setattr(
+        TinyModule, "on_load_checkpoint", lambda self, c: restored.append(1) or real_load(self, c)
+    )
+    monkeypatch.setattr(demo, "_MODELS", {}, raising=False)
+    for _ in range(3):
+        demo.predict(trained, demo.workdir(), {})
+    assert (len(built), len(restored)) == (1, 1)
+    demo.predict(trained, demo.workdir(), {}, {"lr": 0.5})  # another model setting: another model
+    assert (len(built), len(restored)) == (2, 2)
+    assert len(demo._MODELS) == 2
+
+
+def test_diffusion_rows_are_labelled_with_their_character():
+    grid = np.full((2 * 72, 5 * 72), 128, dtype=np.uint8)
+    labelled = demo.labelled_rows(grid, ["ğ", "A"])
+    assert labelled.shape == (144, 72 + 5 * 72) and np.array_equal(labelled[:, 72:], grid)
+    first, second = labelled[:72, :72], labelled[72:, :72]
+    assert (first < 128).any() and (second < 128).any()  # something is written in each label cell
+    assert not np.array_equal(first, second)  # and it is each row's own character
+    tofu = demo.labelled_rows(grid[:72], ["ş"])[:, :72]
+    assert not np.array_equal(tofu, demo.labelled_rows(grid[:72], ["ç"])[:, :72])  # real glyphs, not boxes
+    rgb = demo.labelled_rows(np.repeat(grid[..., None], 3, axis=2), ["ğ", "A"])
+    assert rgb.shape == (144, 72 + 5 * 72, 3)
+
+
+def test_the_caption_preview_is_large_enough_to_see(tmp_path):
+    """A 64 px upload (the generated data's size) was shown at 64 px, and only after captioning."""
+    small = tmp_path / "small.png"
+    iio.imwrite(small, np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8))
+    preview = demo.preview_image(str(small))
+    assert min(preview.size) == demo.PREVIEW_SIZE and preview.size == (256, 341)
+    large = tmp_path / "large.png"
+    iio.imwrite(large, np.zeros((400, 600, 3), dtype=np.uint8))
+    assert demo.preview_image(str(large)).size == (600, 400)  # big pictures are shown as they are
+    assert demo.preview_image(None) is None  # cleared upload: no preview, no error
+
+
+def test_launch_prints_no_share_hint(capsys):
+    """Gradio's start-up text ends with "set `share=True` in `launch()`"; sharing is off by policy."""
+    launched = {}
+
+    class FakeApp:
+        def queue(self, **kwargs):
+            launched["queue"] = kwargs
+
+        def launch(self, **kwargs):
+            launched.update(kwargs)
+
+    demo.launch(FakeApp(), "127.0.0.1", 7861)  # as `make demo` runs it (blocking)
+    assert launched["share"] is False and launched["quiet"] is True
+    assert capsys.readouterr().out.strip() == (
+        "demo: http://127.0.0.1:7861 (this machine only; --host 0.0.0.0 to share it on your network)"
+    )
