@@ -13,6 +13,7 @@ import csv
 import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -28,7 +29,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from common.errors import InputError
+from common.errors import InputError, MissingInputError
 from common.loggers import run_dir
 from common.media import Image
 from common.metrics.image_quality import (
@@ -160,6 +161,12 @@ class DiffusionModule(pl.LightningModule):
                 raise InputError(f"model.init_args.{key} must be one of {SAMPLERS}, got '{value}'")
         if extractor not in ("charclf", "inception"):
             raise InputError(f"model.init_args.extractor must be 'charclf' or 'inception', got '{extractor}'")
+        if extractor == "inception" and not (inception_weights and Path(inception_weights).is_file()):
+            # before any preparation (the judge, the data): one line, exit 2
+            raise MissingInputError(
+                f"model.init_args.inception_weights: Inception weights '{inception_weights}' not found; use "
+                "extractor: charclf or put pt_inception-2015-12-05-6726825d.pth there"
+            )
         if num_classes is not None and num_classes < 1:
             raise InputError(f"model.init_args.num_classes must be >= 1 or null, got {num_classes}")
         if prediction_type not in ("epsilon", "v_prediction"):

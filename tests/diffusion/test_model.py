@@ -11,6 +11,7 @@ import torch
 import yaml
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from common.errors import InputError
 from common.media import Image
 from projects.diffusion.module import DiffusionModule
 from projects.diffusion.pipeline import SAMPLERS, make_scheduler
@@ -193,3 +194,11 @@ def test_sigterm_stops_sampling_between_steps(monkeypatch):
         module.generate(torch.tensor([0, 1]), 2, "ddim", 50)
     assert len(calls) == 3  # of 50
     assert all(torch.equal(a, b) for a, b in zip(live, module.unet.parameters(), strict=True))
+
+
+def test_inception_without_weights_fails_at_construction_in_one_line():
+    """Before the judge is trained or any data prepared: an InputError naming the key (tgm: one line, exit 2)."""
+    with pytest.raises(
+        InputError, match="model.init_args.inception_weights: Inception weights 'None' not found"
+    ):
+        tiny_module(extractor="inception")
