@@ -1,7 +1,8 @@
 """3D geometry ops shared by projects: Chamfer distance, a ``Meshes`` batch and the mesh losses with pytorch3d's
 signatures and semantics, voxel IoU, voxelisation, voxels -> mesh and surface sampling.
 
-Code written against ``pytorch3d.loss`` / ``pytorch3d.structures.Meshes`` runs unchanged on these names. When
+Code written against ``pytorch3d.loss`` and the common part of ``pytorch3d.structures.Meshes`` (listed in
+:class:`Meshes`' docstring) runs unchanged on these names. When
 pytorch3d imports and works with this torch, its own functions are used (its CUDA nearest-neighbour kernel, its mesh
 losses); on CPU Chamfer keeps scipy's KD-tree (23x faster than pytorch3d's CPU kernel at 10k points, and it takes
 float64). Without pytorch3d every op has a torch / numpy / scikit-image / trimesh fallback that the tests check
@@ -359,12 +360,17 @@ def chamfer(x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
 
 
 class Meshes:
-    """A batch of triangle meshes of different sizes, the part of ``pytorch3d.structures.Meshes`` the losses and a
-    Mesh R-CNN refinement step need (same method names and packed-index conventions).
+    """A batch of triangle meshes of different sizes: a subset of ``pytorch3d.structures.Meshes`` with its method
+    names, packed-index conventions and normal formulas. Offered: ``verts_list`` / ``faces_list``,
+    ``verts_packed`` / ``faces_packed``, ``verts_padded`` / ``faces_padded`` (padding 0 / -1), ``num_verts_per_mesh``
+    / ``num_faces_per_mesh``, the ``*_packed_first_idx`` / ``*_packed_to_mesh_idx`` maps, ``edges_packed`` and its
+    maps, ``faces_normals_packed`` / ``_list``, ``verts_normals_packed`` / ``_list``, ``offset_verts``, ``to`` /
+    ``cpu`` / ``cuda``, ``clone``, ``isempty``, ``len``, indexing (int, slice, list or tensor of indices) and
+    ``extend``. Not offered (use pytorch3d): textures, ``laplacian_packed``, ``update_padded``, in-place ``*_``
+    methods, ``get_bounding_boxes``, ``split``, ``submeshes``; the losses here accept a pytorch3d ``Meshes`` too.
 
     ``verts`` / ``faces``: lists of (V_i, 3) float / (F_i, 3) long tensors, or padded (B, V, 3) / (B, F, 3) tensors
-    whose padding faces are -1 (every mesh then owns all V vertices, as in pytorch3d). The losses also accept a
-    pytorch3d ``Meshes``.
+    whose padding faces are -1 (every mesh then owns all V vertices, as in pytorch3d).
     """
 
     def __init__(
@@ -474,6 +480,77 @@ class Meshes:
 
     def num_edges_per_mesh(self) -> torch.Tensor:
         return torch.bincount(self.edges_packed_to_mesh_idx(), minlength=len(self))
+
+    def verts_padded(self) -> torch.Tensor:
+        """(B, max V_i, 3), zero-padded."""
+        return self._padded(self._verts_list, 0.0)
+
+    def faces_padded(self) -> torch.Tensor:
+        """(B, max F_i, 3), padded with -1."""
+        return self._padded(self._faces_list, -1)
+
+    def _padded(self, tensors: list[torch.Tensor], fill: float) -> torch.Tensor:
+        if not tensors:
+            return torch.zeros(0, 0, 3, device=self.device)
+        return torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=fill)
+
+    def faces_normals_packed(self) -> torch.Tensor:
+        """Unit normal of every face, ``(v1 - v0) x (v2 - v0)`` normalised (zero for degenerate faces)."""
+        verts, faces = self.verts_packed(), self.faces_packed()
+        v0, v1, v2 = verts[faces].unbind(1)
+        return F.normalize(torch.linalg.cross(v1 - v0, v2 - v0, dim=1), eps=1e-6, dim=1)
+
+    def faces_normals_list(self) -> list[torch.Tensor]:
+        return list(self.faces_normals_packed().split(self.num_faces_per_mesh().tolist()))
+
+    def verts_normals_packed(self) -> torch.Tensor:
+        """Unit vertex normals as pytorch3d computes them: the sum of the (area-weighted, un-normalised) normals
+        of the faces around the vertex, normalised; zero for isolated vertices."""
+        verts, faces = self.verts_packed(), self.faces_packed()
+        v0, v1, v2 = verts[faces].unbind(1)
+        normals = torch.zeros_like(verts)
+        normals = normals.index_add(0, faces[:, 1], torch.linalg.cross(v2 - v1, v0 - v1, dim=1))
+        normals = normals.index_add(0, faces[:, 2], torch.linalg.cross(v0 - v2, v1 - v2, dim=1))
+        normals = normals.index_add(0, faces[:, 0], torch.linalg.cross(v1 - v0, v2 - v0, dim=1))
+        return F.normalize(normals, eps=1e-6, dim=1)
+
+    def verts_normals_list(self) -> list[torch.Tensor]:
+        return list(self.verts_normals_packed().split(self.num_verts_per_mesh().tolist()))
+
+    def to(self, device: torch.device | str) -> Meshes:
+        """The batch on ``device`` (itself when it is there already, as pytorch3d)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        return Meshes([v.to(device) for v in self._verts_list], [f.to(device) for f in self._faces_list])
+
+    def cpu(self) -> Meshes:
+        return self.to("cpu")
+
+    def cuda(self) -> Meshes:
+        return self.to("cuda")
+
+    def clone(self) -> Meshes:
+        return Meshes([v.clone() for v in self._verts_list], [f.clone() for f in self._faces_list])
+
+    def __getitem__(self, index: int | slice | list[int] | torch.Tensor) -> Meshes:
+        """The meshes at ``index`` as a new batch (an int gives a batch of one, as pytorch3d)."""
+        if isinstance(index, int):
+            index = [index]
+        elif isinstance(index, slice):
+            index = list(range(len(self)))[index]
+        elif torch.is_tensor(index):
+            index = index.nonzero().flatten().tolist() if index.dtype == torch.bool else index.tolist()
+        return Meshes([self._verts_list[i] for i in index], [self._faces_list[i] for i in index])
+
+    def extend(self, n: int) -> Meshes:
+        """Each mesh repeated ``n`` times in a row (``[m0, m0, m1, m1]`` for ``n=2``), copies as pytorch3d."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"Meshes.extend: n must be a positive int, got {n!r}")
+        return Meshes(
+            [v.clone() for v in self._verts_list for _ in range(n)],
+            [f.clone() for f in self._faces_list for _ in range(n)],
+        )
 
     def offset_verts(self, vert_offsets_packed: torch.Tensor) -> Meshes:
         """A new batch with every vertex moved by its row of ``vert_offsets_packed`` (sum(V_i), 3) or by one (3,)
@@ -617,7 +694,9 @@ def sample_points_from_meshes(meshes, num_samples: int = 10000, return_normals: 
     """``pytorch3d.ops.sample_points_from_meshes``: ``num_samples`` points per mesh, uniform by area, differentiable
     with respect to the vertices -> (B, S, 3), and the unit normals of their faces when ``return_normals``. Meshes
     without faces give zeros."""
-    if _P3D is not None:
+    if _P3D is not None and meshes.verts_packed().dtype == torch.float32:
+        # pytorch3d samples into a float32 buffer ("Index put requires the source and destination dtypes match"
+        # for float64 vertices), so other dtypes take the fallback and keep their dtype, as every op here does
         return _P3D.sample_points_from_meshes(_p3d_meshes(meshes), num_samples, return_normals=return_normals)
     if meshes.isempty():
         raise ValueError("sample_points_from_meshes: the meshes are empty")
@@ -746,16 +825,54 @@ def voxelize_mesh(mesh: trimesh.Trimesh, resolution: int, name: str = "mesh") ->
     return grid
 
 
-def voxelize_surface(mesh: trimesh.Trimesh, resolution: int, seed: int = 0) -> np.ndarray:
-    """Voxels the surface passes through, from dense surface samples (spacing well under one voxel)."""
-    pitch = 1.0 / resolution
-    count = int(min(2_000_000, max(20_000, 8 * mesh.area / pitch**2)))
-    points, _ = trimesh.sample.sample_surface(mesh, count, seed=seed)
-    points = np.vstack([points, mesh.vertices])
-    index = np.floor((points + 0.5) * resolution).astype(np.int64)
-    index = index[((index >= 0) & (index < resolution)).all(1)]
+def _triangle_box_overlap(tri: np.ndarray, centre: np.ndarray, half: float) -> np.ndarray:
+    """Whether each triangle (P, 3, 3) meets its axis-aligned cube (centre (P, 3), half side ``half``): the
+    separating axis test of Akenine-Moeller (2001) over the cube's 3 axes, the triangle's normal and the 9 cross
+    products of their edges. Touching counts as meeting."""
+    v = tri - centre[:, None, :]
+    hit = (v.min(1) <= half).all(1) & (v.max(1) >= -half).all(1)
+    edges = np.roll(v, -1, axis=1) - v  # (P, 3 edges, 3)
+    normal = np.cross(edges[:, 0], edges[:, 1])
+    hit &= np.abs((v[:, 0] * normal).sum(1)) <= half * np.abs(normal).sum(1)
+    for axis in np.eye(3):
+        a = np.cross(axis, edges)  # (P, 3 edges, 3): one separating candidate per edge
+        p = np.einsum("pkd,ped->pek", v, a)  # (P, edge, vertex) projections
+        r = half * np.abs(a).sum(2)
+        hit &= (p.min(2) <= r).all(1) & (p.max(2) >= -r).all(1)
+    return hit
+
+
+def voxelize_surface(mesh: trimesh.Trimesh, resolution: int) -> np.ndarray:
+    """Voxels the surface passes through, exactly: each triangle is tested against every voxel of its bounding box
+    (:func:`_triangle_box_overlap`), in chunks of at most ~1M pairs.
+
+    The random area-weighted samples used before (8 per voxel of area) missed voxels the surface only clips: an open
+    tube at 64^3 had IoU 0.92 against 4M dense samples. Voxel ``i`` is ``[i, i + 1) / R``, as flooring a sample
+    does: the boxes are shifted by a tiny irrational amount so a face on a voxel boundary marks one layer, not two.
+    """
+    tri = (
+        np.asarray(mesh.triangles, dtype=np.float64) + 0.5
+    ) * resolution  # voxel units: voxel i is [i, i + 1)
     grid = np.zeros((resolution,) * 3, dtype=bool)
-    grid[index[:, 0], index[:, 1], index[:, 2]] = True
+    if not len(tri):
+        return grid
+    shift = 1e-7 * np.array([math.sqrt(2.0), math.sqrt(3.0), math.sqrt(5.0)])
+    lo = np.clip(np.floor(tri.min(1) + shift).astype(np.int64), 0, resolution - 1)
+    hi = np.clip(np.floor(tri.max(1) + shift).astype(np.int64), 0, resolution - 1)
+    size = hi - lo + 1
+    counts = size.prod(1)
+    ends = np.cumsum(counts)
+    start = 0
+    while start < len(tri):  # faces whose candidate voxels add up to ~1M (at least one face)
+        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - counts[start] + 1_000_000, "right")))
+        f = np.arange(start, min(stop, len(tri)))
+        face = np.repeat(f, counts[f])
+        k = np.arange(len(face)) - np.repeat(np.cumsum(counts[f]) - counts[f], counts[f])
+        sy, sz = size[face, 1], size[face, 2]
+        cell = lo[face] + np.stack([k // (sy * sz), (k // sz) % sy, k % sz], 1)
+        hit = _triangle_box_overlap(tri[face], cell + 0.5 - shift, 0.5)
+        grid[tuple(cell[hit].T)] = True
+        start = int(f[-1]) + 1
     return grid
 
 

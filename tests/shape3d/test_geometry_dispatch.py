@@ -49,6 +49,17 @@ def cubify_like_pytorch3d(voxels: torch.Tensor, thresh: float, align: str) -> St
     return StubMeshes([torch.tensor(mesh.vertices, dtype=torch.float32)], [torch.tensor(mesh.faces)])
 
 
+def sample_like_pytorch3d(meshes: StubMeshes, num_samples: int, return_normals: bool = False):
+    """What ``pytorch3d.ops.sample_points_from_meshes`` does with its output buffer: a float32 ``torch.zeros`` filled
+    by an index put, which raises for float64 vertices ("Index put requires the source and destination dtypes
+    match")."""
+    verts = meshes.verts_list()
+    samples = torch.zeros(len(verts), num_samples, 3, device=verts[0].device)
+    valid = torch.ones(len(verts), dtype=torch.bool)
+    samples[valid] = torch.stack([v[:1].expand(num_samples, 3) for v in verts])
+    return (samples, torch.zeros_like(samples)) if return_normals else samples
+
+
 @pytest.fixture
 def stub_pytorch3d(monkeypatch):
     """An importable fake pytorch3d whose functions record their calls; geometry re-reads it like at import."""
@@ -68,7 +79,7 @@ def stub_pytorch3d(monkeypatch):
     for name in ("chamfer_distance", "mesh_edge_loss", "mesh_laplacian_smoothing", "mesh_normal_consistency"):
         setattr(loss, name, recorder(name))
     ops.knn_points = recorder("knn_points")
-    ops.sample_points_from_meshes = recorder("sample_points_from_meshes")
+    ops.sample_points_from_meshes = recorder("sample_points_from_meshes", sample_like_pytorch3d)
     ops.cubify = recorder("cubify", cubify_like_pytorch3d)
     structures.Meshes = StubMeshes
     package.loss, package.ops, package.structures = loss, ops, structures
@@ -84,10 +95,20 @@ def stub_pytorch3d(monkeypatch):
     return calls
 
 
+def hide_pytorch3d(monkeypatch) -> None:
+    """Make pytorch3d unimportable, even where it is installed and already imported: an import of
+    ``pytorch3d.loss`` finds an imported submodule in ``sys.modules`` without looking at its parent, so every
+    ``pytorch3d.*`` entry is hidden, not only the top-level one."""
+    names = {"pytorch3d", "pytorch3d.loss", "pytorch3d.ops", "pytorch3d.structures"}
+    names |= {name for name in sys.modules if name.startswith("pytorch3d.")}
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
 @pytest.fixture
 def hidden_pytorch3d(monkeypatch):
     """pytorch3d not importable, even where it is installed."""
-    monkeypatch.setitem(sys.modules, "pytorch3d", None)
+    hide_pytorch3d(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not installed is no warning
         monkeypatch.setattr(geometry, "_P3D", geometry._load_pytorch3d())
@@ -112,6 +133,32 @@ def test_cpu_chamfer_keeps_the_kdtree_with_pytorch3d_importable(stub_pytorch3d, 
     assert knn_backend("cpu") == "kdtree"
     assert knn_backend("cuda") == "pytorch3d"  # its CUDA kernel is the fast one
     assert knn_backend("cuda", "brute") == "brute"
+
+
+def test_hiding_pytorch3d_also_hides_its_imported_submodules(stub_pytorch3d, monkeypatch):
+    """With pytorch3d installed and imported (the stub puts its submodules in sys.modules), the fixture must still
+    make it unimportable; hiding only the top-level name left ``from pytorch3d.loss import ...`` working."""
+    assert geometry._load_pytorch3d() is not None
+    hide_pytorch3d(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert geometry._load_pytorch3d() is None
+
+
+def test_float64_sampling_keeps_its_dtype_with_pytorch3d_importable(stub_pytorch3d):
+    """pytorch3d's sampler fills a float32 buffer: float64 meshes take the fallback and stay float64."""
+    faces = [torch.tensor([[0, 1, 2], [0, 2, 3]])]
+    verts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]])
+    with pytest.raises(RuntimeError, match="dtypes match"):  # the stub behaves as pytorch3d does
+        sample_like_pytorch3d(StubMeshes([verts.double()], faces), 5)
+    points, normals = geometry.sample_points_from_meshes(
+        Meshes([verts.double()], faces), 50, return_normals=True
+    )
+    assert points.dtype == normals.dtype == torch.float64 and stub_pytorch3d == []
+    assert (points[..., 2] == 0).all() and ((points >= 0) & (points <= 1)).all()
+    assert torch.allclose(normals.abs(), torch.tensor([0.0, 0, 1], dtype=torch.float64))
+    assert geometry.sample_points_from_meshes(Meshes([verts], faces), 5).dtype == torch.float32
+    assert stub_pytorch3d == ["sample_points_from_meshes"]  # float32 still goes to pytorch3d
 
 
 def test_without_pytorch3d_gpus_take_the_brute_force_path(hidden_pytorch3d):
