@@ -44,6 +44,9 @@ from common.metrics.bleu import turkish_lower
 
 TOKENIZATIONS = {"coco": "coco", "turkish": "tr", "13a": "13a"}
 NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider_d")
+HEADERS = dict(
+    zip(NAMES, ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"), strict=True)
+)
 PTB_PUNCTUATION = {
     "''",
     "'",
@@ -269,7 +272,7 @@ def format_table(
     scores: dict[str, float], suffix: str, notes: Sequence[str] = (), count: int | None = None
 ) -> str:
     """The table a COCO paper shows (x100, as papers print them), one row; notes below."""
-    header = [f"{name.upper().replace('_', '-')}" for name in scores]
+    header = [HEADERS[name] for name in scores]
     lines = [
         f"coco-caption metrics (tokenisation: {suffix}{f', {count} images' if count is not None else ''}, x100)",
         "| " + " | ".join(header) + " |",

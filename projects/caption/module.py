@@ -15,12 +15,14 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from common.errors import InputError
 from common.frozen import restore_frozen, strip_frozen
 from common.media import Image, Table
 from common.metrics.bleu import CorpusBLEU
+from common.metrics.coco_caption import TOKENIZATIONS, CocoCaptionScores
 from projects.caption.features import ClipImageEncoder, load_rgb
 from projects.caption.model import (
     MapperConfig,
@@ -40,6 +42,19 @@ class DecodingConfig:
     max_new_tokens: int = 30
     num_beams: int = 1
     stop_token: str | None = None  # null -> the tokenizer's end token
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How captions are scored (``common/metrics/coco_caption.py``): the coco-caption set (BLEU-1..4, METEOR,
+    ROUGE-L, CIDEr-D, as pycocoevalcap) on ``tokenize`` = ``turkish`` (keys ``_tr``: Turkish lower-casing,
+    punctuation dropped), ``coco`` (``_coco``: the PTB tokenizer, Java) or ``13a`` (``_13a``), next to sacrebleu's
+    13a BLEU-1..4 (``bleu<k>_13a``). METEOR starts Java and loads its paraphrase table (~1 min on a busy CPU):
+    by default in ``test`` only."""
+
+    tokenize: str = "turkish"
+    meteor_in_test: bool = True
+    meteor_in_validation: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,7 @@ class CaptionModule(pl.LightningModule):
         mapper: MapperConfig | None = None,
         optimizer: OptimizerConfig | None = None,
         decoding: DecodingConfig | None = None,
+        evaluation: EvaluationConfig | None = None,
         media_rows: int = 8,
         clip_source: str | None = None,
         clip_config: dict | None = None,
@@ -87,9 +103,15 @@ class CaptionModule(pl.LightningModule):
         self.mapper_config = mapper or MapperConfig()
         self.optimizer_config = optimizer or OptimizerConfig()
         self.decoding = decoding or DecodingConfig()
-        # decoding is chosen at inference: kept out of the checkpoint's hyperparameters, which Lightning's CLI
+        self.evaluation = evaluation or EvaluationConfig()
+        if self.evaluation.tokenize not in TOKENIZATIONS:
+            raise InputError(
+                f"model.init_args.evaluation.tokenize must be one of {sorted(TOKENIZATIONS)}, "
+                f"got '{self.evaluation.tokenize}'"
+            )
+        # decoding and evaluation are chosen at inference: kept out of the checkpoint's hyperparameters, which Lightning's CLI
         # would otherwise re-apply over --model.init_args.decoding.* in predict/test with --ckpt_path
-        self.save_hyperparameters(ignore=["decoding"])
+        self.save_hyperparameters(ignore=["decoding", "evaluation"])
         self.decoder = build_decoder(decoder, decoder_config, vocab_size)
         self.max_positions = int(self.decoder.config.n_positions)
         prefix = self.mapper_config.prefix_length
@@ -114,6 +136,13 @@ class CaptionModule(pl.LightningModule):
         self.tokenizer = None
         self.val_bleu = CorpusBLEU(max_n=4, tokenize="13a")
         self.test_bleu = CorpusBLEU(max_n=4, tokenize="13a")
+        tokenize = self.evaluation.tokenize
+        self.val_coco = CocoCaptionScores(tokenize, with_meteor=self.evaluation.meteor_in_validation)
+        self.test_coco = CocoCaptionScores(tokenize, with_meteor=self.evaluation.meteor_in_test)
+        self.test_items: list[tuple] = []  # (image_id, prediction, references) of the last test run
+        self.test_report: str | None = (
+            None  # the table `tgm test` prints (= python -m projects.caption.evaluate)
+        )
         self._media_rows: list[tuple[str, str, list[str]]] = []
 
     @override
@@ -225,7 +254,7 @@ class CaptionModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image_id"]))
         return loss
 
-    def _eval_step(self, batch: dict, stage: str, metric: CorpusBLEU) -> None:
+    def _eval_step(self, batch: dict, stage: str, metric: CorpusBLEU, coco: CocoCaptionScores) -> None:
         features = self.image_features(batch)
         size = len(batch["image_id"])
         prefix = self.mapper(features)
@@ -233,6 +262,7 @@ class CaptionModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, batch_size=size, sync_dist=True)
         predictions = self.generate(features)
         metric.update(predictions, batch["references"])
+        coco.update(predictions, batch["references"], batch["image_id"])
         if stage == "val":
             for path, prediction, refs in zip(batch["path"], predictions, batch["references"], strict=True):
                 if len(self._media_rows) < self.hparams.media_rows:
@@ -245,25 +275,46 @@ class CaptionModule(pl.LightningModule):
         )
         metric.reset()
 
+    def _log_coco(self, stage: str, coco: CocoCaptionScores) -> None:
+        """The coco-caption set over the gathered corpus (every process computes the same numbers)."""
+        scores = coco.compute()
+        if coco.suffix == "13a":  # same names as the sacrebleu family: that one is logged
+            scores = {k: v for k, v in scores.items() if not k.startswith("bleu")}
+        self.log_dict({f"{stage}/{name}": value.float() for name, value in scores.items()})
+        coco.reset()
+
     @override
     def on_validation_epoch_start(self) -> None:
         self._media_rows = []
 
     @override
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_bleu)
+        self._eval_step(batch, "val", self.val_bleu, self.val_coco)
 
     @override
     def on_validation_epoch_end(self) -> None:
         self._log_bleu("val", self.val_bleu)
+        self._log_coco("val", self.val_coco)
 
     @override
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_bleu)
+        self._eval_step(batch, "test", self.test_bleu, self.test_coco)
 
     @override
     def on_test_epoch_end(self) -> None:
-        self._log_bleu("test", self.test_bleu)
+        """Logs both families and prints the COCO table, computed by the same code as
+        ``python -m projects.caption.evaluate RESULTS.json ANNOTATIONS.json``."""
+        from projects.caption.evaluate import report
+
+        self.test_bleu.reset()
+        with self.test_coco.sync_context():  # gathered over processes (no-op on one), de-duplicated by id
+            self.test_items = self.test_coco.items()
+        self.test_coco.reset()
+        metrics, self.test_report = report(
+            self.test_items, self.evaluation.tokenize, self.evaluation.meteor_in_test
+        )
+        self.log_dict({f"test/{name}": float(value) for name, value in metrics.items()})
+        rank_zero_info(self.test_report)
 
     def media_samples(self) -> dict:
         """A table of validation images with the generated and the reference captions."""

@@ -1,5 +1,9 @@
 """Everything ``tgm predict`` writes for caption: one COCO results JSON, ``[{"image_id": 391895, "caption":
-"..."}, ...]``, which pycocotools' ``COCO.loadRes`` accepts against the ground-truth annotations file."""
+"..."}, ...]``, which pycocotools' ``COCO.loadRes`` accepts against the ground-truth annotations file.
+
+COCO ids are integers; images whose name gives none (``kedi.jpg``: ``image_id`` "kedi") go to a second file,
+``<output stem>.non_coco.json`` (same format), with one line naming them, so the main file always loads with
+``COCO.loadRes`` (which rejects the whole file for one id it does not know)."""
 
 from __future__ import annotations
 
@@ -39,6 +43,26 @@ class CaptionPredictionWriter(BasePredictionWriter):
                 seen.add(item["image_id"])
                 self.results.append(item)
         if trainer.is_global_zero:
-            with atomic_path(self.output) as temporary:
-                temporary.write_text(json.dumps(self.results, ensure_ascii=False, indent=1), "utf-8")
-            rank_zero_info(f"caption: wrote {len(self.results)} captions to {self.output}")
+            coco = [r for r in self.results if isinstance(r["image_id"], int)]
+            other = [r for r in self.results if not isinstance(r["image_id"], int)]
+            self._write(self.output, coco)
+            rank_zero_info(f"caption: wrote {len(coco)} captions to {self.output}")
+            side = self.non_coco_path
+            if other:
+                self._write(side, other)
+                names = ", ".join(str(r["image_id"]) for r in other[:5]) + (", ..." if len(other) > 5 else "")
+                rank_zero_info(
+                    f"caption: {len(other)} images have no COCO id ({names}): written to {side}, not to "
+                    f"{self.output} (COCO.loadRes would reject it)"
+                )
+            else:
+                side.unlink(missing_ok=True)  # a stale one from an earlier run would mislead
+
+    @property
+    def non_coco_path(self) -> Path:
+        return self.output.with_name(f"{self.output.stem}.non_coco.json")
+
+    @staticmethod
+    def _write(path: Path, results: list[dict]) -> None:
+        with atomic_path(path) as temporary:
+            temporary.write_text(json.dumps(results, ensure_ascii=False, indent=1), "utf-8")

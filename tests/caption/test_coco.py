@@ -89,3 +89,26 @@ def test_predict_on_coco_named_files_round_trips_through_load_res(tiny_fit, tmp_
     results = json.loads(output.read_text("utf-8"))
     assert [r["image_id"] for r in results] == [522418, 391895]  # name order: 000000522418 < COCO_val2014_...
     assert sorted(gt.loadRes(results).getImgIds()) == [391895, 522418]
+
+
+def test_predict_on_a_mixed_folder_still_loads_with_load_res(tiny_fit, tmp_path, caplog):
+    root, _ = tiny_fit
+    gt_path, gt = write_ground_truth(tmp_path / "val2014", GT_IMAGES[:2])
+    Image.new("RGB", (40, 48), (10, 200, 10)).save(tmp_path / "val2014" / "kedi.png")  # no COCO id
+    output = tmp_path / "results.json"
+    with caplog.at_level(logging.INFO):
+        run_cli(
+            predict_args(
+                root,
+                root / "ckpt" / "last.ckpt",
+                output,
+                "--data.init_args.predict_dir",
+                str(tmp_path / "val2014"),
+            )
+        )
+    assert sorted(gt.loadRes(str(output)).getImgIds()) == [391895, 522418]  # used to raise for "kedi"
+    assert [r["image_id"] for r in json.loads((tmp_path / "results.non_coco.json").read_text("utf-8"))] == [
+        "kedi"
+    ]
+    lines = [r.getMessage() for r in caplog.records if "no COCO id" in r.getMessage()]
+    assert len(lines) == 1 and "kedi" in lines[0] and "results.non_coco.json" in lines[0]

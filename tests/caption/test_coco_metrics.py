@@ -131,3 +131,31 @@ def test_without_java_meteor_is_one_line_and_the_rest_runs(monkeypatch):
     assert any(n.startswith("METEOR: not computed: Java") for n in notes)
     assert any(n.startswith("SPICE: not computed") for n in notes)
     assert all("\n" not in n for n in notes)
+
+
+def test_tgm_test_and_the_evaluate_command_print_the_same_table(tiny_fit, tmp_path, capsys):
+    import json
+
+    from common.cli import run_cli
+    from projects.caption.evaluate import main
+    from tests.caption.conftest import CSV, TINY
+    from tests.helpers import checkpoint_run
+
+    root, _ = tiny_fit
+    tested = run_cli(
+        ["test", "--config", TINY, "--config", CSV, *checkpoint_run(root, root / "ckpt" / "last.ckpt")]
+    )
+    model = tested.model
+    assert {"test/cider_d_tr", "test/rouge_l_tr", "test/bleu4_tr", "test/bleu4_13a"} <= set(
+        tested.trainer.callback_metrics
+    )
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"image_id": i, "caption": p} for i, p, _ in model.test_items]), "utf-8")
+    annotations = tested.datamodule._sources()[2][1]  # the generated test split's COCO file
+    capsys.readouterr()
+    assert main([str(results), annotations, "--no-meteor"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == model.test_report.strip()
+    assert printed.splitlines()[1] == "| BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | ROUGE-L | CIDEr-D |"
+    cider = float(printed.splitlines()[3].split("|")[-2])
+    assert cider == pytest.approx(100 * float(tested.trainer.callback_metrics["test/cider_d_tr"]), abs=0.01)
