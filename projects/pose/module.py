@@ -27,7 +27,9 @@ from typing_extensions import override
 
 from common.errors import InputError
 from common.media import Video
+from common.metrics.bleu import CorpusBLEU
 from common.metrics.dtw import DynamicTimeWarping
+from projects.pose.backtranslation import BackTranslation, BackTranslator, train_backtranslator
 from projects.pose.data import read_prepared
 from projects.pose.embeddings import load_fasttext, word_vector
 from projects.pose.evaluation import LengthRatio, length_factor, pt_protocol_batches
@@ -145,6 +147,11 @@ def _block(given: dict | None, name: str) -> dict:
     return block
 
 
+def words_of(tokens: list[str]) -> list[str]:
+    """Tokens that are signed: punctuation marks (tokens of their own with ``punctuation: split``) are not."""
+    return [token for token in tokens if any(character.isalnum() for character in token)]
+
+
 class PoseModule(pl.LightningModule):
     """Text -> pose Progressive Transformer with FastText source embeddings and DTW validation.
 
@@ -179,6 +186,7 @@ class PoseModule(pl.LightningModule):
         init: Initialisation | None = None,
         decoding: Decoding | None = None,
         media: MediaOptions | None = None,
+        backtranslation: BackTranslation | None = None,
         prepared: str | None = None,
         fps: int | None = None,
         torch_num_threads: int | None = None,
@@ -194,12 +202,14 @@ class PoseModule(pl.LightningModule):
             _as(Decoding, decoding),
             _as(MediaOptions, media),
         )
+        self.backtranslation = _as(BackTranslation, backtranslation)
         groups = {
             "objective": self.objective,
             "optimiser": self.optimiser,
             "init": self.init,
             "decoding": self.decoding,
             "media": self.media,
+            "backtranslation": self.backtranslation,
         }
         self.save_hyperparameters()
         for name, group in groups.items():  # plain dicts in the checkpoint: it loads with weights_only=True
@@ -266,6 +276,11 @@ class PoseModule(pl.LightningModule):
         self.dtw_selection = MeanMetric()  # DTW x length factor per sequence: what checkpoints are chosen by
         self.length_ratio = LengthRatio()
         self._pt_protocol_batches = 0
+        self.backtranslation_bleu = CorpusBLEU(max_n=4)  # words read back from the produced poses
+        self.backtranslation_bleu_reference = CorpusBLEU(
+            max_n=4
+        )  # ... and from the reference poses: the ceiling
+        self._backtranslator: BackTranslator | None = None  # trained at fit start, kept in checkpoints
         self._warned_max_length = False
         self.register_buffer("mean_pose", torch.zeros(trg_size))
         self.register_buffer("start_pose", torch.zeros(trg_size + 1))  # predict's start frame (frame 0 mean)
@@ -316,6 +331,7 @@ class PoseModule(pl.LightningModule):
         checkpoint["pose_plateau"] = (
             self._plateau.state_dict() if self._plateau is not None else self._plateau_state
         )
+        checkpoint["pose_backtranslator"] = self._backtranslator.state() if self._backtranslator else None
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -325,6 +341,8 @@ class PoseModule(pl.LightningModule):
         self.vocab = Vocabulary(itos[4:])
         self.fasttext_path = checkpoint.get("pose_fasttext_path")
         self._plateau_state = checkpoint.get("pose_plateau")
+        if checkpoint.get("pose_backtranslator"):
+            self._backtranslator = BackTranslator.from_state(checkpoint["pose_backtranslator"])
         weights = checkpoint["state_dict"]["net.src_embed.weight"]
         self.net.set_source_embeddings(
             weights, freeze=self.freeze_embeddings, padding_idx=self.vocab.pad_index
@@ -445,6 +463,29 @@ class PoseModule(pl.LightningModule):
             self.out_stds.copy_(variance.clamp(min=0).sqrt())
             self._noise_stats.clear()
 
+    @override
+    def on_fit_start(self) -> None:
+        """Train the back-translation recogniser on the training split's reference poses (once per run: a
+        resumed run keeps the checkpoint's). It reads the full training loader on every rank with the same seed,
+        so every DDP rank holds the same recogniser."""
+        if not self.backtranslation.enabled or self._backtranslator is not None:
+            return
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            raise InputError(
+                "model.init_args.backtranslation.enabled needs a datamodule (data: in the config)"
+            )
+        sequences, tokens = [], []
+        for batch in datamodule.train_dataloader():
+            for i, length in enumerate(batch["lengths"].tolist()):
+                sequences.append(batch["frames"][i, :length])
+                tokens.append(words_of(batch["tokens"][i]))
+        self._backtranslator = train_backtranslator(sequences, tokens, self.backtranslation)
+        rank_zero_info(
+            f"back-translation: pose -> text recogniser trained on {len(sequences)} training sequences "
+            f"({len(self._backtranslator.words)} words, {self.backtranslation.epochs} epochs)"
+        )
+
     # ----------------------------------------------------------------------------------------- evaluation
     def generate(
         self, tokens: list[list[str]], start_frames: Tensor | None = None, gt_counter: Tensor | None = None
@@ -495,6 +536,11 @@ class PoseModule(pl.LightningModule):
         )
         if self.decoding.pt_protocol:
             self._pt_protocol_update(batch, batch_idx, start, refs, prefix)
+        if self._backtranslator is not None:
+            reader = self._backtranslator.to(self.device)
+            sources = [[" ".join(words_of(tokens))] for tokens in batch["tokens"]]
+            self.backtranslation_bleu.update(reader.read([h[1:] for h in hyps]), sources)
+            self.backtranslation_bleu_reference.update(reader.read(refs), sources)
         if self.decoding.compare_gt_counter:
             gt_frames, _ = self.generate(batch["tokens"], start, gt_counter=batch["frames"][..., -1])
             self.dtw_gt.update(
@@ -538,13 +584,20 @@ class PoseModule(pl.LightningModule):
                 f"{self.decoding.max_output_length}: such sequences are cut short; raise max_output_length"
             )
 
-    def _log_length_ratios(self, prefix: str) -> None:
-        """Decoded/reference length per reference-length bucket (NaN where a bucket is empty), then reset."""
-        if not self.length_ratio.update_called:
-            return
-        for name, value in self.length_ratio.compute().items():
-            self.log(f"{prefix}/{name}", value)
-        self.length_ratio.reset()
+    def _log_epoch_metrics(self, prefix: str) -> None:
+        """Metrics with several values, logged once per evaluation and reset: decoded/reference length per
+        reference-length bucket (NaN where a bucket is empty) and the back-translation BLEU-4."""
+        if self.length_ratio.update_called:
+            for name, value in self.length_ratio.compute().items():
+                self.log(f"{prefix}/{name}", value)
+            self.length_ratio.reset()
+        for suffix, metric in (
+            ("", self.backtranslation_bleu),
+            ("_reference", self.backtranslation_bleu_reference),
+        ):
+            if metric.update_called:
+                self.log(f"{prefix}/backtranslation_bleu4{suffix}", metric.compute()["bleu4"])
+                metric.reset()
 
     def _baseline_of_batch(self, prefix: str, batch_idx: int, start: Tensor, refs: list[Tensor]) -> float:
         """Mean DTW (original definition) of the training-set mean pose held for each reference's length; the
@@ -570,14 +623,14 @@ class PoseModule(pl.LightningModule):
 
     @override
     def on_test_epoch_end(self) -> None:
-        self._log_length_ratios("test")
+        self._log_epoch_metrics("test")
 
     @override
     def on_validation_epoch_end(self) -> None:
         """Log the length ratios; then the original's schedule: after every validation (not the sanity check)
         step the plateau scheduler on the dev score checkpoints are chosen by (the DTW, charged for wrong
         lengths), and end training once the learning rate is below ``learning_rate_min``."""
-        self._log_length_ratios("val")
+        self._log_epoch_metrics("val")
         if self._plateau is None or self.trainer.sanity_checking or self.trainer.state.fn != "fit":
             return
         score = float(self.dtw_selection.compute())
