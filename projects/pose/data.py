@@ -534,8 +534,8 @@ def write_split_arrays(
             texts.append(example.text)
             names.append(example.name)
             sums.append(example.frames.sum(axis=0, dtype=np.float64))
-            firsts.append(example.frames[0])
-            lasts.append(example.frames[-1, -1])
+            firsts.append(example.frames[0].copy())  # a view would keep the whole sequence alive
+            lasts.append(float(example.frames[-1, -1]))
     first_counters = [float(frame[-1]) for frame in firsts]
     starts_at_zero = np.array(first_counters) == 0.0
     zero_based = counter == "zero_based" or (
