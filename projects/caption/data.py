@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -59,6 +59,16 @@ PAD_TOKEN = "<pad>"
 
 
 # ---------------------------------------------------------------------------------------------- settings
+def _null(spec: Any, *fields: str) -> None:
+    """``"None"`` / ``"null"`` -> None. ``tgm ... --data.init_args.clip.pretrain null`` (a nested key under a
+    ``class_path``'s ``init_args``) reaches the dataclass as the *string* ``"None"`` (jsonargparse 4.53 turns the
+    nested value into text): without this the documented flag was a 28-line type error, and
+    ``--data.init_args.tokenizer.name null`` silently asked the hub for a tokenizer called "None"."""
+    for name in fields:
+        if getattr(spec, name) in ("None", "null"):
+            object.__setattr__(spec, name, None)
+
+
 @dataclass(frozen=True)
 class ClipSpec:
     """The frozen image encoder: a hub name / ``save_pretrained`` directory, or a tiny ``CLIPVisionConfig``
@@ -66,7 +76,10 @@ class ClipSpec:
 
     name: str | None = None
     config: dict | None = None
-    pretrain: ClipPretrain | None = None
+    pretrain: ClipPretrain | None | Literal["None", "null"] = None  # the strings: see _null
+
+    def __post_init__(self) -> None:
+        _null(self, "name", "pretrain")
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,9 @@ class TokenizerSpec:
 
     name: str | None = None
     vocab_size: int = 512
+
+    def __post_init__(self) -> None:
+        _null(self, "name")
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
