@@ -372,3 +372,30 @@ def test_ckpt_path_best_without_a_best_file_says_why(tmp_path, extra, expected):
     with pytest.raises(InputError, match="records no best checkpoint") as error:
         best_checkpoint(str(tmp_path / "ckpt"))
     assert expected in str(error.value) and "--ckpt_path last" in str(error.value)
+
+
+def test_sigterm_inside_a_long_validation_batch_saves_and_resumes(tmp_path):
+    """A validation batch that takes minutes (diffusion sampling) checks trainer.received_sigterm between its
+    steps and raises SIGTERMException: tgm must still write last.ckpt, exit 143 with its one line, and the resumed
+    run must finish with every epoch validated once more from where it stopped."""
+    module = tmp_path / "module.yaml"
+    module.write_text(
+        "model:\n  class_path: tests.helpers.tiny.SlowValidationTinyModule\n"
+        "  init_args: {sigterm_epoch: 1, sigterm_batch: 1}\n"
+    )
+    command = tgm_command(
+        "fit", TINY, CSV, str(module), args=[*run_folders(tmp_path), "--trainer.max_epochs", "3"]
+    )
+    stopped = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    assert "tgm: stopped by SIGTERM after saving last.ckpt" in stopped.stderr
+    assert saved_step(tmp_path / "ckpt" / "last.ckpt") == 2 * BATCHES_PER_EPOCH  # epoch 1's training is kept
+    resumed = fit(
+        tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", "last",
+        "--model", "tests.helpers.tiny.SlowValidationTinyModule", "--model.init_args.sigterm_epoch", "-1",
+    )  # fmt: skip
+    assert resumed.trainer.global_step == 3 * BATCHES_PER_EPOCH
+    with open(tmp_path / "csv" / "default" / "version_0" / "metrics.csv", newline="") as file:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(file) if row.get("val/mse")]
+    assert epochs == [0, 1, 2]  # epoch 1's validation, interrupted, ran again after the resume

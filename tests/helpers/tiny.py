@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -11,6 +13,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torchmetrics
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -156,6 +159,31 @@ class DivergingTinyModule(TinyModule):
         if step == self.nan_at_step or (step > self.nan_at_step and not self.nan_once):
             loss = loss * float("nan")
         return loss
+
+
+class SlowValidationTinyModule(TinyModule):
+    """The tiny model whose validation batch ``sigterm_batch`` of epoch ``sigterm_epoch`` sends SIGTERM to its own
+    process and then works like a long sampling loop: it checks ``trainer.received_sigterm`` between its steps and
+    stops with Lightning's ``SIGTERMException`` (as the diffusion sampler does), never finishing the batch."""
+
+    def __init__(
+        self, sigterm_epoch: int = 1, sigterm_batch: int = 1, lr: float = 0.05, count_file: str | None = None
+    ) -> None:
+        super().__init__(lr=lr, count_file=count_file)
+        self.sigterm_epoch = sigterm_epoch
+        self.sigterm_batch = sigterm_batch
+
+    def validation_step(self, batch, batch_idx):
+        trainer = self.trainer
+        pre_empted = (trainer.current_epoch, batch_idx) == (self.sigterm_epoch, self.sigterm_batch)
+        if pre_empted and not trainer.sanity_checking and trainer.state.fn == "fit":
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(6000):  # a minute of "sampler steps" if the signal were never seen
+                if trainer.received_sigterm:
+                    raise SIGTERMException
+                time.sleep(0.01)
+            raise RuntimeError("SIGTERM was not seen within a minute")
+        return super().validation_step(batch, batch_idx)
 
 
 class SignalAtStep(pl.Callback):
