@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
-from common.errors import InputError
+from common.errors import InputError, MissingInputError
 from common.frozen import restore_frozen, strip_frozen
 from common.geometry import Meshes, voxels_to_mesh
 from common.media import Image, Mesh
@@ -110,9 +110,14 @@ class Refinement:
     ``graph_convs`` graph convolutions (``hidden`` features, offsets up to ``max_offset``), trained with
     ``weight`` x (``chamfer_weight`` Chamfer + ``normal_weight`` normal distance + ``edge_weight`` edge length +
     ``laplacian_weight`` Laplacian) on ``num_samples`` points sampled per mesh. Meshes of more than
-    ``max_vertices`` vertices (an untrained decoder's noise) are not refined."""
+    ``max_vertices`` vertices (an untrained decoder's noise) are not refined.
+
+    ``base_checkpoint``: every weight but the refiner's from a trained run's Lightning checkpoint; with the decoder
+    frozen (``FreezeUnfreeze``) this is the staged recipe of ``configs/shape3d/refine.yaml``, the one that helps:
+    trained jointly from scratch the refiner ends no better than its marching-cubes start."""
 
     enabled: bool = False
+    base_checkpoint: str | None = None
     mesh_resolution: int = 32
     stages: int = 2
     graph_convs: int = 2
@@ -240,6 +245,8 @@ class Shape3DModule(pl.LightningModule):
             )
         self.resolution = self.decoder.base_resolution
         self.fade_alpha = 1.0
+        if self.refiner is not None and self.refinement.base_checkpoint:
+            self._load_base(self.refinement.base_checkpoint)
         self.val_iou = VoxelIoU()
         self.val_chamfer = ChamferDistance()
         self.baseline_iou = VoxelIoU()
@@ -255,6 +262,28 @@ class Shape3DModule(pl.LightningModule):
             {metric_key(prefix + name): MeanMetric() for prefix in prefixes for name in self.mesh_score_names}
         )
         self._media: list[dict] = []
+
+    def _load_base(self, path: str) -> None:
+        """Everything but the refiner from a trained run's checkpoint, at the resolution and fade-in it ended with
+        (the staged refinement recipe)."""
+        key = "model.init_args.refinement.base_checkpoint"
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError as error:
+            raise MissingInputError(
+                f"{key}: '{path}' does not exist; train the decoder first (make train-3d), or set it to null to "
+                "train the refinement jointly from scratch"
+            ) from error
+        state = {k: v for k, v in checkpoint.get("state_dict", {}).items() if not k.startswith("refiner.")}
+        self.resolution = checkpoint.get("shape3d_resolution", self.resolution)
+        self.fade_alpha = float(checkpoint.get("shape3d_fade_alpha", self.fade_alpha))
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("refiner.")]
+        if missing or unexpected:
+            raise InputError(
+                f"{key}: '{path}' does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected "
+                f"weights, e.g. {(missing + unexpected)[0]}); use a checkpoint of the same architecture"
+            )
 
     # ------------------------------------------------------------------ growing hooks (ProgressiveResolution)
 
@@ -285,6 +314,11 @@ class Shape3DModule(pl.LightningModule):
         self._data_follows_model()
 
     def on_validation_start(self) -> None:
+        self._data_follows_model()
+
+    def on_fit_start(self) -> None:
+        # without ProgressiveResolution (the staged refinement) the data must start at the model's resolution;
+        # with it, the callback's on_fit_start (which runs first) has set both already
         self._data_follows_model()
 
     def on_train_epoch_start(self) -> None:
@@ -368,7 +402,7 @@ class Shape3DModule(pl.LightningModule):
             "loss": occupancy + self.losses.surface_weight * surface,
         }
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         styles = list(batch["style"])
         codes = None
         if (
@@ -403,6 +437,9 @@ class Shape3DModule(pl.LightningModule):
         self.log("train/occupancy_loss", losses["occupancy"], batch_size=size)
         self.log("train/surface_chamfer_loss", losses["surface"], batch_size=size)
         self.log("train/fade_alpha", self.fade_alpha, batch_size=size)
+        if not losses["loss"].requires_grad:
+            # staged refinement (everything but the head frozen) on a batch with nothing to refine: no step
+            return None
         return losses["loss"]
 
     # ------------------------------------------------------------------ mesh refinement

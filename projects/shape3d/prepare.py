@@ -2,7 +2,8 @@
 
     python -m projects.shape3d.prepare --config configs/shape3d/default.yaml [--config more.yaml ...]
 
-writes the generated motif set (when ``data_dir`` is null) and the tiny text encoder's tokenizer.
+writes the generated motif set (when ``data_dir`` is null), the tiny text encoder's tokenizer and the prepared
+splits (every mesh read, checked, sampled and voxelised once; ``setup`` then only memory-maps them).
 """
 
 from common.prepare import main

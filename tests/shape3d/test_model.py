@@ -345,6 +345,7 @@ def test_prepare_step_writes_what_fit_needs(tmp_path):
     config.write_text(
         f"data:\n  class_path: projects.shape3d.data.ShapeDataModule\n  init_args:\n"
         f"    generated_dir: {tmp_path / 'gen'}\n    generated_copies_train: 1\n"
+        "    resolutions: [32]\n    num_points: 256\n"
     )
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("data:\n  init_args:\n    augmentation: {enabled: true}\n")
@@ -352,6 +353,11 @@ def test_prepare_step_writes_what_fit_needs(tmp_path):
     assert (tmp_path / "gen" / "train.jsonl").exists() and (
         tmp_path / "gen" / "tokenizer" / "tokenizer.json"
     ).exists()
+    # and the prepared splits, which setup only memory-maps
+    assert {p.name.split("_")[0] for p in (tmp_path / "gen" / "cache").glob("*_*") if p.is_dir()} == {
+        "train",
+        "val",
+    }
     with pytest.raises(SystemExit) as exit_info:  # a missing config is one line, exit 2
         main(["--config", str(tmp_path / "missing.yaml")])
     assert exit_info.value.code == 2

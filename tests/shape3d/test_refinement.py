@@ -184,10 +184,21 @@ def test_refinement_fits_a_too_small_mesh_onto_the_target(one_torch_thread):
 def test_cli_fit_with_refinement_logs_mesh_metrics_and_predict_writes_refined_meshes(tmp_path):
     common = ["--config", TINY, "--config", REFINE, "--config", CSV, "--trainer.default_root_dir", str(tmp_path),
               "--trainer.logger.init_args.save_dir", str(tmp_path / "csv")]  # fmt: skip
+    base = run_cli(["fit", "--config", TINY, "--config", CSV, "--trainer.default_root_dir", str(tmp_path / "base"),
+                    "--trainer.logger.init_args.save_dir", str(tmp_path / "base"), "--trainer.max_epochs", "1",
+                    "--checkpoint.dirpath", str(tmp_path / "base_ckpt")])  # fmt: skip
+    base_state = {k: v.clone() for k, v in base.model.state_dict().items()}
     cli = run_cli(
-        ["fit", *common, "--checkpoint.dirpath", str(tmp_path / "ckpt"), "--trainer.max_epochs", "1"]
-    )
+        ["fit", *common, "--checkpoint.dirpath", str(tmp_path / "ckpt"), "--trainer.max_epochs", "1",
+         "--model.init_args.refinement.base_checkpoint", str(tmp_path / "base_ckpt" / "last.ckpt")]
+    )  # fmt: skip
     assert cli.model.refiner is not None
+    # the staged recipe: the decoder run's weights, frozen; only the refinement head trained
+    for key, value in cli.model.state_dict().items():
+        if key.startswith("refiner."):
+            continue
+        torch.testing.assert_close(value, base_state[key], msg=key)
+    assert all(p.requires_grad for p in cli.model.refiner.parameters())
     with next((tmp_path / "csv").rglob("metrics.csv")).open() as handle:
         rows = list(csv.DictReader(handle))
     for key in (
@@ -204,3 +215,14 @@ def test_cli_fit_with_refinement_logs_mesh_metrics_and_predict_writes_refined_me
     assert float(last["val/mc_chamfer_mesh"]) == pytest.approx(float(last["val/chamfer"]), rel=1e-4)
     predicted = cli.model.predict_step(next(iter(cli.datamodule.val_dataloader())), 0)
     assert len(predicted["meshes"]) == len(predicted["prob"])
+
+
+def test_staged_refinement_names_the_missing_decoder_run(tmp_path):
+    from common.errors import MissingInputError
+    from projects.shape3d.module import Refinement, Shape3DModule
+
+    refinement = Refinement(enabled=True, base_checkpoint=str(tmp_path / "last.ckpt"))
+    with pytest.raises(
+        MissingInputError, match=r"refinement.base_checkpoint: .*last.ckpt' does not exist.*make train-3d"
+    ):
+        Shape3DModule(tokenizer_dir=str(tmp_path), text_vocab_size=50, refinement=refinement)
