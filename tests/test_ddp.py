@@ -31,6 +31,8 @@ def test_two_process_ddp_counts_both_ranks(tmp_path):
             *run_folders(tmp_path),
             "--model.init_args.count_file",
             str(count_file),
+            "--checkpoint.every_n_train_steps",  # step saves and the validation's ranking, on both ranks
+            "2",
         ],
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -40,3 +42,7 @@ def test_two_process_ddp_counts_both_ranks(tmp_path):
     assert counted["world"] == 2
     assert counted["count"] == 64  # 32 validation samples per rank, summed across ranks by torchmetrics
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
+    best = [path for path in (tmp_path / "ckpt").glob("*.ckpt") if path.name != "last.ckpt"]
+    assert len(best) == 1 and os.path.samefile(
+        best[0], tmp_path / "ckpt" / "last.ckpt"
+    )  # one file, two names

@@ -169,8 +169,9 @@ class LatestCheckpoint(ModelCheckpoint):
             and best != self.last_model_path
         )
         if not same_state:
+            path = self._last_path(trainer, monitor_candidates)  # every rank: file_exists is a collective
             if trainer.is_global_zero:
-                _unlink_if_linked(self._last_path(trainer, monitor_candidates))
+                _unlink_if_linked(path)
             super()._save_last_checkpoint(trainer, monitor_candidates)
             return
         filepath = self._last_path(trainer, monitor_candidates)
