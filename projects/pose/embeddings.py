@@ -13,6 +13,7 @@ Train one on a text-only corpus (one sentence per line, UTF-8), then point ``dat
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import sys
@@ -232,8 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     save_fasttext(model, args.out)
     tokens = sum(len(s) for s in sentences)
+    side = sorted(p.name for p in args.out.parent.glob(f"{glob.escape(args.out.name)}.*"))
     print(
         f"FastText {args.dim}-d on {len(sentences)} sentences ({tokens} tokens, {len(model.wv)} words) -> {args.out}"
+        + (f" (with its side files {', '.join(side)}: keep them next to it)" if side else "")
     )
 
 

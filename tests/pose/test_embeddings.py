@@ -206,6 +206,7 @@ def test_train_command_with_side_files_writes_a_loadable_model(tmp_path, capsys)
     corpus.write_text("Okul güzel.\nBen okula gidiyorum.\n", encoding="utf-8")
     out = tmp_path / "FastText_large.model"
     main(["train", str(corpus), str(out), "--dim", "53", "--epochs", "1", "--bucket", "200000"])
+    assert "(with its side files FastText_large.model.wv.vectors_ngrams.npy: keep" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "FastText_large.model",
         "FastText_large.model.wv.vectors_ngrams.npy",
