@@ -15,9 +15,11 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
 import re
 import shutil
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -290,7 +292,8 @@ class ShapeStore:
 
     ``on_bad_row="error"`` stops at the first bad row (missing / unreadable / empty / non-finite mesh) with its
     file:line; ``"skip"`` warns with the file:line (on every open) and keeps every other row as it is.
-    ``resolutions`` are voxelised while preparing; another resolution is added on first use.
+    ``resolutions`` are voxelised while preparing; another resolution is added on first use. ``workers`` > 1
+    prepares the meshes missing from the per-mesh cache in that many processes first.
     """
 
     def __init__(
@@ -303,6 +306,7 @@ class ShapeStore:
         on_bad_row: str = "error",
         cache_dir: Path | None = None,
         resolutions: tuple[int, ...] = (),
+        workers: int = 0,
     ) -> None:
         if on_bad_row not in ("error", "skip"):
             raise InputError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
@@ -312,6 +316,7 @@ class ShapeStore:
         self.surface_resolution = surface_resolution
         self.on_bad_row = on_bad_row
         self.resolutions = sorted({*resolutions, surface_resolution})
+        self.workers = workers
         self.settings = [CACHE_VERSION, extent, surface_resolution, num_points, num_ref_points]
         all_rows = read_captions(self.captions)
         fingerprints = [mesh_fingerprint(row.mesh) for row in all_rows]
@@ -447,6 +452,8 @@ class ShapeStore:
 
     def _prepare(self, all_rows: list[CaptionRow], fingerprints: list) -> dict:
         """Read, check and prepare every row (per-mesh cache first), then assemble the split."""
+        if self.workers > 1 and self.cache_dir is not None:
+            self._fill_mesh_cache(all_rows, fingerprints)
         kept, messages, in_memory = [], [], []
         for index, (row, fingerprint) in enumerate(zip(all_rows, fingerprints, strict=True)):
             try:
@@ -495,6 +502,29 @@ class ShapeStore:
         self._remove_stale_splits()
         self._arrays = None
         return manifest
+
+    def _fill_mesh_cache(self, all_rows: list[CaptionRow], fingerprints: list) -> None:
+        """The per-mesh cache entries of every row, made in ``workers`` processes (each writes its files
+        atomically); bad rows are left to the sequential pass, which reports them in order."""
+        todo = [
+            (row, fingerprint)
+            for row, fingerprint in zip(all_rows, fingerprints, strict=True)
+            if fingerprint is not None and not self._mesh_cache_path(fingerprint).exists()
+        ]
+        if len(todo) < 2:
+            return
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        with ProcessPoolExecutor(min(self.workers, len(todo)), mp_context=context) as pool:
+            list(pool.map(self._cache_one, todo, chunksize=max(1, len(todo) // (8 * self.workers))))
+
+    def _cache_one(self, item: tuple[CaptionRow, list]) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                self._mesh_arrays(*item, self.resolutions)
+            except InputError:
+                pass  # reported by the sequential pass, with on_bad_row
 
     def _finish(self, arrays: dict, manifest: dict) -> None:
         resolution = self.surface_resolution
@@ -724,7 +754,8 @@ class ShapeDataModule(pl.LightningDataModule):
     ``data_dir: null`` uses the generated motif set (in ``generated_dir``, default ``data/generated/shape3d``).
     ``prepare_data`` (rank 0, once; or ``python -m projects.shape3d.prepare``) writes the generated set, the tiny
     text encoder's tokenizer (``<root>/tokenizer``) and the prepared splits (``<root>/cache``, voxelised at
-    ``resolutions``); ``setup`` only opens them (memory maps; it reads no mesh). The model takes ``tokenizer_dir`` and
+    ``resolutions``, in ``prepare_workers`` processes when > 1); ``setup`` only opens them (memory maps; it reads
+    no mesh). The model takes ``tokenizer_dir`` and
     ``text_vocab_size`` from here (``Shape3DModule.linked_from_data``).
 
     ``set_resolution`` is called by :class:`common.callbacks.ProgressiveResolution` (and by the model outside fit,
@@ -748,6 +779,7 @@ class ShapeDataModule(pl.LightningDataModule):
         resolution: int = 32,
         eval_resolution: int = 32,
         resolutions: tuple[int, ...] = (32, 48, 64),
+        prepare_workers: int = 0,
         num_points: int = 2048,
         normalize_extent: float = 0.8,
         batch_size: int = 16,
@@ -845,6 +877,7 @@ class ShapeDataModule(pl.LightningDataModule):
             on_bad_row=h.on_bad_row,
             cache_dir=(self.root / "cache") if h.cache else None,
             resolutions=(*h.resolutions, self.resolution, h.eval_resolution),
+            workers=h.prepare_workers,
         )
 
     def setup(self, stage: str) -> None:

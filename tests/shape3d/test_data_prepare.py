@@ -219,3 +219,18 @@ def test_non_finite_mesh_row_stops_the_split_or_is_skipped(tmp_path):
         store = ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8, on_bad_row="skip")
     assert len(store) == 3
     assert json.dumps([r.text for r in store.rows], ensure_ascii=False).count("bozuk") == 0
+
+
+def test_preparing_in_worker_processes_gives_the_same_arrays(tmp_path):
+    path = write_set(tmp_path, [{"mesh": "m/missing.obj", "text": "kayıp"}])
+    settings = dict(
+        num_points=32, num_ref_points=8, surface_resolution=8, on_bad_row="skip", resolutions=(8, 12)
+    )
+    with pytest.warns(UserWarning, match="captions.jsonl:4"):
+        serial = ShapeStore(path, **settings)  # in memory, one process
+    with pytest.warns(UserWarning, match="captions.jsonl:4"):
+        parallel = ShapeStore(path, cache_dir=tmp_path / "cache", workers=2, **settings)
+    assert len(list((tmp_path / "cache" / "meshes").glob("*.npz"))) == 3
+    for key in ("points", "normals", "ref_points", "distances"):
+        torch.testing.assert_close(getattr(parallel, key), getattr(serial, key))
+    assert torch.equal(parallel.voxels(12), serial.voxels(12))
