@@ -105,13 +105,15 @@ def test_plateau_rule_keeps_exact_stops_of_good_counters(zero_based, noise):
 
 
 def test_plateau_start_by_hand():
-    # rises by 0.1 per frame to 0.6 at frame 6, then flat: at frame 11 the counter rose by nothing over 5 frames
+    # rises by 0.16 per frame to 0.96 at frame 6, then flat: at frame 11 the counter rose by nothing over 5 frames
     # (under a quarter of 5 average steps) and the sequence ends just after the plateau began, at frame 7
-    counters = torch.tensor([[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]])
+    counters = torch.tensor([[0.0, 0.16, 0.32, 0.48, 0.64, 0.8, 0.96, 0.96, 0.96, 0.96, 0.96, 0.96]])
     seen = [int(plateau_start(counters[:, : k + 1], window=5)) for k in range(counters.shape[1])]
     assert seen == [0] * 11 + [7]
-    # a flat counter below min_counter (a slow start) is no end
-    assert int(plateau_start(torch.zeros(1, 12), window=5)) == 0
+    # a counter that stalls mid-way (below min_counter, 0.9 of its range) is no end: trained counters do that
+    stalled = torch.tensor([[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]])
+    assert int(plateau_start(stalled, window=5)) == 0
+    assert int(plateau_start(stalled, window=5, min_counter=0.5)) == 7
 
 
 def test_length_ratio_buckets():
