@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from common.io import load_cache
+from common.io import atomic_dir, load_cache
 from projects.caption import generate
 from projects.caption.features import Preprocess, load_rgb
 
@@ -160,21 +157,10 @@ def prepare_tiny_clip(clip_config: dict, pretrain: ClipPretrain | None, root: st
                 "attributes": ["layout", "first colour", "first shape", "second colour", "second shape"],
             }
             rank_zero_info(f"caption: tiny CLIP val attribute accuracy {accuracy}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as temporary:  # save_pretrained writes several files: renamed as one folder
         model.save_pretrained(str(temporary))
         if report is not None:
             (temporary / "pretrain_report.json").write_text(json.dumps(report, indent=2))
-        try:
-            os.replace(temporary, out)
-        except OSError:  # another process finished first (a non-empty directory): theirs is as good as ours
-            if not (out / "config.json").exists():
-                raise
-            shutil.rmtree(temporary, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return out
 
 
