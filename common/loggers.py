@@ -67,7 +67,7 @@ def wandb_unreachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
 
     def request() -> None:
         connection_class = http.client.HTTPSConnection if https else http.client.HTTPConnection
-        connection = connection_class(host, port, timeout=timeout)
+        connection = connection_class(host, port, timeout=timeout + 1)  # the join below decides first
         try:
             connection.request("HEAD", "/")
             connection.getresponse()
