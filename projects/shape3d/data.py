@@ -480,24 +480,23 @@ class ShapeStore:
             return manifest
         with atomic_dir(self.split_dir) as folder:
             first = self._mesh_arrays(all_rows[kept[0]], fingerprints[kept[0]], self.resolutions)
-            outputs = {
-                key: np.lib.format.open_memmap(
-                    folder / f"{key}.npy",
-                    mode="w+",
-                    dtype=first[key].dtype,
-                    shape=(len(kept), *first[key].shape),
-                )
-                for key in keys
-            }
-            for position, index in enumerate(kept):  # re-read from the per-mesh cache: memory stays flat
-                arrays = self._mesh_arrays(all_rows[index], fingerprints[index], self.resolutions)
-                for key in keys:
-                    outputs[key][position] = arrays[key]
-            for output in outputs.values():
-                output.flush()
-            self._finish(outputs, manifest)
-            np.save(folder / "mean_shape.npy", outputs["mean_shape"])
-            del outputs
+            files = {key: (folder / f"{key}.npy").open("wb") for key in keys}
+            try:
+                for key, file in files.items():  # .npy header, then the rows appended one mesh at a time
+                    header = {"descr": np.lib.format.dtype_to_descr(first[key].dtype), "fortran_order": False}
+                    header["shape"] = (len(kept), *first[key].shape)
+                    np.lib.format.write_array_header_1_0(file, header)
+                for index in kept:  # re-read from the per-mesh cache: memory stays flat at any data size
+                    arrays = self._mesh_arrays(all_rows[index], fingerprints[index], self.resolutions)
+                    for key, file in files.items():
+                        file.write(np.ascontiguousarray(arrays[key], dtype=first[key].dtype).tobytes())
+            finally:
+                for file in files.values():
+                    file.close()
+            written = self._open_arrays(folder)
+            self._finish(written, manifest)
+            np.save(folder / "mean_shape.npy", written["mean_shape"])
+            del written
             (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
         self._remove_stale_splits()
         self._arrays = None

@@ -272,7 +272,7 @@ def test_cache_is_written_atomically(tmp_path, monkeypatch):
     assert not any(Path(n).name.startswith(".") for n in files())  # no partial or temporary file left
     monkeypatch.undo()
     shutil.rmtree(cache)
-    monkeypatch.setattr(np.lib.format, "open_memmap", crash)
+    monkeypatch.setattr(np.lib.format, "write_array_header_1_0", crash)
     with pytest.raises(KeyboardInterrupt):  # killed while assembling the split: no split folder appears
         ShapeStore(path, num_points=32, num_ref_points=8, surface_resolution=8, cache_dir=cache)
     assert [p.name for p in cache.iterdir()] == ["meshes"]
