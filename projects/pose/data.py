@@ -333,7 +333,10 @@ class PoseDataModule(pl.LightningDataModule):
     @override
     def prepare_data(self) -> None:
         """Generate the corpus (when configured), parse each split once into memory-mapped arrays and prepare the
-        source artefact; everything is reused while current (a warm launch only stats the files)."""
+        source artefact; everything is reused while current (a warm launch only stats the files). ``predict``
+        needs none of it: the checkpoint holds the vocabulary, so the training files may be gone."""
+        if self.trainer is not None and self.trainer.state.fn == "predict":
+            return
         if self.synthetic is not None:
             generate_corpus(Path(self.paths["train"]).parent, **self.synthetic)
         self.prepare_split("train")

@@ -168,3 +168,30 @@ def test_predict_output_reads_back_unchanged_by_the_original_loader_and_ours(tmp
         read_start, targets = dataset.start_and_targets(index)
         np.testing.assert_array_equal(targets, frames)  # float32-exact
         np.testing.assert_array_equal(read_start, start)
+
+
+def test_predict_needs_no_training_files(tmp_path):
+    """The checkpoint holds the vocabulary: ``predict`` reads only the predict file, even when the training and
+    dev files are gone (``prepare_data`` used to parse the training split first and fail)."""
+    from projects.pose.writer import PosePredictionWriter
+
+    dm, _, _ = pt_data(tmp_path)
+    dm.prepare_data()
+    module = tiny_module(dm, TRG, decoding={"max_output_length": 5})
+    module.setup("fit")
+    for path in tmp_path.glob("*.*"):
+        if path.suffix in (".gloss", ".text", ".skels", ".files"):
+            path.unlink()
+    (tmp_path / "in.gloss").write_text("WOLKE VIEL\n", encoding="utf-8")
+    fresh = PoseDataModule(
+        train=str(tmp_path / "train"),
+        dev=str(tmp_path / "dev"),
+        test=None,
+        src="gloss",
+        trg_size=TRG,
+        predict_file=str(tmp_path / "in.gloss"),
+        cache_dir=str(tmp_path / "elsewhere"),
+    )
+    writer = PosePredictionWriter(output_dir=str(tmp_path / "out"), videos=False)
+    quiet_trainer(callbacks=[writer]).predict(module, datamodule=fresh, return_predictions=False)
+    assert (tmp_path / "out" / "predict.gloss").read_text(encoding="utf-8") == "WOLKE VIEL\n"
