@@ -125,3 +125,16 @@ def test_length_ratio_buckets():
     assert np.isnan(float(ratios["length_ratio_50_99"]))
     assert float(ratios["length_ratio_100_199"]) == pytest.approx(0.8)  # reference 5: in no bucket
     assert float(ratios["length_ratio_200_plus"]) == pytest.approx(1.5)
+
+
+def test_references_longer_than_max_output_length_are_reported(tmp_path):
+    """Issue 21: a cap below the data's lengths (the former default 100 against 190-frame dev sequences) cut
+    decoding silently; now one warning names the longest reference and the key to raise."""
+    from tests.pose.pt_fixture import pt_datamodule, quiet_trainer, tiny_module
+
+    dm, _, _ = pt_datamodule(tmp_path, [12, 15], [31, 14], TRG, eval_batch_size=2)
+    dm.prepare_data()
+    module = tiny_module(dm, TRG, decoding={"max_output_length": 20})
+    module.setup("fit")
+    with pytest.warns(UserWarning, match=r"a reference has 30 frames but .*max_output_length=20"):
+        quiet_trainer().validate(module, dm, verbose=False)
