@@ -42,8 +42,18 @@ SPECS: dict[str, Spec] = {
                 "val/dtw_pt_l1_ref_len",
                 "val/dtw_pt_l1_ref_len_mean_pose_baseline",
             ],
+            "DTW: checkpoint-selection score (length-penalised) and PT's own protocol": [
+                "val/dtw_pt_l1_ref_len_length_penalised",
+                "val/dtw_pt_l1_ref_len_pt_protocol",
+            ],
             "DTW (L2, path-length normalised)": ["val/dtw_l2_path_len"],
             "Predicted frames per reference frame (counter)": ["val/predicted_frames_per_reference_frame"],
+            "Decoded / reference length by reference length (frames)": [
+                "val/length_ratio_10_49",
+                "val/length_ratio_50_99",
+                "val/length_ratio_100_199",
+                "val/length_ratio_200_plus",
+            ],
             "Validation loss": ["val/loss"],
         },
         training=TRAINING_COMMON,
@@ -71,6 +81,13 @@ SPECS: dict[str, Spec] = {
     "caption": Spec(
         validation={
             "BLEU-1..4 (sacrebleu 13a)": ["val/bleu1_13a", "val/bleu2_13a", "val/bleu3_13a", "val/bleu4_13a"],
+            "BLEU-1..4 (COCO scorer, Turkish tokenisation)": [
+                "val/bleu1_tr",
+                "val/bleu2_tr",
+                "val/bleu3_tr",
+                "val/bleu4_tr",
+            ],
+            "ROUGE-L and CIDEr-D (Turkish tokenisation)": ["val/rouge_l_tr", "val/cider_d_tr"],
             "Validation loss": ["val/loss"],
         },
         training=TRAINING_COMMON,
@@ -79,7 +96,25 @@ SPECS: dict[str, Spec] = {
     ),
     "diffusion": Spec(
         validation={
-            "FID (character classifier features)": ["val/fid_charclf"],
+            "FID (character classifier features) and its real-vs-real floor": [
+                "val/fid_charclf",
+                "val/fid_floor_charclf",
+            ],
+            "FID (pixels) and its real-vs-real floor": ["val/fid_pixels", "val/fid_floor_pixels"],
+            "Background and saturation: samples vs real": [
+                "val/background",
+                "val/background_real",
+                "val/saturation",
+                "val/saturation_real",
+            ],
+            "One-step x0 reconstruction RMSE by timestep": [
+                "val/x0_rmse_t100",
+                "val/x0_rmse_t300",
+                "val/x0_rmse_t500",
+                "val/x0_rmse_t700",
+                "val/x0_rmse_t900",
+                "val/x0_rmse_t999",
+            ],
             "Inception score (character classifier)": ["val/is_charclf"],
             "Conditional accuracy of samples vs the judge on real data": [
                 "val/cond_acc_charclf",
@@ -93,6 +128,13 @@ SPECS: dict[str, Spec] = {
         final={
             "Final FID": "final/fid_charclf",
             "Final FID floor (real vs real)": "final/fid_floor",
+            "Final FID floor, judge features (real vs real)": "final/fid_floor_charclf",
+            "Final FID (pixels)": "final/fid_pixels",
+            "Final FID floor, pixels (real vs real)": "final/fid_floor_pixels",
+            "Final background of samples": "final/background",
+            "Final background of real images": "final/background_real",
+            "Final saturation of samples": "final/saturation",
+            "Final saturation of real images": "final/saturation_real",
             "Final inception score": "final/is_charclf",
             "Final conditional accuracy": "final/cond_acc_charclf",
             "Judge accuracy on real data": "final/judge_acc",
