@@ -33,12 +33,8 @@ MAKE_TARGETS = {
 PLACEHOLDERS = {"N": "2", "PATH": "out/predictions.json", "DIR": "out", "FILE": "out/file"}
 # documented on purpose as mistakes (the README shows the error they give)
 MISTAKES = {"--trainer.max_epochz", "--trainer.max_epoch"}
-# still failing where this test was written (another engineer is fixing it); drop the entry once it parses
-KNOWN_FAILURES = {
-    "fit --config configs/caption/default.yaml --data.init_args.clip.pretrain null": (
-        "issue 23 (Platform): `clip.pretrain null` is refused by jsonargparse (NestedArg); caption's fix pending"
-    ),
-}
+# commands that still fail, with the issue that tracks each (xfail); empty when every documented command parses
+KNOWN_FAILURES: dict[str, str] = {}
 
 FLAG = re.compile(r"--[a-z_]+(?:\.[A-Za-z_0-9]+)+(?: (?:'[^']*'|\"[^\"]*\"|[^\s`'\"-][^\s`]*))?")
 CKPT_HINT = re.compile(r"--ckpt_path (?:best|last)")
