@@ -132,7 +132,7 @@ def is_last_frame(counter: Tensor, step: int, end_gap: float = 0.0) -> Tensor:
     return counter >= step / (step + end_gap + 0.5)
 
 
-STOP_RULES = ("pt", "plateau")
+STOP_RULES = ("pt", "plateau", "length")
 
 
 def plateau_start(
@@ -197,8 +197,10 @@ class ProgressiveTransformer(nn.Module):
         decoder_heads: int | None = None,
         decoder_ff_size: int | None = None,
         decoder_dropout: float | None = None,
+        length_head: bool = False,
     ) -> None:
-        """``num_heads`` / ``ff_size`` / ``dropout`` are the encoder's; the ``decoder_*`` ones default to them."""
+        """``num_heads`` / ``ff_size`` / ``dropout`` are the encoder's; the ``decoder_*`` ones default to them.
+        ``length_head`` adds a linear layer predicting the log of the output length from the encoded source."""
         super().__init__()
         self.trg_size = trg_size
         self.just_count_in = just_count_in
@@ -227,6 +229,7 @@ class ProgressiveTransformer(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(hidden_size)
         self.output = nn.Linear(hidden_size, trg_size * self.future_frames + 1)
+        self.length_head = nn.Linear(hidden_size, 1) if length_head else None
         self.register_buffer("positions", sinusoidal_positions(max_positions, hidden_size), persistent=False)
 
     @torch.no_grad()
@@ -296,6 +299,14 @@ class ProgressiveTransformer(nn.Module):
             x = layer(x, mask)
         return self.encoder_norm(x)
 
+    def predict_log_length(self, memory: Tensor, src_mask: Tensor) -> Tensor:
+        """log(number of output frames) per sequence (B), from the mean of the encoded source tokens."""
+        if self.length_head is None:
+            raise ValueError("this model has no length head (length_head=False)")
+        weights = src_mask[..., None].to(memory.dtype)
+        pooled = (memory * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.length_head(pooled).squeeze(-1)
+
     def _decoder_input(self, frames: Tensor, offset: int = 0) -> Tensor:
         """Embedded decoder input frames; sinusoidal positions are added unless ``decoder_positions`` is off, in
         which case the counter is the decoder's only notion of time (errors in a fed-back counter then stay
@@ -356,8 +367,9 @@ class ProgressiveTransformer(nn.Module):
         fed back and a sequence ends at the first frame :func:`is_last_frame` marks (``end_gap``: 0 for
         1-based counters, 1 for 0-based ones) -- ``stop_rule="pt"``, the original's "the counter reached its
         end" -- or, with ``stop_rule="plateau"`` (default), also where the counter levelled off short of its end
-        (:func:`plateau_start`, ``plateau_window`` frames); length capped at ``max_length`` (always
-        ``max_length`` frames with ``stop_early=False``, for benchmarks).
+        (:func:`plateau_start`, ``plateau_window`` frames); ``stop_rule="length"`` ends each sequence at the
+        length the length head predicts from the source instead of asking the counter; length capped at
+        ``max_length`` (always ``max_length`` frames with ``stop_early=False``, for benchmarks).
         ``gt_counter`` (B x T, the references' counters) reproduces the original code's evaluation instead:
         each input frame's counter is overwritten with the ground-truth one and every sequence runs for the
         reference length. It leaks the reference length and is only for comparison with published numbers.
@@ -366,6 +378,8 @@ class ProgressiveTransformer(nn.Module):
             raise ValueError(f"stop_rule must be one of {STOP_RULES}, got '{stop_rule}'")
         batch, device = src.shape[0], src.device
         memory = self.encode(src, src_mask, src_vectors, vector_mask)
+        if stop_rule == "length":
+            predicted = self.predict_log_length(memory, src_mask).exp().round().clamp(1, max_length).long()
         if gt_counter is not None:
             max_length = gt_counter.shape[1]
             gt_input_counter = torch.cat([torch.zeros(batch, 1, device=device), gt_counter[:, :-1]], dim=1)
@@ -397,6 +411,8 @@ class ProgressiveTransformer(nn.Module):
             if gt_counter is None and stop_early:
                 counters[:, step + 1] = frame[:, 0, -1]
                 end = torch.where(is_last_frame(frame[:, 0, -1], step + 1, end_gap), step + 1, 0)
+                if stop_rule == "length":
+                    end = torch.where(predicted == step + 1, step + 1, 0)
                 if stop_rule == "plateau":
                     plateau = plateau_start(counters[:, : step + 2], plateau_window)
                     end = torch.where(end > 0, end, plateau)

@@ -54,11 +54,14 @@ PT_PROTOCOL_SUFFIX = "_pt_protocol"  # PT's released evaluation: ground-truth co
 @dataclass
 class Objective:
     """The training loss: ``loss`` ``mse`` or ``l1`` over joints and counter (padding masked), the counter
-    column weighted by ``counter_weight`` (1.0 = the original), the total times ``loss_scale`` (original)."""
+    column weighted by ``counter_weight`` (1.0 = the original), the total times ``loss_scale`` (original).
+    ``length_weight`` > 0 adds a length head trained on the squared error of log(output length), for
+    ``decoding.stop_rule: length``."""
 
     loss: str = "mse"
     counter_weight: float = 1.0
     loss_scale: float = 1.0
+    length_weight: float = 0.0
 
 
 @dataclass
@@ -93,7 +96,8 @@ class Initialisation:
 class Decoding:
     """Progressive decoding: at most ``max_output_length`` frames; ``stop_rule`` ``plateau`` (default: the
     counter reached its end *or* levelled off short of it for ``plateau_window`` frames) or ``pt`` (the counter
-    reached its end only). ``pt_protocol`` also logs DTW under the original code's evaluation protocol
+    reached its end only) or ``length`` (the length the length head predicts from the source; needs
+    ``objective.length_weight`` > 0). ``pt_protocol`` also logs DTW under the original code's evaluation protocol
     (ground-truth counter, decoded for the reference length, the first ``ceil(20 / batch) + 1`` batches), the
     protocol of PT's published code; ``compare_gt_counter`` the ground-truth-counter DTW over the whole split.
     Both are for comparison only, never for checkpoint selection or predict."""
@@ -223,6 +227,11 @@ class PoseModule(pl.LightningModule):
                 f"model.init_args.decoding.stop_rule must be one of {STOP_RULES}, got "
                 f"'{self.decoding.stop_rule}'"
             )
+        if self.decoding.stop_rule == "length" and self.objective.length_weight <= 0:
+            raise InputError(
+                "model.init_args.decoding.stop_rule: length needs a trained length head: set "
+                "model.init_args.objective.length_weight > 0 (1.0 is a good start)"
+            )
         if just_count_in and gaussian_noise:
             raise InputError(
                 "model.init_args: just_count_in and gaussian_noise cannot both be true (as the original)"
@@ -261,6 +270,7 @@ class PoseModule(pl.LightningModule):
             decoder_heads=dec["num_heads"],
             decoder_ff_size=dec["ff_size"],
             decoder_dropout=dec["dropout"],
+            length_head=self.objective.length_weight > 0,
         )
         self.net.reset_parameters(
             **{("gain" if k == "init_gain" else k): v for k, v in asdict(self.init).items()}
@@ -430,6 +440,11 @@ class PoseModule(pl.LightningModule):
         weights[-1] = objective.counter_weight
         return objective.loss_scale * (error * mask * weights).sum() / mask.sum().clamp(min=1)
 
+    def _length_loss(self, src: Tensor, src_mask: Tensor, lengths: Tensor) -> Tensor:
+        """Squared error of the predicted log output length (the length head, ``stop_rule: length``)."""
+        log_length = self.net.predict_log_length(self.net.encode(src, src_mask), src_mask)
+        return (log_length - lengths.to(log_length).log()).square().mean()
+
     def forward_batch(self, batch: dict, noise: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         src, src_mask, _, _ = self.encode_tokens(batch["tokens"])
         trg_input, targets, mask = self._targets(batch)
@@ -444,6 +459,11 @@ class PoseModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         output, targets, mask = self.forward_batch(batch, noise=True)
         loss = self._loss(output, targets, mask)
+        if self.objective.length_weight > 0:
+            src, src_mask, _, _ = self.encode_tokens(batch["tokens"])
+            length_loss = self._length_loss(src, src_mask, batch["lengths"])
+            self.log("train/length_loss", length_loss, batch_size=len(batch["tokens"]))
+            loss = loss + self.objective.length_weight * length_loss
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["tokens"]))
         if self.hparams.gaussian_noise:
             trg_size = self.hparams.trg_size

@@ -138,3 +138,55 @@ def test_references_longer_than_max_output_length_are_reported(tmp_path):
     module.setup("fit")
     with pytest.warns(UserWarning, match=r"a reference has 30 frames but .*max_output_length=20"):
         quiet_trainer().validate(module, dm, verbose=False)
+
+
+def test_length_rule_stops_at_the_predicted_length():
+    """``stop_rule="length"``: each sequence ends at the length the length head predicts, whatever the counter
+    does (here a counter that never gets anywhere)."""
+    net = ProgressiveTransformer(
+        trg_size=TRG, hidden_size=8, num_heads=2, encoder_layers=1, decoder_layers=1, ff_size=8, embedding_dim=8,
+        length_head=True,
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        net.length_head.weight.zero_()
+        net.length_head.bias.fill_(float(np.log(37.0)))
+    src = torch.full((3, 2), 2)
+    _, lengths = net.generate(src, src != 1, max_length=100, stop_rule="length")
+    assert lengths.tolist() == [37, 37, 37]
+    _, capped = net.generate(src, src != 1, max_length=20, stop_rule="length")
+    assert capped.tolist() == [20, 20, 20]
+
+
+def test_length_rule_needs_a_trained_length_head(tmp_path):
+    from common.errors import InputError
+    from tests.pose.pt_fixture import pt_datamodule, tiny_module
+
+    dm, _, _ = pt_datamodule(tmp_path, [12, 15], [11, 14], TRG)
+    with pytest.raises(InputError, match="objective.length_weight > 0"):
+        tiny_module(dm, TRG, decoding={"stop_rule": "length"})
+
+
+def test_length_head_learns_the_length_from_the_source(tmp_path):
+    """The length loss reaches the head through the encoder: a few Adam steps on one batch bring the predicted
+    lengths within 10 % of the references."""
+    from projects.pose.data import collate
+    from tests.pose.pt_fixture import pt_datamodule, tiny_module
+
+    dm, _, _ = pt_datamodule(tmp_path, [12, 15, 20, 40, 60, 90], [11, 14], TRG)
+    dm.prepare_data()
+    dm.setup("fit")
+    module = tiny_module(dm, TRG, objective={"length_weight": 1.0}, decoding={"stop_rule": "length"})
+    module.setup("fit")
+    batch = collate([dm.datasets["train"][i] for i in range(len(dm.datasets["train"]))])
+    src, src_mask, _, _ = module.encode_tokens(batch["tokens"])
+    optimizer = torch.optim.Adam(module.net.parameters(), lr=1e-2)
+    first = float(module._length_loss(src, src_mask, batch["lengths"]))
+    for _ in range(150):
+        loss = module._length_loss(src, src_mask, batch["lengths"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < 0.01 * first
+    with torch.no_grad():
+        predicted = module.net.predict_log_length(module.net.encode(src, src_mask), src_mask).exp()
+    np.testing.assert_allclose(predicted.numpy(), batch["lengths"].numpy(), rtol=0.1)
