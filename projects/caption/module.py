@@ -182,11 +182,15 @@ class CaptionModule(pl.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The tokenizer goes in; a pretrained CLIP (hub name / folder) does not: it is rebuilt from
-        ``clip_source`` and checked against the stored hash (``common.frozen``). A tiny CLIP (``clip_config``) is
+        """The tokenizer goes in; a pretrained CLIP (hub name / folder) does not, nor a pretrained GPT-2 while it is
+        frozen: they are rebuilt from their source and checked against the stored hash (``common.frozen``). A tiny CLIP (``clip_config``) is
         kept: a few hundred KB, and predict on a machine where it was never prepared needs it."""
+        pretrained = []  # rebuilt from their folder / hub name on load; stored only while something trains them
         if self.image_encoder is not None and self.hparams.clip_config is None:
-            strip_frozen(self, checkpoint, ["image_encoder"])
+            pretrained.append("image_encoder")
+        if self.hparams.decoder is not None:  # a frozen pretrained GPT-2 (frozen_gpt2.yaml): 498 MB per file
+            pretrained.append("decoder")
+        strip_frozen(self, checkpoint, pretrained)
         if self.tokenizer is not None:  # checkpoints caption on their own: predict needs no training data
             checkpoint["caption_tokenizer"] = {
                 "json": self.tokenizer.backend_tokenizer.to_str(),

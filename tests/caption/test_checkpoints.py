@@ -133,3 +133,18 @@ def test_checkpoint_holds_a_hash_not_the_frozen_clip_and_loads_and_resumes_exact
         trainer(tmp_path, 4).fit(
             build(pretrained, "clip1", "gpt2_no_dropout"), batches(), ckpt_path=path, weights_only=False
         )
+
+
+def test_a_frozen_pretrained_decoder_is_not_stored_either(pretrained, tmp_path):
+    model = build(pretrained, decoder="gpt2_no_dropout")
+    model.decoder.requires_grad_(False)  # what FreezeUnfreeze(modules: [decoder]) does (frozen_gpt2.yaml)
+    run = trainer(tmp_path, 2)
+    run.fit(model, batches(4))
+    path = tmp_path / "frozen.ckpt"
+    run.save_checkpoint(path)
+    stored = torch.load(path, map_location="cpu", weights_only=False)
+    assert set(stored["frozen_weights"]) == {"image_encoder", "decoder"}
+    assert {k.split(".")[0] for k in stored["state_dict"]} == {"mapper"}
+    loaded = CaptionModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
