@@ -80,7 +80,7 @@ def child(data_dir: str) -> None:
     datamodule.setup("fit")
     prepared = time.perf_counter() - start
     batch = next(iter(datamodule.train_dataloader()))
-    assert batch["voxels"].shape[0] == 8
+    assert batch["voxels"].shape[0] == min(8, len(datamodule.train_set))
     first_batch = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result = {"prepare_s": prepared, "first_batch_s": first_batch, "peak_mb": usage.ru_maxrss / 1024}
@@ -134,7 +134,7 @@ def main() -> None:
         (n0, c0, w0, _), (n1, c1, w1, _) = rows[-2], rows[-1]
 
         def grow(a: dict, b: dict) -> dict:
-            return {key: b[key] + (b[key] - a[key]) * (FULL_SIZE - n1) / (n1 - n0) for key in b}
+            return {key: b[key] + max(0.0, b[key] - a[key]) * (FULL_SIZE - n1) / (n1 - n0) for key in b}
 
         rows.append((FULL_SIZE, grow(c0, c1), grow(w0, w1), True))
     print(
