@@ -366,6 +366,7 @@ class CaptionDataModule(pl.LightningDataModule):
         self._features: dict[str, np.ndarray] = {}
         self._encoder: ClipImageEncoder | None = None
         self._read: tuple | None = None  # the caption files as read once in this process
+        self._prepared: tuple | None = None  # what prepare_data prepared, for setup in the same process
 
     # -- what the model is linked to (cheap: nothing is built)
     @property
@@ -457,9 +458,10 @@ class CaptionDataModule(pl.LightningDataModule):
             by_split, _, _ = self._read_splits()
             captions = [c for record in by_split["train"] for c in record.captions]
             train_tokenizer(captions, self.tokenizer_spec.vocab_size, self.cache_root, self.tokenizer_source)
-        _, problems = self._prepared_splits()
+        splits, problems = self._prepared_splits()
         if self.hparams.on_bad_input == "error":  # "skip" is reported once, by setup
             problems.handle("error", "caption data")
+        self._prepared = (splits, problems)  # setup in this process reuses it (other ranks load from disk)
         if self._encoder is not None:  # only needed to compute features: free it (and the device's memory)
             self._encoder = None
             if torch.cuda.is_available():
@@ -635,13 +637,16 @@ class CaptionDataModule(pl.LightningDataModule):
             return
         if "train" in self.records:  # already set up (fit, then validate or test)
             return
-        splits, problems = self._prepared_splits()
+        # what prepare_data found in this process (its scans are memory maps of the stored files), else from disk
+        splits, problems = self._prepared if self._prepared is not None else self._prepared_splits()
         for split, prepared in splits.items():
             self.records[split], self.token_ids[split] = prepared["records"], prepared["token_ids"]
             self.rows[split] = prepared["rows"]
             if prepared["features"] is not None and prepared["records"]:
                 self._features[split] = prepared["features"]
-                self.cache_hits[split] = prepared["hit"]
+                self.cache_hits[split] = (
+                    self._prepared is not None or prepared["hit"]
+                )  # read, not computed here
         self.skipped = problems.handle(self.hparams.on_bad_input, "caption data")
         rank_zero_info(
             "caption data: "
