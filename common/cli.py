@@ -101,7 +101,25 @@ class TGMCLI(LightningCLI):
                     f"model.init_args.{arg} is set in the config, but {config.model.class_path} takes it from "
                     f"the datamodule's '{attribute}' (linked_from_data): remove it from the config"
                 )
-        super()._parse_ckpt_path()
+        # Lightning's own version of what follows reads the whole checkpoint (GBs at real size, and once more when
+        # it restores) only for the hyperparameters; memory-mapped, only the bytes touched are read.
+        ckpt_path = config.get("ckpt_path")
+        if not self.config.get("subcommand") or not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        import torch
+
+        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -251,3 +251,26 @@ def test_link_mistakes_are_one_line(tmp_path, extra, expected):
         "fit", TINY, str(config), CSV, args=["--trainer.default_root_dir", str(tmp_path), *extra]
     )
     assert_user_error(command, expected)
+
+
+def test_ckpt_path_hyperparameters_are_read_without_loading_the_checkpoint(tmp_path, monkeypatch):
+    """`tgm validate --ckpt_path X` read the whole file twice (Lightning's hyperparameter merge, then the restore):
+    2.2 GB each at caption's real size. The merge now memory-maps it; only the restore (from an open file) reads
+    it whole."""
+    fit(tmp_path, "--trainer.max_epochs", "1")
+    checkpoint = tmp_path / "ckpt" / "last.ckpt"
+    reads_by_path = []
+    real_load = torch.load
+
+    def load(source, *args, **kwargs):
+        if str(source) == str(checkpoint):
+            reads_by_path.append("mmap" if kwargs.get("mmap") else "whole file")
+        return real_load(source, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    cli = run_cli(
+        ["validate", "--config", TINY, "--config", CSV, "--trainer.default_root_dir", str(tmp_path),
+         "--trainer.logger.init_args.save_dir", str(tmp_path / "csv"), "--ckpt_path", str(checkpoint)]
+    )  # fmt: skip
+    assert reads_by_path == ["mmap"]
+    assert cli.model.hparams.lr == 0.05 and "val/mse" in cli.trainer.callback_metrics
