@@ -81,6 +81,19 @@ def _panel_transform(sequences: Sequence[np.ndarray], size: int, margin: int) ->
     return low, scale
 
 
+def wrap_text(text: str, width: float, font: ImageFont.ImageFont | None = None) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels (a longer single word keeps its line)."""
+    font = font or _font()
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(candidate) <= width:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
 def render_side_by_side(
     sequences: Sequence[np.ndarray],
     titles: Sequence[str] = ("prediction", "reference"),
@@ -89,11 +102,13 @@ def render_side_by_side(
     groups: Sequence[str] | None = None,
     size: int = 192,
     flip_y: bool = False,
+    caption: str | None = None,
 ) -> np.ndarray:
     """Draw each ``T_i x (J * dims)`` joint sequence (counter column removed) in its own panel, side by side,
     and return ``T x H x W x 3`` uint8 frames (``T`` = longest sequence; shorter ones hold their last frame).
 
-    All panels share one scale so sizes are comparable. ``flip_y`` for data whose y axis points up.
+    All panels share one scale so sizes are comparable. ``flip_y`` for data whose y axis points up. ``caption``
+    (e.g. the whole source sentence) is drawn above the panels, wrapped to their width, never cut.
     """
     connections = list(connections if connections is not None else PT_CONNECTIONS)
     if groups is None:
@@ -107,16 +122,20 @@ def render_side_by_side(
     margin = 8
     low, scale = _panel_transform(xy, size, margin)
     length = max(len(s) for s in xy)
-    frames = np.empty((length, size + 16, size * len(xy), 3), dtype=np.uint8)
+    header = wrap_text(caption, size * len(xy) - 8) if caption else []
+    top = 14 * len(header)  # caption lines, then each panel's title row
+    frames = np.empty((length, top + size + 16, size * len(xy), 3), dtype=np.uint8)
     for t in range(length):
-        canvas = Image.new("RGB", (size * len(xy), size + 16), (255, 255, 255))
+        canvas = Image.new("RGB", (size * len(xy), top + size + 16), (255, 255, 255))
         draw = ImageDraw.Draw(canvas)
+        for row, line in enumerate(header):
+            draw.text((4, 1 + 14 * row), line, fill=(0, 0, 0), font=_font())
         for panel, (joints, title) in enumerate(zip(xy, titles, strict=False)):
             pixels = (joints[min(t, len(joints) - 1)] - low) * scale + margin
             pixels[:, 0] += panel * size
-            pixels[:, 1] += 16
+            pixels[:, 1] += top + 16
             draw.text(
-                (panel * size + 4, 2),
+                (panel * size + 4, top + 2),
                 f"{title} {min(t, len(joints) - 1) + 1}/{len(joints)}",
                 fill=(0, 0, 0),
                 font=_font(),
@@ -129,6 +148,6 @@ def render_side_by_side(
                         width=2,
                     )
             if panel:
-                draw.line([(panel * size, 0), (panel * size, size + 16)], fill=(180, 180, 180))
+                draw.line([(panel * size, top), (panel * size, top + size + 16)], fill=(180, 180, 180))
         frames[t] = np.asarray(canvas)
     return frames

@@ -65,7 +65,8 @@ class PosePredictionWriter(BasePredictionWriter):
             for result in results:
                 frames = render_side_by_side(
                     [result["frames"][:, :-1]],
-                    titles=[result["text"][:24]],
+                    titles=["prediction"],
+                    caption=result["text"],
                     dims=dims,
                     connections=connections,
                 )

@@ -61,3 +61,18 @@ def test_predict_writer_draws_2d_data_with_the_models_skeleton(tmp_path):
     )
     assert (tmp_path / "videos" / "s0.gif").is_file()
     assert len(read_split(tmp_path / "predict", trg_size=100)) == 1
+
+
+def test_a_long_sentence_is_wrapped_above_the_panels_not_cut():
+    from projects.pose.skeleton import _font, wrap_text
+
+    sentence = "bugün hava çok güzel olduğu için çocuklar parkta oynayıp dondurma yemeğe gittiler ğüşİ"
+    lines = wrap_text(sentence, 64 - 8)
+    assert " ".join(lines) == sentence and len(lines) >= 3
+    assert all(_font().getlength(line) <= 56 or " " not in line for line in lines)
+    xy = np.random.default_rng(0).normal(size=(4, 4 * 2))
+    frames = render_side_by_side(
+        [xy], titles=["prediction"], dims=2, connections=[(0, 1)], size=64, caption=sentence
+    )
+    assert frames.shape[1] == 14 * len(lines) + 64 + 16  # the header grows with the sentence
+    assert (frames[0, : 14 * len(lines)] < 128).any()  # and is drawn
