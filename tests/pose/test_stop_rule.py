@@ -106,14 +106,19 @@ def test_plateau_rule_keeps_exact_stops_of_good_counters(zero_based, noise):
 
 def test_plateau_start_by_hand():
     # rises by 0.16 per frame to 0.96 at frame 6, then flat: at frame 11 the counter rose by nothing over 5 frames
-    # (under a quarter of 5 average steps) and the sequence ends just after the plateau began, at frame 7
+    # (under a quarter of 5 average steps) and the sequence ends where the plateau began, at frame 6
     counters = torch.tensor([[0.0, 0.16, 0.32, 0.48, 0.64, 0.8, 0.96, 0.96, 0.96, 0.96, 0.96, 0.96]])
     seen = [int(plateau_start(counters[:, : k + 1], window=5)) for k in range(counters.shape[1])]
-    assert seen == [0] * 11 + [7]
+    assert seen == [0] * 11 + [6]
+    # the window grows with the sequence (a fifth of it): a 40-frame counter that stalls for 6 frames above 0.9
+    # and then rises again is not ended (trained counters do that in long sequences); a longer stall is
+    stall = torch.cat([torch.arange(0, 37) / 40, torch.full((6,), 36 / 40), torch.arange(37, 41) / 40])[None]
+    assert all(int(plateau_start(stall[:, : k + 1])) == 0 for k in range(stall.shape[1]))
+    assert int(plateau_start(stall[:, :42], fraction=0.0)) == 36
     # a counter that stalls mid-way (below min_counter, 0.9 of its range) is no end: trained counters do that
     stalled = torch.tensor([[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]])
     assert int(plateau_start(stalled, window=5)) == 0
-    assert int(plateau_start(stalled, window=5, min_counter=0.5)) == 7
+    assert int(plateau_start(stalled, window=5, min_counter=0.5)) == 5
 
 
 def test_length_ratio_buckets():
