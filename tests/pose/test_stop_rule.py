@@ -153,8 +153,8 @@ def test_length_rule_stops_at_the_predicted_length():
         length_head=True,
     ).eval()  # fmt: skip
     with torch.no_grad():
-        net.length_head.weight.zero_()
-        net.length_head.bias.fill_(float(np.log(37.0)))
+        net.length_head[-1].weight.zero_()
+        net.length_head[-1].bias.fill_(float(np.log(37.0)))
     src = torch.full((3, 2), 2)
     _, lengths = net.generate(src, src != 1, max_length=100, stop_rule="length")
     assert lengths.tolist() == [37, 37, 37]
@@ -171,9 +171,10 @@ def test_length_rule_needs_a_trained_length_head(tmp_path):
         tiny_module(dm, TRG, decoding={"stop_rule": "length"})
 
 
-def test_length_head_learns_the_length_from_the_source(tmp_path):
-    """The length loss reaches the head through the encoder: a few Adam steps on one batch bring the predicted
-    lengths within 10 % of the references."""
+def test_length_head_trains_alone(tmp_path):
+    """The length loss trains the head on the detached encoder output: Adam steps on one batch cut it 100-fold,
+    and the pose model's own weights get no gradient from it (how well a trained model's head predicts lengths:
+    projects/pose/README.md, "Evaluation")."""
     from projects.pose.data import collate
     from tests.pose.pt_fixture import pt_datamodule, tiny_module
 
@@ -186,12 +187,12 @@ def test_length_head_learns_the_length_from_the_source(tmp_path):
     src, src_mask, _, _ = module.encode_tokens(batch["tokens"])
     optimizer = torch.optim.Adam(module.net.parameters(), lr=1e-2)
     first = float(module._length_loss(src, src_mask, batch["lengths"]))
-    for _ in range(150):
+    for _ in range(600):
         loss = module._length_loss(src, src_mask, batch["lengths"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     assert float(loss) < 0.01 * first
-    with torch.no_grad():
-        predicted = module.net.predict_log_length(module.net.encode(src, src_mask), src_mask).exp()
-    np.testing.assert_allclose(predicted.numpy(), batch["lengths"].numpy(), rtol=0.1)
+    assert all(
+        p.grad is None for name, p in module.net.named_parameters() if not name.startswith("length_head")
+    )
