@@ -31,7 +31,7 @@ from common.metrics.bleu import CorpusBLEU
 from common.metrics.dtw import DynamicTimeWarping
 from projects.pose.backtranslation import BackTranslation, BackTranslator, train_backtranslator
 from projects.pose.data import read_prepared
-from projects.pose.embeddings import load_fasttext, word_vector
+from projects.pose.embeddings import fasttext_kind, load_fasttext, word_vector
 from projects.pose.evaluation import LengthRatio, length_factor, pt_protocol_batches
 from projects.pose.model import STOP_RULES, ProgressiveTransformer
 from projects.pose.skeleton import render_side_by_side
@@ -301,7 +301,7 @@ class PoseModule(pl.LightningModule):
         self._baseline: dict[tuple[str, int], float] = {}
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None
-        self._token_counts = {"tokens": 0, "subword": 0, "unk": 0}
+        self._token_counts = {"tokens": 0, "whole": 0, "ngrams": 0, "unk": 0}
         self._unknown: Counter = Counter()
 
     # ---------------------------------------------------------------------------- vocabulary & FastText
@@ -315,8 +315,15 @@ class PoseModule(pl.LightningModule):
             )
         self.vocab = Vocabulary(prepared["vocab"][4:])
         self.fasttext_path = prepared["fasttext_path"]
+        embeddings = prepared["embeddings"]
+        if (
+            embeddings is None
+        ):  # data.src_embeddings: random -- PT's own source embeddings, learned from scratch
+            embeddings = torch.empty(len(prepared["vocab"]), self.net.src_embed.embedding_dim)
+            torch.nn.init.xavier_uniform_(embeddings)  # PT's embed_initializer: xavier
+            embeddings[self.vocab.pad_index] = 0.0
         self.net.set_source_embeddings(
-            prepared["embeddings"], freeze=self.freeze_embeddings, padding_idx=self.vocab.pad_index
+            embeddings, freeze=self.freeze_embeddings, padding_idx=self.vocab.pad_index
         )
         self.mean_pose.copy_(prepared["mean_pose"])
         self.start_pose.copy_(prepared["start_pose"])
@@ -390,9 +397,9 @@ class PoseModule(pl.LightningModule):
                     continue
                 vector = word_vector(fasttext, token) if fasttext is not None else None
                 if vector is not None and len(vector) == vectors.shape[-1]:
-                    vectors[row, column] = torch.from_numpy(np.asarray(vector, dtype=np.float32))
+                    vectors[row, column] = torch.tensor(np.asarray(vector, dtype=np.float32))
                     vector_mask[row, column] = True
-                    self._token_counts["subword"] += 1
+                    self._token_counts[fasttext_kind(fasttext, token)] += 1  # "whole" or "ngrams"
                 else:
                     self._token_counts["unk"] += 1
                     self._unknown[token] += 1
@@ -675,7 +682,7 @@ class PoseModule(pl.LightningModule):
 
     @override
     def on_predict_epoch_start(self) -> None:
-        self._token_counts = {"tokens": 0, "subword": 0, "unk": 0}
+        self._token_counts = {"tokens": 0, "whole": 0, "ngrams": 0, "unk": 0}
         self._unknown = Counter()
 
     @override
@@ -685,11 +692,15 @@ class PoseModule(pl.LightningModule):
         total = counts["tokens"]
         if not total:
             return
-        outside = counts["subword"] + counts["unk"]
+        outside = counts["whole"] + counts["ngrams"] + counts["unk"]
+
+        def share(n: int) -> str:
+            return f"{n} ({100 * n / total:.1f} %)"
+
         rank_zero_info(
-            f"predict: {outside} of {total} source tokens ({100 * outside / total:.1f} %) are not in the "
-            f"vocabulary: {counts['subword']} ({100 * counts['subword'] / total:.1f} %) took their FastText "
-            f"subword vector, {counts['unk']} ({100 * counts['unk'] / total:.1f} %) fell back to {UNK}"
+            f"predict: {share(outside)} of {total} source tokens are not in the vocabulary: {share(counts['whole'])} "
+            f"are words FastText knows whole, {share(counts['ngrams'])} were built from FastText's character "
+            f"n-grams, {share(counts['unk'])} fell back to {UNK}"
         )
         message = unknown_share_message("predict", counts["unk"], total, self._unknown)
         if message:

@@ -103,7 +103,13 @@ def test_oov_words_get_fasttext_subword_vectors(tmp_path):
     src, mask, vectors, vector_mask = module.encode_tokens([["okul", oov, "ev"]], subwords=True)
     assert vector_mask.tolist() == [[False, True, False, False]]  # the last position is <eos>
     np.testing.assert_allclose(vectors[0, 1].numpy(), model.wv[oov], rtol=1e-5, atol=1e-6)
-    assert module._token_counts == {"tokens": 3, "subword": 1, "unk": 0}
+    assert module._token_counts == {"tokens": 3, "whole": 0, "ngrams": 1, "unk": 0}
+    # "gitmek" is outside the training vocabulary but a word FastText knows whole: counted as such (issue 23)
+    module.on_predict_epoch_start()
+    module.encode_tokens([["gitmek", oov]], subwords=True)
+    assert module._token_counts == {"tokens": 2, "whole": 1, "ngrams": 1, "unk": 0}
+    module.on_predict_epoch_start()
+    module.encode_tokens([["okul", oov, "ev"]], subwords=True)
     # the encoder consumes the vector: the same as a vocabulary holding the word with that vector as its row
     with torch.no_grad():
         x = module.net.encode(src, mask, vectors, vector_mask)
@@ -119,8 +125,32 @@ def test_oov_words_get_fasttext_subword_vectors(tmp_path):
     module.on_predict_epoch_start()
     with pytest.warns(UserWarning, match="gone.model"):
         module.encode_tokens([["okul", oov]], subwords=True)
-    assert module._token_counts == {"tokens": 2, "subword": 0, "unk": 1}
+    assert module._token_counts == {"tokens": 2, "whole": 0, "ngrams": 0, "unk": 1}
     with pytest.warns(
         UserWarning, match=r"predict: 1 of 2 source tokens \(50.0 %\) are not in the vocabulary"
     ):
         module.on_predict_epoch_end()
+
+
+def test_random_source_embeddings_train_without_fasttext(tmp_path):
+    """data.src_embeddings: random (PT's own randomly initialised embeddings): no FastText, a learned matrix
+    with a zero padding row."""
+    from projects.pose.formats import progress_counter, write_split
+
+    frames = [np.concatenate([np.zeros((4, TRG)), progress_counter(4)[:, None]], 1)] * 2
+    write_split(tmp_path / "train", ["okul ev", "kitap okumak"], frames, ["a", "b"])
+    dm = PoseDataModule(
+        train=str(tmp_path / "train"),
+        dev=str(tmp_path / "train"),
+        test=None,
+        trg_size=TRG,
+        src_embeddings="random",
+        cache_dir=str(tmp_path / "prepared"),
+    )
+    dm.prepare_data()
+    module = tiny_module(dm, TRG)
+    module.setup("fit")
+    weight = module.net.src_embed.weight
+    assert weight.shape[0] == len(module.vocab.itos) and weight.requires_grad
+    assert torch.count_nonzero(weight[module.vocab.pad_index]) == 0
+    assert weight.abs().sum() > 0
