@@ -47,6 +47,10 @@ SPECS: dict[str, Spec] = {
                 "val/dtw_pt_l1_ref_len_pt_protocol",
             ],
             "DTW (L2, path-length normalised)": ["val/dtw_l2_path_len"],
+            "Back-translation BLEU-4: produced poses vs reference poses (ceiling)": [
+                "val/backtranslation_bleu4",
+                "val/backtranslation_bleu4_reference",
+            ],
             "Predicted frames per reference frame (counter)": ["val/predicted_frames_per_reference_frame"],
             "Decoded / reference length by reference length (frames)": [
                 "val/length_ratio_10_49",
