@@ -37,6 +37,7 @@ from common.prepare import build_data, build_model
 from projects.diffusion.data import CharacterDataModule
 from projects.diffusion.judge import load_judge
 from projects.diffusion.module import DiffusionModule, FinalEvaluation
+from projects.diffusion.recipes import configure
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = str(ROOT / "configs" / "diffusion" / "default.yaml")
@@ -89,7 +90,7 @@ def bench_lightning(module: DiffusionModule, loader: DataLoader, warmup: int) ->
 
 def bench_bare(module: DiffusionModule, loader: DataLoader, warmup: int) -> float:
     """The same work as Lightning's loop, written out: loss, backward, clip, AdamW + LR schedule, EMA."""
-    optimizers = module.configure_optimizers()
+    optimizers = configure(module, len(loader))  # the cosine lr schedule needs the number of steps
     optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
     module.train()
     steps, last = [], time.perf_counter()
