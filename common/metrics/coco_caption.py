@@ -12,8 +12,8 @@ Stanford PTB tokenizer (lower-cased, punctuation tokens dropped), then
 * SPICE is not offered: it needs Stanford CoreNLP 3.6.0 jars that ``pycocoevalcap`` downloads on first use (no
   network here) and it parses English only, so it has no meaning for Turkish captions.
 
-BLEU, ROUGE-L and CIDEr-D are re-implemented here line by line (tested equal to ``pycocoevalcap`` to 1e-6), so
-they run without Java or ``pycocoevalcap``. Tokenisations (``tokenize``), named in the metric keys by suffix:
+BLEU, ROUGE-L and CIDEr-D are ``pycocoevalcap``'s own scorers (pure Python, no Java), fed captions tokenised here,
+so only the tokenisation is this module's. Tokenisations (``tokenize``), named in the metric keys by suffix:
 
 * ``coco`` (``_coco``): the PTB tokenizer itself (Java + ``pycocoevalcap``), exactly the published protocol.
   It lower-cases with Java's ``toLowerCase`` (``İ`` -> ``i̇``, ``I`` -> ``i``), wrong for Turkish.
@@ -30,13 +30,10 @@ whole corpus; items seen twice (DDP's sampler pads ranks) are counted once when 
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
-from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torchmetrics import Metric
 
@@ -104,101 +101,25 @@ def tokenize_all(captions: Sequence[str], tokenize: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- scorers
-def _ngrams(words: list[str], n: int) -> Counter:
-    return Counter(tuple(words[i : i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
-
-
 def bleu(gts: dict, res: dict, n: int = 4) -> list[float]:
-    """pycocoevalcap's ``Bleu(4)`` (``bleu_scorer.py``, option ``closest``): BLEU-1..n."""
-    test_len = ref_len = 0
-    guess, correct = [0] * n, [0] * n
-    for key in gts:
-        words = res[key][0].split()
-        refs = [r.split() for r in gts[key]]
-        max_counts: Counter = Counter()
-        for ref in refs:
-            max_counts |= _ngrams(ref, n)
-        test_len += len(words)
-        ref_len += min((abs(len(r) - len(words)), len(r)) for r in refs)[1]
-        for ngram, count in _ngrams(words, n).items():
-            correct[len(ngram) - 1] += min(max_counts.get(ngram, 0), count)
-        for k in range(n):
-            guess[k] += max(0, len(words) - k)
-    small, tiny = 1e-9, 1e-15
-    scores, product = [], 1.0
-    for k in range(n):
-        product *= float(correct[k] + tiny) / (guess[k] + small)
-        scores.append(product ** (1.0 / (k + 1)))
-    ratio = (test_len + tiny) / (ref_len + small)
-    if ratio < 1:
-        scores = [s * math.exp(1 - 1 / ratio) for s in scores]
-    return scores
+    """pycocoevalcap's ``Bleu(n)`` (option ``closest``): BLEU-1..n on already tokenised captions."""
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    return [float(x) for x in Bleu(n).compute_score(gts, res, verbose=0)[0]]
 
 
-def _lcs(a: list[str], b: list[str]) -> int:
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b, start=1):
-            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
-        previous = current
-    return previous[-1]
+def rouge_l(gts: dict, res: dict) -> float:
+    """pycocoevalcap's ``Rouge``: per image max-precision / max-recall LCS F-score (beta 1.2), averaged."""
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    return float(Rouge().compute_score(gts, res)[0])
 
 
-def rouge_l(gts: dict, res: dict, beta: float = 1.2) -> float:
-    """pycocoevalcap's ``Rouge``: per image max-precision / max-recall LCS F-score, averaged."""
-    scores = []
-    for key in gts:
-        candidate = res[key][0].split(" ")
-        precision, recall = [], []
-        for reference in gts[key]:
-            tokens = reference.split(" ")
-            lcs = _lcs(tokens, candidate)
-            precision.append(lcs / float(len(candidate)))
-            recall.append(lcs / float(len(tokens)))
-        p, r = max(precision), max(recall)
-        scores.append(((1 + beta**2) * p * r) / float(r + beta**2 * p) if p != 0 and r != 0 else 0.0)
-    return float(np.mean(np.array(scores)))
-
-
-def cider_d(gts: dict, res: dict, n: int = 4, sigma: float = 6.0) -> float:
+def cider_d(gts: dict, res: dict) -> float:
     """pycocoevalcap's ``Cider`` (which is CIDEr-D: clipping and the length penalty), averaged over images."""
-    refs_counts = [[_ngrams(r.split(), n) for r in gts[key]] for key in gts]
-    test_counts = [_ngrams(res[key][0].split(), n) for key in gts]
-    document_frequency: defaultdict = defaultdict(float)
-    for refs in refs_counts:
-        for ngram in {g for ref in refs for g in ref}:
-            document_frequency[ngram] += 1
-    log_refs = np.log(float(len(refs_counts)))
+    from pycocoevalcap.cider.cider import Cider
 
-    def vector(counts: Counter):
-        vec = [defaultdict(float) for _ in range(n)]
-        norm, length = [0.0] * n, 0
-        for ngram, term_freq in counts.items():
-            k = len(ngram) - 1
-            vec[k][ngram] = float(term_freq) * (log_refs - np.log(max(1.0, document_frequency[ngram])))
-            norm[k] += pow(vec[k][ngram], 2)
-            if k == 1:  # sic: the scorer's "length" counts bigrams
-                length += term_freq
-        return vec, [np.sqrt(x) for x in norm], length
-
-    scores = []
-    for test, refs in zip(test_counts, refs_counts, strict=True):
-        vec, norm, length = vector(test)
-        total = np.array([0.0] * n)
-        for ref in refs:
-            vec_ref, norm_ref, length_ref = vector(ref)
-            delta = float(length - length_ref)
-            val = np.array([0.0] * n)
-            for k in range(n):
-                for ngram in vec[k]:
-                    val[k] += min(vec[k][ngram], vec_ref[k][ngram]) * vec_ref[k][ngram]
-                if norm[k] != 0 and norm_ref[k] != 0:
-                    val[k] /= norm[k] * norm_ref[k]
-                val[k] *= np.e ** (-(delta**2) / (2 * sigma**2))
-            total += val
-        scores.append(np.mean(total) / len(refs) * 10.0)
-    return float(np.mean(np.array(scores)))
+    return float(Cider().compute_score(gts, res)[0])
 
 
 def meteor(gts: dict, res: dict) -> float:
