@@ -35,7 +35,7 @@ from common.io import atomic_path, load_cache
 from common.metrics.image_quality import ExtractorFID
 from projects.diffusion.model import CharClassifier
 
-ARCH_VERSION = 4  # part of the cache key: a changed architecture or training loop never loads a stale judge
+ARCH_VERSION = 5  # part of the cache key: a changed architecture or training loop never loads a stale judge
 
 
 @dataclass

@@ -39,8 +39,14 @@ class CharClassifier(Extractor):
     """conv(16) -> conv(32) -> conv(64) (two 3x3 convs each) -> global average -> 64-d features -> linear -> logits.
 
     Small on purpose: it is trained on CPU before the first diffusion epoch. Input ``N x 1 x S x S`` in
-    [-1, 1], any S >= 8 (global pooling). GroupNorm, not BatchNorm, so a sample's features never depend on the
-    other samples in its batch (or on running statistics).
+    [-1, 1], any S >= 8 (global pooling).
+
+    BatchNorm, as in the Inception-v3 that FID is defined with: at evaluation (every caller puts the judge in
+    eval mode) it applies fixed training statistics, so a sample's features never depend on its batch, and a
+    global change of intensity reaches the features. The former GroupNorm normalised each image's own mean
+    and spread away, which made the judge's FID blind to grey, noisy backgrounds (issue 24; real-digit
+    fixture, lifted background + noise: GroupNorm judge FID 2.33 -> 2.96 from its floor, this judge 3.25 ->
+    29.1, same held-out accuracy).
     """
 
     name = "charclf"
@@ -54,10 +60,10 @@ class CharClassifier(Extractor):
         def block(c_in: int, c_out: int) -> nn.Sequential:
             return nn.Sequential(
                 nn.Conv2d(c_in, c_out, 3, padding=1),
-                nn.GroupNorm(4, c_out),
+                nn.BatchNorm2d(c_out),
                 nn.SiLU(),
                 nn.Conv2d(c_out, c_out, 3, padding=1),
-                nn.GroupNorm(4, c_out),
+                nn.BatchNorm2d(c_out),
                 nn.SiLU(),
             )
 

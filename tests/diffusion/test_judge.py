@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,27 +20,14 @@ from projects.diffusion.judge import (
     load_judge,
     train_judge,
 )
-
-REAL = (
-    Path(__file__).parent / "fixtures" / "real_digits"
-)  # 400 + 120 real digits (projects/diffusion/real_digits.py)
-FAST = JudgeConfig(max_epochs=60, patience=100, batch_size=64)
+from tests.diffusion.real_fixture import FAST_JUDGE as FAST
+from tests.diffusion.real_fixture import REAL
 
 
-@pytest.fixture(scope="module")
-def real_data(tmp_path_factory) -> CharacterDataModule:
-    cache = str(tmp_path_factory.mktemp("arrays"))
-    data = CharacterDataModule(
-        data_dir=str(REAL), source="emnist", split="digits", image_size=16, judge_cache_dir=cache
-    )
-    data.setup("fit")
-    return data
-
-
-def test_judge_converges_on_real_handwriting(real_data):
+def test_judge_converges_on_real_handwriting(real_data, real_judge_run):
     """Trained by epochs on 400 real digits: > 0.85 on 120 digits of other writers (chance 0.1); the full real
     set (1438 images) reaches >= 0.95 with the default settings (README)."""
-    net, best_step = train_judge(real_data.train_set, 10, FAST, log=False)
+    net, best_step = real_judge_run
     assert accuracy(net, real_data.heldout_set) > 0.85
     assert 0 < best_step <= FAST.max_epochs * (360 // FAST.batch_size)  # 360 after the 10 % hold-out
 
