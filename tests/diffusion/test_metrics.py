@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,8 +22,6 @@ from common.metrics.image_quality import (
 )
 from projects.diffusion.judge import JudgeReport, load_judge, save_judge
 from projects.diffusion.model import CharClassifier
-
-REAL = Path(__file__).parent / "fixtures" / "real_digits"
 
 
 class PixelExtractor(Extractor):
