@@ -13,10 +13,15 @@
    keep the table to a few minutes on 2 CPU cores; use --num-samples 1000 for figures to rank samplers by.
    Without a checkpoint the untrained model is measured (said so).
 
+``--inherited-settings`` measures the same checkpoint with the samplers as they were before issue 24 (diffusers'
+``from_config`` of the training scheduler, DDIM stepping with the unclipped noise estimate): the "before" column
+of the sampler table, on the same weights and noise.
+
 Step times are medians over the timed steps (robust to other processes on a shared machine). Usage:
 
     python scripts/bench_diffusion.py [--config configs/diffusion/default.yaml [--config overlay.yaml]]
         [--ckpt runs/diffusion/checkpoints/last.ckpt] [--num-samples 200] [--ddpm-samples 20]
+        [--inherited-settings]
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.io import read_text
 from common.prepare import build_data, build_model
+from projects.diffusion import module as module_file
+from projects.diffusion import pipeline as pipeline_file
 from projects.diffusion.data import CharacterDataModule
 from projects.diffusion.judge import load_judge
 from projects.diffusion.module import DiffusionModule, FinalEvaluation
@@ -108,6 +115,29 @@ def bench_bare(module: DiffusionModule, loader: DataLoader, warmup: int) -> floa
     return statistics.median(steps[warmup:])
 
 
+def use_inherited_sampler_settings() -> None:
+    """Sample as before issue 24, for the before/after table only: every inference scheduler built by diffusers'
+    ``from_config`` of the training scheduler (inheriting clip_sample, "leading" spacing, steps_offset 0) and
+    DDIM stepping with the unclipped noise estimate (diffusers' default ``use_clipped_model_output=False``)."""
+    classes, legacy = (
+        pipeline_file.SCHEDULER_CLASSES,
+        {
+            "dpmsolver++": {
+                "algorithm_type": "dpmsolver++",
+                "solver_order": 2,
+                "thresholding": True,
+                "sample_max_value": 1.0,
+            }
+        },
+    )  # the pre-issue-24 make_scheduler (a767495): from_config, only DPM-Solver++ given settings
+    module_file.make_scheduler = lambda kind, config: classes[kind].from_config(
+        config, **legacy.get(kind, {})
+    )
+    pipeline_file.step_kwargs = lambda scheduler, eta: (
+        {"eta": eta} if isinstance(scheduler, pipeline_file.DDIMScheduler) else {}
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -119,7 +149,12 @@ def main() -> None:
     parser.add_argument("--skip-training", action="store_true", help="only the sampler table")
     parser.add_argument("--train-steps", type=int, default=25, help="timed training steps (after 5 warm-up)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--inherited-settings", action="store_true", help="samplers as before issue 24 (the 'before' table)"
+    )
     args = parser.parse_args()
+    if args.inherited_settings:
+        use_inherited_sampler_settings()
     torch.set_num_threads(args.threads)
     configs = args.config or [DEFAULT_CONFIG]
 
@@ -194,7 +229,8 @@ def main() -> None:
     print(f"Lightning / bare step-time ratio: {lightning_s / bare_s:.3f}")
     print(f"\nJudge: {report.summary()}")
     print(
-        f"\nSamplers ({source}); class-conditional samples, labels cycled over the classes, against all "
+        f"\nSamplers ({source}{'; settings INHERITED as before issue 24' if args.inherited_settings else ''});"
+        " class-conditional samples, labels cycled over the classes, against all "
         f"{len(reference)} held-out images; floor = that many real training images vs the same held-out images:"
     )
     real = rows[0][3]
