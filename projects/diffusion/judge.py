@@ -296,7 +296,14 @@ def load_judge(
         )
     with torch.random.fork_rng(devices=[]):  # the initial weights (overwritten) would consume the run's RNG
         net = CharClassifier(num_classes, num_features)
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError:
+        raise InputError(
+            f"judge checkpoint '{path}' does not fit the judge network (model.CharClassifier uses BatchNorm since "
+            "issue 24; a GroupNorm judge saved before cannot be loaded): retrain it with "
+            "`tgm fit --config configs/diffusion/classifier.yaml`"
+        ) from None
     return net.eval().requires_grad_(False), report
 
 

@@ -8,7 +8,8 @@ the 400 real handwritten training digits of ``fixtures/real_digits`` (averaged t
 linear betas, AdamW 2e-3, constant lr -- for a short budget. Like the runs of issue 24 it is good at low noise
 and has not learned x0 at high noise (its x0 estimate at t = 999 lies far outside [-1, 1]), which is what made
 deterministic DDIM with inherited settings worse as steps rose. Seeded; a few tens of seconds on one CPU core.
-Saved with ``save_pretrained`` (fp32 safetensors + config.json), so stock diffusers loads it.
+Saved with ``save_pretrained`` (fp32 safetensors + config.json) next to its training scheduler
+(scheduler_config.json), so stock diffusers loads both.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     train(args.steps).save_pretrained(args.out)
+    training_scheduler().save_pretrained(args.out)
     print(f"wrote {args.out}")
 
 

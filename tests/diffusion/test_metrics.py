@@ -136,6 +136,20 @@ def test_classifier_checkpoint_round_trip_and_class_check(tmp_path):
         load_judge(tmp_path / "missing.ckpt")
 
 
+def test_groupnorm_judge_from_before_is_one_clear_error(tmp_path):
+    """A judge checkpoint saved while CharClassifier used GroupNorm (no running statistics) names the file."""
+    net = CharClassifier(3)
+    path = tmp_path / "old.ckpt"
+    save_judge(net, path, ["A", "B", "0"], JudgeReport(0.9, 10, 1.0, 9, 3, 0.95))
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"] = {
+        k: v for k, v in checkpoint["state_dict"].items() if "running_" not in k and "num_batches" not in k
+    }
+    torch.save(checkpoint, path)
+    with pytest.raises(InputError, match="old.ckpt' does not fit the judge network"):
+        load_judge(path, ["A", "B", "0"])
+
+
 def test_inception_score_warns_nothing_per_validation():
     """One split: torch's std() of a single value warned "degrees of freedom <= 0" at every compute."""
     with warnings.catch_warnings():
