@@ -14,7 +14,8 @@ torchmetrics does the maths and the DDP reduction (feature sums / covariances ar
   and the image statistics a person sees at a glance (:class:`ImageStatistics`: background level, share of
   saturated pixels). A classifier's features are built to ignore what does not change the class, so a grey,
   noisy background can leave its FID at the level of clean samples (issue 24: real digits with the background
-  lifted to -0.7 plus N(0, 0.12) noise scored the judge's FID of a trained model); these two see it.
+  lifted to -0.7 plus N(0, 0.12) noise scored the judge's FID of a trained model, with a judge that normalised
+  each image's intensity away); these two see it without any learned features.
 
 Images given to every metric here are ``N x C x H x W`` floats in [-1, 1] (the diffusion model's range).
 """
