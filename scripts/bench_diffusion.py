@@ -118,7 +118,9 @@ def bench_bare(module: DiffusionModule, loader: DataLoader, warmup: int) -> floa
 def use_inherited_sampler_settings() -> None:
     """Sample as before issue 24, for the before/after table only: every inference scheduler built by diffusers'
     ``from_config`` of the training scheduler (inheriting clip_sample, "leading" spacing, steps_offset 0) and
-    DDIM stepping with the unclipped noise estimate (diffusers' default ``use_clipped_model_output=False``)."""
+    DDIM stepping with the unclipped noise estimate (diffusers' default ``use_clipped_model_output=False``).
+    DDIM's ``eta`` is still passed: the former pipeline passed none (always eta 0), so the eta 1 rows show what
+    the inherited settings do at eta 1, not a sampler the former code offered."""
     classes, legacy = (
         pipeline_file.SCHEDULER_CLASSES,
         {
