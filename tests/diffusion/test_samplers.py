@@ -17,6 +17,7 @@ With ``make_scheduler``'s settings every sampler improves or stays flat (0.015 /
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 import numpy as np
@@ -149,6 +150,17 @@ TRAINED_SAMPLES = 500
 TRAINED_NOISE = 0.03
 
 
+@pytest.fixture
+def two_threads():
+    """The trained-fixture tests are the heaviest numeric work in ``make test`` (500 samples x 175 UNet calls per
+    sampler) and run alone: two intra-op threads make them 1.8x faster on CI's 2 cores (other diffusion tests
+    keep one, see conftest)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(previous)
+
+
 @cache
 def trained_unet() -> UNet2DModel:
     return UNet2DModel.from_pretrained(TRAINED_UNET, low_cpu_mem_usage=False).eval()
@@ -190,6 +202,7 @@ def test_fixture_is_what_the_script_builds():
 
 
 @pytest.mark.parametrize(("kind", "eta"), [("ddim", 0.0), ("ddim", 1.0), ("dpmsolver++", 0.0)])
+@pytest.mark.usefixtures("two_threads")
 def test_trained_unet_quality_does_not_fall_as_steps_rise(kind, eta):
     distances = trained_distances(lambda: make_scheduler(kind, trained_schedule().config), eta)
     assert all(
@@ -198,6 +211,7 @@ def test_trained_unet_quality_does_not_fall_as_steps_rise(kind, eta):
     assert distances[-1] < 0.3, distances  # digits, not noise (the untrained UNet: about 107)
 
 
+@pytest.mark.usefixtures("two_threads")
 def test_trained_unet_with_inherited_settings_got_worse(monkeypatch):
     """What the test above guards against, on the same trained UNet: the scheduler diffusers' ``from_config``
     built from the training config (clip_sample, "leading", steps_offset 0) stepped with the unclipped eps."""
