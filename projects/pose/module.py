@@ -156,6 +156,11 @@ def words_of(tokens: list[str]) -> list[str]:
     return [token for token in tokens if any(character.isalnum() for character in token)]
 
 
+# source tokens seen in predict: all, outside the vocabulary but known whole to FastText, built from its
+# character n-grams, and fallen back to <unk>
+TOKEN_COUNTS = ("tokens", "whole", "ngrams", "unk")
+
+
 class PoseModule(pl.LightningModule):
     """Text -> pose Progressive Transformer with FastText source embeddings and DTW validation.
 
@@ -301,7 +306,7 @@ class PoseModule(pl.LightningModule):
         self._baseline: dict[tuple[str, int], float] = {}
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None
-        self._token_counts = {"tokens": 0, "whole": 0, "ngrams": 0, "unk": 0}
+        self._token_counts = dict.fromkeys(TOKEN_COUNTS, 0)
         self._unknown: Counter = Counter()
 
     # ---------------------------------------------------------------------------- vocabulary & FastText
@@ -682,7 +687,7 @@ class PoseModule(pl.LightningModule):
 
     @override
     def on_predict_epoch_start(self) -> None:
-        self._token_counts = {"tokens": 0, "whole": 0, "ngrams": 0, "unk": 0}
+        self._token_counts = dict.fromkeys(TOKEN_COUNTS, 0)
         self._unknown = Counter()
 
     @override

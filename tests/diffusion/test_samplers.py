@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 from functools import cache
 
-import numpy as np
 import pytest
 import torch
 from diffusers import ConfigMixin, DDIMScheduler, DDPMScheduler, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from common.metrics.image_quality import ExtractorFID, PixelFeatures
 from projects.diffusion import pipeline
 from projects.diffusion.pipeline import (
     SAMPLER_SETTINGS,
@@ -77,13 +77,12 @@ class MixtureOracle(ModelMixin, ConfigMixin):
 
 
 def frechet(images: torch.Tensor, reference: torch.Tensor) -> float:
-    """Frechet distance between two image sets in pixel space (each pixel a feature)."""
-    a, b = images.flatten(1).double().numpy(), reference.flatten(1).double().numpy()
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    # tr sqrt(A B) = sum of the square roots of the eigenvalues of A B (real, >= 0 for covariances); unlike
-    # sqrtm it stays quiet when pixels that are always background make the covariances singular
-    root_trace = np.sqrt(np.linalg.eigvals(cov_a @ cov_b).real.clip(min=0)).sum()
-    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(cov_a + cov_b) - 2 * root_trace)
+    """Frechet distance between two image sets in pixel space (each pixel a feature): the project's pixel FID
+    (``PixelFeatures`` at the images' own side is the identity)."""
+    fid = ExtractorFID(PixelFeatures(side=images.shape[-1]))
+    fid.update(reference, real=True)
+    fid.update(images, real=False)
+    return float(fid.compute())
 
 
 def frechet_to_mixture(images: torch.Tensor) -> float:

@@ -72,6 +72,22 @@ def test_decoder_embedding_options_are_rejected(key):
         PoseModule(trg_size=TRG, decoder={"embeddings": {"embedding_dim": 64, key: True}})
 
 
+def two_sentence_data(tmp_path, **kwargs) -> PoseDataModule:
+    """Two 4-frame PT-format sentences ("okul ev", "kitap okumak") as train and dev split."""
+    from projects.pose.formats import progress_counter, write_split
+
+    frames = [np.concatenate([np.zeros((4, TRG)), progress_counter(4)[:, None]], 1)] * 2
+    write_split(tmp_path / "train", ["okul ev", "kitap okumak"], frames, ["a", "b"])
+    return PoseDataModule(
+        train=str(tmp_path / "train"),
+        dev=str(tmp_path / "train"),
+        test=None,
+        trg_size=TRG,
+        cache_dir=str(tmp_path / "prepared"),
+        **kwargs,
+    )
+
+
 def test_oov_words_get_fasttext_subword_vectors(tmp_path):
     """A word never seen in training is embedded from FastText's character n-grams, not <unk>; the share of
     words that fell back is reported."""
@@ -82,18 +98,7 @@ def test_oov_words_get_fasttext_subword_vectors(tmp_path):
     model.build_vocab(corpus_iterable=sentences)
     model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=2)
     model.save(str(tmp_path / "ft.model"))
-    from projects.pose.formats import progress_counter, write_split
-
-    frames = [np.concatenate([np.zeros((4, TRG)), progress_counter(4)[:, None]], 1)] * 2
-    write_split(tmp_path / "train", ["okul ev", "kitap okumak"], frames, ["a", "b"])
-    dm = PoseDataModule(
-        train=str(tmp_path / "train"),
-        dev=str(tmp_path / "train"),
-        test=None,
-        trg_size=TRG,
-        fasttext_path=str(tmp_path / "ft.model"),
-        cache_dir=str(tmp_path / "prepared"),
-    )
+    dm = two_sentence_data(tmp_path, fasttext_path=str(tmp_path / "ft.model"))
     dm.prepare_data()
     module = tiny_module(dm, TRG)
     module.setup("fit")
@@ -135,18 +140,7 @@ def test_oov_words_get_fasttext_subword_vectors(tmp_path):
 def test_random_source_embeddings_train_without_fasttext(tmp_path):
     """data.src_embeddings: random (PT's own randomly initialised embeddings): no FastText, a learned matrix
     with a zero padding row."""
-    from projects.pose.formats import progress_counter, write_split
-
-    frames = [np.concatenate([np.zeros((4, TRG)), progress_counter(4)[:, None]], 1)] * 2
-    write_split(tmp_path / "train", ["okul ev", "kitap okumak"], frames, ["a", "b"])
-    dm = PoseDataModule(
-        train=str(tmp_path / "train"),
-        dev=str(tmp_path / "train"),
-        test=None,
-        trg_size=TRG,
-        src_embeddings="random",
-        cache_dir=str(tmp_path / "prepared"),
-    )
+    dm = two_sentence_data(tmp_path, src_embeddings="random")
     dm.prepare_data()
     module = tiny_module(dm, TRG)
     module.setup("fit")
